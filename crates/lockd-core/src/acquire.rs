@@ -1,0 +1,297 @@
+//! ACQUIRE: try-locks, queued requests, fair FIFO granting, upgrades, timeouts.
+//!
+//! Fairness rule (native.md): a request can be granted on a key when it is compatible with
+//! the key's holders and with every request queued on that key before it. A session that
+//! already holds a lock on a key is the exception: it is not queued behind requests that
+//! wait on its own lock (PostgreSQL's rule), so it never deadlocks with itself.
+
+use smallvec::SmallVec;
+
+use crate::key::Key;
+use crate::table::{LockTable, Waiter};
+use crate::types::{Millis, Mode, SessionId, WaitId, Wakeup};
+
+/// How an ACQUIRE ended, when it returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// Every key is locked; the fencing token of this grant.
+    Granted(u64),
+    /// A try-lock that could not be granted at once.
+    Conflict,
+    /// Held locks plus the keys of this request would exceed `max_locks`.
+    TooManyLocks,
+    /// The request waits in the queues of its keys.
+    Queued(WaitId),
+    /// Waiting would close a cycle of waits; the named session is on that cycle.
+    Deadlock(SessionId),
+    /// The queue limits (per key or in total) are reached.
+    TooManyWaiters,
+    /// This session already has a queued request.
+    AlreadyWaiting,
+    /// No fencing token can be issued until more are reserved.
+    TokensExhausted,
+}
+
+/// Whether a request may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Answer at once (legacy ACQUIRE, native timeout 0).
+    No,
+    /// Queue if it cannot be granted now.
+    Queue,
+}
+
+impl LockTable {
+    /// Acquires `keys` in `mode` for session `id`, all or nothing. The session is made if
+    /// it does not exist yet (unbound; see [`LockTable::use_session`]).
+    pub fn acquire(
+        &mut self,
+        id: SessionId,
+        mode: Mode,
+        keys: &[Key],
+        wait: Wait,
+        now: Millis,
+    ) -> Acquired {
+        // Checked before conflicts and before the session is looked at, as the original
+        // daemon does: held locks plus the keys asked for, duplicates included.
+        if self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks {
+            self.counters.too_many_locks += 1;
+            return Acquired::TooManyLocks;
+        }
+        let s = match self.find_session(&id) {
+            Some(s) => s,
+            None => self.insert_session(id, None),
+        };
+        let result = self.acquire_for(s, mode, keys, wait, now);
+        self.forget_if_idle(s);
+        result
+    }
+
+    fn acquire_for(
+        &mut self,
+        s: u32,
+        mode: Mode,
+        keys: &[Key],
+        wait: Wait,
+        now: Millis,
+    ) -> Acquired {
+        if self.session(s).wait.is_some() {
+            return Acquired::AlreadyWaiting;
+        }
+        // Resolve keys once; a key that has no entry is free.
+        let mut idx: SmallVec<[Option<u32>; 4]> = SmallVec::with_capacity(keys.len());
+        for k in keys {
+            idx.push(self.find_key(k.as_bytes()));
+        }
+        let free_now = idx
+            .iter()
+            .flatten()
+            .all(|&k| self.grantable_on(s, mode, k, None));
+        if free_now {
+            let Some(token) = self.issue_token() else {
+                return Acquired::TokensExhausted;
+            };
+            for (i, key) in keys.iter().enumerate() {
+                let k = match idx[i] {
+                    Some(k) => k,
+                    None => {
+                        // A duplicate key in the request may have been inserted already.
+                        let k = self.find_or_insert_key(key);
+                        idx[i] = Some(k);
+                        k
+                    }
+                };
+                self.add_holder(k, s, mode, token, now);
+            }
+            self.counters.grants += 1;
+            return Acquired::Granted(token);
+        }
+        if wait == Wait::No {
+            self.counters.conflicts += 1;
+            return Acquired::Conflict;
+        }
+        if self.waiters.len() >= self.config.max_waiters
+            || idx
+                .iter()
+                .flatten()
+                .any(|&k| self.keys[k as usize].queue_len() >= self.config.max_waiters_per_key)
+        {
+            return Acquired::TooManyWaiters;
+        }
+        if let Some(other) = self.find_deadlock(s, mode, &idx) {
+            self.counters.deadlocks += 1;
+            return Acquired::Deadlock(self.session(other).id);
+        }
+        let mut kidx: SmallVec<[u32; 2]> = SmallVec::new();
+        for key in keys {
+            let k = self.find_or_insert_key(key);
+            if !kidx.contains(&k) {
+                kidx.push(k);
+            }
+        }
+        let w = WaitId(self.next_wait);
+        self.next_wait += 1;
+        for &k in &kidx {
+            // A holder of this key goes ahead of every request that waits on its own lock,
+            // behind other holders' requests that went ahead before.
+            let pos = if self.session_holds_key(s, k) {
+                self.keys[k as usize].queue.as_deref().map_or(0, |q| {
+                    q.iter()
+                        .position(|x| !self.session_holds_key(self.waiters[x].session, k))
+                        .unwrap_or(q.len())
+                })
+            } else {
+                usize::MAX
+            };
+            let q = self.keys[k as usize]
+                .queue
+                .get_or_insert_with(Default::default);
+            if pos >= q.len() {
+                q.push_back(w);
+            } else {
+                q.insert(pos, w);
+            }
+        }
+        self.waiters.insert(
+            w,
+            Waiter {
+                session: s,
+                mode,
+                keys: kidx,
+                since: now,
+            },
+        );
+        self.session_mut(s).wait = Some(w);
+        Acquired::Queued(w)
+    }
+
+    /// Whether `s` can have `mode` on key `k` now: compatible with the holders, and unless
+    /// `s` already holds `k`, with the requests queued before position `before` (all of
+    /// the queue when `before` is None, i.e. for a request not yet queued).
+    pub(crate) fn grantable_on(&self, s: u32, mode: Mode, k: u32, before: Option<WaitId>) -> bool {
+        let e = &self.keys[k as usize];
+        if e.holders
+            .iter()
+            .any(|h| h.session != s && mode.conflicts(h.mode))
+        {
+            return false;
+        }
+        if self.session_holds_key(s, k) {
+            return true;
+        }
+        let Some(q) = &e.queue else {
+            return true;
+        };
+        for w in q.iter() {
+            if Some(*w) == before {
+                break;
+            }
+            let other = &self.waiters[w];
+            if other.session != s && mode.conflicts(other.mode) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A queued request is withdrawn (its connection closed). Returns false if it is no
+    /// longer queued: a grant is reported through the wakeups, so a cancel that comes after
+    /// it finds nothing.
+    pub fn cancel_wait(&mut self, w: WaitId, now: Millis) -> bool {
+        let Some(waiter) = self.waiters.remove(&w) else {
+            return false;
+        };
+        for &k in &waiter.keys {
+            if let Some(q) = self.keys[k as usize].queue.as_mut() {
+                if let Some(pos) = q.iter().position(|x| *x == w) {
+                    q.remove(pos);
+                }
+            }
+        }
+        self.session_mut(waiter.session).wait = None;
+        for &k in &waiter.keys {
+            self.grant_waiters(k, now);
+            self.release_key_if_unused(k);
+        }
+        true
+    }
+
+    /// The timeout of queued request `w` passed. Returns false if it is no longer queued
+    /// (it was granted: the grant is in the wakeups).
+    pub fn time_out(&mut self, w: WaitId, now: Millis) -> bool {
+        let session = match self.waiters.get(&w) {
+            Some(x) => x.session,
+            None => return false,
+        };
+        self.counters.timeouts += 1;
+        self.cancel_wait(w, now);
+        self.forget_if_idle(session);
+        true
+    }
+
+    /// Grants, in queue order, every request queued on `k` that can be granted now.
+    pub(crate) fn grant_waiters(&mut self, k: u32, now: Millis) {
+        let mut i = 0;
+        let mut ahead_any = false;
+        let mut ahead_ex = false;
+        loop {
+            let w = match self.keys[k as usize].queue.as_ref().and_then(|q| q.get(i)) {
+                Some(&w) => w,
+                None => break,
+            };
+            let (s, mode) = {
+                let x = &self.waiters[&w];
+                (x.session, x.mode)
+            };
+            let jumps = self.session_holds_key(s, k);
+            let blocked_here = !jumps && (ahead_ex || (mode == Mode::Ex && ahead_any));
+            if blocked_here && ahead_ex {
+                // Holders' requests (which may pass) are only at the front; everything
+                // from here on is behind a queued EX.
+                break;
+            }
+            if !blocked_here && self.waiter_grantable(w) && self.grant_waiter(w, now) {
+                continue;
+            }
+            ahead_any = true;
+            ahead_ex |= mode == Mode::Ex;
+            i += 1;
+        }
+    }
+
+    fn waiter_grantable(&self, w: WaitId) -> bool {
+        let x = &self.waiters[&w];
+        x.keys
+            .iter()
+            .all(|&k| self.grantable_on(x.session, x.mode, k, Some(w)))
+    }
+
+    fn grant_waiter(&mut self, w: WaitId, now: Millis) -> bool {
+        let Some(token) = self.issue_token() else {
+            return false;
+        };
+        let x = self.waiters.remove(&w).expect("queued waiter");
+        for &k in &x.keys {
+            if let Some(q) = self.keys[k as usize].queue.as_mut() {
+                if let Some(pos) = q.iter().position(|y| *y == w) {
+                    q.remove(pos);
+                }
+            }
+            self.add_holder(k, x.session, x.mode, token, now);
+        }
+        self.session_mut(x.session).wait = None;
+        self.counters.grants += 1;
+        self.wakeups.push(Wakeup { wait: w, token });
+        true
+    }
+
+    /// Forgets a session that is unbound and has nothing left (made by a request that did
+    /// not take anything).
+    pub(crate) fn forget_if_idle(&mut self, s: u32) {
+        if let Some(sess) = self.sessions[s as usize].as_ref() {
+            if sess.conn.is_none() && sess.locks == 0 && sess.wait.is_none() {
+                self.remove_session(s);
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The lockd lock table: sessions, SH/EX locks on many keys at once (all or nothing), FIFO
+//! queues, fencing tokens and deadlock detection.
+//!
+//! [`LockTable`] is a synchronous, deterministic state machine: it does no I/O and never
+//! reads a clock; every command that depends on time takes `now` (milliseconds on the
+//! caller's monotonic clock). The server keeps it behind a short-held mutex and drives the
+//! timers (wait timeouts, session expiry) from outside; a replicated cluster can apply the
+//! same commands to a copy on every node.
+//!
+//! Command families live one per module: [`acquire`](LockTable::acquire) in `acquire`,
+//! [`release`](LockTable::release) in `release`, sessions in `sessions`, introspection in
+//! `inspect`, deadlock detection in `deadlock`.
+
+mod acquire;
+mod deadlock;
+mod error;
+mod inspect;
+mod key;
+mod release;
+mod sessions;
+mod table;
+mod types;
+
+pub use acquire::{Acquired, Wait};
+pub use error::KeyError;
+pub use inspect::{HolderInfo, KeyInfo, LockInfo, WaiterInfo};
+pub use key::{Key, MAX_KEY_LEN};
+pub use sessions::{ResumeError, SessionState};
+pub use table::{Config, Counters, LockTable};
+pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
+
+#[cfg(test)]
+mod tests;

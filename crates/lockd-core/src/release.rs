@@ -1,0 +1,55 @@
+//! RELEASE and RELEASE_ALL, and the hand-off to queued requests that follows.
+
+use crate::key::Key;
+use crate::table::LockTable;
+use crate::types::{Millis, Mode, SessionId};
+
+impl LockTable {
+    /// Drops session `id`'s `mode` lock on each key; keys not held are ignored. Returns how
+    /// many locks were released.
+    pub fn release(&mut self, id: SessionId, mode: Mode, keys: &[Key], now: Millis) -> u32 {
+        let Some(s) = self.find_session(&id) else {
+            return 0;
+        };
+        let mut n = 0;
+        for key in keys {
+            let Some(k) = self.find_key(key.as_bytes()) else {
+                continue;
+            };
+            if self.remove_holder(k, s, mode) {
+                n += 1;
+                self.grant_waiters(k, now);
+                self.release_key_if_unused(k);
+            }
+        }
+        self.forget_if_idle(s);
+        n
+    }
+
+    /// Drops every lock of session `id`. Returns how many locks were released.
+    pub fn release_all(&mut self, id: SessionId, now: Millis) -> u32 {
+        let Some(s) = self.find_session(&id) else {
+            return 0;
+        };
+        let n = self.release_all_of(s, now);
+        self.forget_if_idle(s);
+        n
+    }
+
+    pub(crate) fn release_all_of(&mut self, s: u32, now: Millis) -> u32 {
+        let keys: Vec<u32> = self.session(s).keys.iter().copied().collect();
+        let mut n = 0;
+        for &k in &keys {
+            for mode in [Mode::Sh, Mode::Ex] {
+                if self.remove_holder(k, s, mode) {
+                    n += 1;
+                }
+            }
+        }
+        for &k in &keys {
+            self.grant_waiters(k, now);
+            self.release_key_if_unused(k);
+        }
+        n
+    }
+}

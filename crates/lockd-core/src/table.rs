@@ -1,0 +1,419 @@
+//! The lock table's state and the bookkeeping every command family shares: the key slab
+//! and its index, the session slab, holders and queues.
+//!
+//! Memory is the design constraint here: a held lock on a short key costs one 72-byte slab
+//! entry, a slot in the key index and a slot in its session's key set (see the
+//! `lock_entry_is_small` test and BENCHMARKS.md for the measured figure).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use smallvec::SmallVec;
+
+use crate::key::Key;
+use crate::types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
+
+/// Limits and defaults of a table.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Most locks held at once, over all sessions (`maxLocks`).
+    pub max_locks: u64,
+    /// How long a dead session keeps its locks, unless it set its own grace (`lockTimeout`).
+    pub grace_ms: Millis,
+    /// Most queued requests at once, over all keys.
+    pub max_waiters: usize,
+    /// Most queued requests on one key.
+    pub max_waiters_per_key: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_locks: 10_000,
+            grace_ms: 60_000,
+            max_waiters: 100_000,
+            max_waiters_per_key: 10_000,
+        }
+    }
+}
+
+/// One session's hold of one key in one mode.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Holder {
+    pub token: u64,
+    pub since: Millis,
+    pub session: u32,
+    pub mode: Mode,
+}
+
+pub(crate) struct KeyEntry {
+    pub key: Key,
+    pub holders: SmallVec<[Holder; 1]>,
+    // Boxed: most keys never have a queue, and an empty VecDeque is 32 bytes.
+    #[allow(clippy::box_collection)]
+    pub queue: Option<Box<VecDeque<WaitId>>>,
+}
+
+impl KeyEntry {
+    fn is_unused(&self) -> bool {
+        self.holders.is_empty() && self.queue.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+}
+
+pub(crate) struct Session {
+    pub id: SessionId,
+    pub conn: Option<ConnId>,
+    /// Slab indices of the keys this session holds at least one lock on.
+    pub keys: HashTable<u32>,
+    /// Locks held: (key, mode) pairs.
+    pub locks: u32,
+    /// Set while the session is dead: when its locks are released.
+    pub expires_at: Option<Millis>,
+    pub grace: Option<Millis>,
+    pub wait: Option<WaitId>,
+}
+
+pub(crate) struct Waiter {
+    pub session: u32,
+    pub mode: Mode,
+    pub keys: SmallVec<[u32; 2]>,
+    pub since: Millis,
+}
+
+/// Counters since the table was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub grants: u64,
+    pub conflicts: u64,
+    pub timeouts: u64,
+    pub deadlocks: u64,
+    pub expired_sessions: u64,
+    pub too_many_locks: u64,
+}
+
+/// The lock table: a deterministic state machine. It does no I/O and reads no clock.
+pub struct LockTable {
+    pub(crate) config: Config,
+    pub(crate) keys: Vec<KeyEntry>,
+    free_keys: Vec<u32>,
+    key_index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    pub(crate) sessions: Vec<Option<Session>>,
+    free_sessions: Vec<u32>,
+    session_index: HashMap<SessionId, u32>,
+    pub(crate) conns: HashMap<ConnId, ConnSessions>,
+    pub(crate) waiters: HashMap<WaitId, Waiter>,
+    pub(crate) next_wait: u64,
+    pub(crate) expiries: BTreeSet<(Millis, u32)>,
+    pub(crate) next_token: u64,
+    pub(crate) token_limit: u64,
+    pub(crate) locks_held: u64,
+    pub(crate) dead_sessions: usize,
+    pub(crate) counters: Counters,
+    pub(crate) wakeups: Vec<Wakeup>,
+}
+
+/// The sessions bound to one connection.
+#[derive(Default)]
+pub(crate) struct ConnSessions {
+    pub list: Vec<u32>,
+    /// When `list` reaches this length, sessions without locks are pruned from it, so a
+    /// client cycling through session ids cannot grow the table without bound.
+    pub prune_at: usize,
+}
+
+/// Deterministic hash for slab indices: the session key sets are iterated (release-all,
+/// expiry), and replicas of a replicated table must iterate in the same order.
+pub(crate) fn index_hash(i: u32) -> u64 {
+    let p = (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl LockTable {
+    pub fn new(config: Config) -> LockTable {
+        LockTable {
+            config,
+            keys: Vec::new(),
+            free_keys: Vec::new(),
+            key_index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            session_index: HashMap::new(),
+            conns: HashMap::new(),
+            waiters: HashMap::new(),
+            next_wait: 1,
+            expiries: BTreeSet::new(),
+            next_token: 1,
+            token_limit: u64::MAX,
+            locks_held: 0,
+            dead_sessions: 0,
+            counters: Counters::default(),
+            wakeups: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Changes `max_locks`; locks already held stay held.
+    pub fn set_max_locks(&mut self, max_locks: u64) {
+        self.config.max_locks = max_locks;
+    }
+
+    /// Moves queued requests granted since the last call into `out`.
+    pub fn take_wakeups(&mut self, out: &mut Vec<Wakeup>) {
+        out.append(&mut self.wakeups);
+    }
+
+    // ---- keys ----
+
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    pub(crate) fn find_key(&self, key: &[u8]) -> Option<u32> {
+        let h = self.hash_key(key);
+        let keys = &self.keys;
+        self.key_index
+            .find(h, |&i| keys[i as usize].key.as_bytes() == key)
+            .copied()
+    }
+
+    pub(crate) fn find_or_insert_key(&mut self, key: &Key) -> u32 {
+        if let Some(i) = self.find_key(key.as_bytes()) {
+            return i;
+        }
+        let entry = KeyEntry {
+            key: key.clone(),
+            holders: SmallVec::new(),
+            queue: None,
+        };
+        let idx = match self.free_keys.pop() {
+            Some(i) => {
+                self.keys[i as usize] = entry;
+                i
+            }
+            None => {
+                self.keys.push(entry);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        let h = self.hash_key(key.as_bytes());
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.key_index.insert_unique(h, idx, |&i| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(keys[i as usize].key.as_bytes())
+        });
+        idx
+    }
+
+    /// Frees a key's slab entry once nothing holds or waits on it.
+    pub(crate) fn release_key_if_unused(&mut self, idx: u32) {
+        let e = &mut self.keys[idx as usize];
+        if !e.is_unused() {
+            return;
+        }
+        e.queue = None;
+        e.holders = SmallVec::new();
+        let h = self.hash_key(self.keys[idx as usize].key.as_bytes());
+        if let Ok(found) = self.key_index.find_entry(h, |&i| i == idx) {
+            found.remove();
+        }
+        // Drop a long key's heap buffer now rather than when the slot is reused.
+        if self.keys[idx as usize].key.as_bytes().len() > 31 {
+            self.keys[idx as usize].key = Key::new(b"-").expect("valid placeholder");
+        }
+        self.free_keys.push(idx);
+    }
+
+    /// Number of distinct keys with a holder or a waiter.
+    pub fn key_count(&self) -> usize {
+        self.key_index.len()
+    }
+
+    // ---- sessions ----
+
+    pub(crate) fn find_session(&self, id: &SessionId) -> Option<u32> {
+        self.session_index.get(id).copied()
+    }
+
+    pub(crate) fn session(&self, s: u32) -> &Session {
+        self.sessions[s as usize]
+            .as_ref()
+            .expect("live session index")
+    }
+
+    pub(crate) fn session_mut(&mut self, s: u32) -> &mut Session {
+        self.sessions[s as usize]
+            .as_mut()
+            .expect("live session index")
+    }
+
+    pub(crate) fn insert_session(&mut self, id: SessionId, conn: Option<ConnId>) -> u32 {
+        let session = Session {
+            id,
+            conn: None,
+            keys: HashTable::new(),
+            locks: 0,
+            expires_at: None,
+            grace: None,
+            wait: None,
+        };
+        let s = match self.free_sessions.pop() {
+            Some(s) => {
+                self.sessions[s as usize] = Some(session);
+                s
+            }
+            None => {
+                self.sessions.push(Some(session));
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        self.session_index.insert(id, s);
+        if let Some(c) = conn {
+            self.bind(s, c);
+        }
+        s
+    }
+
+    /// Forgets a session that holds nothing, waits for nothing and has no connection.
+    pub(crate) fn remove_session(&mut self, s: u32) {
+        let sess = self.sessions[s as usize]
+            .take()
+            .expect("live session index");
+        debug_assert!(sess.locks == 0 && sess.wait.is_none());
+        if let Some(at) = sess.expires_at {
+            self.expiries.remove(&(at, s));
+            self.dead_sessions -= 1;
+        }
+        self.session_index.remove(&sess.id);
+        self.free_sessions.push(s);
+    }
+
+    /// Number of sessions known to the table (live and dead).
+    pub fn session_count(&self) -> usize {
+        self.session_index.len()
+    }
+
+    /// Whether this session holds any lock on key `k`.
+    pub(crate) fn session_holds_key(&self, s: u32, k: u32) -> bool {
+        self.session(s)
+            .keys
+            .find(index_hash(k), |&x| x == k)
+            .is_some()
+    }
+
+    // ---- holders ----
+
+    /// Adds or refreshes `s`'s lock on `k` in `mode`. Returns whether it is a new lock.
+    pub(crate) fn add_holder(
+        &mut self,
+        k: u32,
+        s: u32,
+        mode: Mode,
+        token: u64,
+        now: Millis,
+    ) -> bool {
+        let e = &mut self.keys[k as usize];
+        if let Some(h) = e
+            .holders
+            .iter_mut()
+            .find(|h| h.session == s && h.mode == mode)
+        {
+            h.token = token;
+            return false;
+        }
+        e.holders.push(Holder {
+            token,
+            since: now,
+            session: s,
+            mode,
+        });
+        let sess = self.sessions[s as usize]
+            .as_mut()
+            .expect("live session index");
+        sess.locks += 1;
+        let h = index_hash(k);
+        if sess.keys.find(h, |&x| x == k).is_none() {
+            sess.keys.insert_unique(h, k, |&x| index_hash(x));
+        }
+        self.locks_held += 1;
+        true
+    }
+
+    /// Drops `s`'s lock on `k` in `mode`, if held. Does not free the key or wake waiters.
+    pub(crate) fn remove_holder(&mut self, k: u32, s: u32, mode: Mode) -> bool {
+        let e = &mut self.keys[k as usize];
+        let Some(pos) = e
+            .holders
+            .iter()
+            .position(|h| h.session == s && h.mode == mode)
+        else {
+            return false;
+        };
+        e.holders.swap_remove(pos);
+        let still_holds = e.holders.iter().any(|h| h.session == s);
+        let sess = self.sessions[s as usize]
+            .as_mut()
+            .expect("live session index");
+        sess.locks -= 1;
+        if !still_holds {
+            if let Ok(found) = sess.keys.find_entry(index_hash(k), |&x| x == k) {
+                found.remove();
+            }
+        }
+        self.locks_held -= 1;
+        true
+    }
+
+    pub(crate) fn issue_token(&mut self) -> Option<u64> {
+        if self.next_token > self.token_limit {
+            return None;
+        }
+        let t = self.next_token;
+        self.next_token += 1;
+        Some(t)
+    }
+
+    /// Total locks held, over all sessions.
+    pub fn locks_held(&self) -> u64 {
+        self.locks_held
+    }
+
+    /// Requests waiting in queues.
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Sessions that lost their connection and still hold locks.
+    pub fn dead_session_count(&self) -> usize {
+        self.dead_sessions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_entry_is_small() {
+        // The per-lock memory budget (100 bytes at a million locks) depends on these.
+        assert_eq!(std::mem::size_of::<Holder>(), 24);
+        assert!(
+            std::mem::size_of::<KeyEntry>() <= 72,
+            "{}",
+            std::mem::size_of::<KeyEntry>()
+        );
+    }
+}
