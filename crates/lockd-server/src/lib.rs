@@ -1,1 +1,25 @@
-//! placeholder
+//! The lockd server: a tokio listener serving the legacy LockServerDaemon protocol (and the
+//! native RESP protocol) on one port, over one shared [`lockd_core::LockTable`].
+//!
+//! - `listener`: binding, accepting, `maxClients`, graceful shutdown.
+//! - `conn`: one task per connection: buffers, output bound, protocol detection.
+//! - `legacy`: the legacy line protocol's request handling.
+//! - `shared`: the state every connection shares: the table behind a short-held mutex.
+//! - `expiry`: the timer that releases dead sessions' locks on time, also when idle.
+//! - `clock`: the server's notion of time (real, or manual in tests).
+//! - `sys`: process-level details (open-files limit, resident memory).
+
+mod clock;
+mod config;
+mod conn;
+mod expiry;
+mod legacy;
+mod listener;
+mod shared;
+pub mod sys;
+
+pub use clock::{Clock, ManualClock};
+pub use config::ServerConfig;
+pub use listener::{Server, ServerError, ServerHandle};
+pub use shared::Snapshot;
+pub use tokio_util::sync::CancellationToken;

@@ -1,1 +1,83 @@
-fn main() {}
+//! `lockd`: the lock server. Parses options, sets up logging, raises the open-files
+//! limit, and runs [`lockd_server::Server`] until SIGTERM or SIGINT.
+
+mod options;
+
+use anyhow::Context;
+use clap::Parser;
+use lockd_server::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let cli = options::Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: options::Cli) -> anyhow::Result<()> {
+    let settings = options::resolve(cli)?;
+    if let Some(generated) = &settings.generated_key {
+        println!("lockd: no auth key given; generated one: {}", generated.key);
+        println!("lockd: auth key written to {}", generated.path.display());
+    }
+    match lockd_server::sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let config = settings.server;
+        let server = lockd_server::Server::bind(config.clone()).await?;
+        tracing::info!(
+            address = %server.local_addr(),
+            lock_timeout_s = config.lock_timeout.as_secs(),
+            max_locks = config.max_locks,
+            max_clients = config.max_clients,
+            max_backlog = config.max_backlog,
+            auth_scheme = ?config.auth_scheme,
+            idle_timeout_s = config.idle_timeout.map(|d| d.as_secs()),
+            "lockd listening"
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        server.run(shutdown).await;
+        anyhow::Ok(())
+    })
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new connections, closing the open ones"
+    );
+    shutdown.cancel();
+}

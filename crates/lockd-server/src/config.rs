@@ -1,0 +1,47 @@
+//! The server's settings, already validated (the binary parses flags, environment and
+//! file into this).
+
+use std::time::Duration;
+
+use lockd_proto::legacy::AuthScheme;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub address: String,
+    pub port: u16,
+    /// The shared secret: signs legacy requests, authenticates native connections.
+    pub auth_key: String,
+    pub auth_scheme: AuthScheme,
+    /// Seconds a dead session keeps its locks (`lockTimeout`).
+    pub lock_timeout: Duration,
+    /// Most locks held at once (`maxLocks`).
+    pub max_locks: u64,
+    /// Most connections at once (`maxClients`); past it a client is refused at once.
+    pub max_clients: usize,
+    /// The listen backlog (`maxBacklog`).
+    pub max_backlog: u32,
+    /// A connection whose unsent replies pass this many bytes (a client that does not
+    /// read) is closed.
+    pub max_pending_output: usize,
+    /// Close connections idle this long; `None`: never (the original's behaviour).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ServerConfig {
+    /// The original daemon's defaults, listening on `address:port` with `auth_key`.
+    pub fn new(address: impl Into<String>, port: u16, auth_key: impl Into<String>) -> Self {
+        ServerConfig {
+            address: address.into(),
+            port,
+            auth_key: auth_key.into(),
+            auth_scheme: AuthScheme::Both,
+            lock_timeout: Duration::from_secs(60),
+            max_locks: 10_000,
+            max_clients: 1000,
+            max_backlog: 100,
+            max_pending_output: 1 << 20,
+            idle_timeout: None,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The legacy LockServerDaemon protocol on a connection: every complete line is answered,
+//! in order (the original glued pipelined requests together).
+
+use bytes::BytesMut;
+use lockd_core::{Acquired, ConnId, Key, Mode, SessionId, Wait};
+use lockd_proto::legacy::{parse, Command, Reply};
+use lockd_proto::line::{next_line, LineTooLong, MAX_LINE};
+use lockd_proto::LockType;
+
+use crate::shared::Shared;
+use crate::sys;
+
+pub(crate) struct Legacy {
+    conn: ConnId,
+    scanned: usize,
+}
+
+impl Legacy {
+    pub fn new(conn: ConnId) -> Legacy {
+        Legacy { conn, scanned: 0 }
+    }
+
+    /// Answers every complete line in `input`, appending the replies to `out`.
+    pub fn process(
+        &mut self,
+        shared: &Shared,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<(), LineTooLong> {
+        while let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? {
+            self.answer(shared, &line).write_to(out);
+        }
+        Ok(())
+    }
+
+    fn answer(&self, shared: &Shared, line: &[u8]) -> Reply {
+        use std::sync::atomic::Ordering::Relaxed;
+        shared.counters.legacy_requests.fetch_add(1, Relaxed);
+        // Parsing and the signature check happen outside the table's lock.
+        let req = match parse(line, &shared.signer) {
+            Ok(r) => r,
+            Err(bad) => {
+                shared.counters.bad_requests.fetch_add(1, Relaxed);
+                tracing::debug!(conn = self.conn.0, code = bad.code(), "bad legacy request");
+                return Reply::Bad(bad);
+            }
+        };
+        let Some(sid) = SessionId::from_bytes(req.session) else {
+            // parse() guarantees 32 bytes; answer as the original would if it did not.
+            return Reply::Bad(lockd_proto::legacy::BadRequest::Session);
+        };
+        let conn = self.conn;
+        match req.command {
+            Command::Acquire(ty, keys) => {
+                let keys = to_keys(&keys);
+                shared.with(|core, now| {
+                    core.table.use_session(sid, conn);
+                    match core.table.acquire(sid, mode(ty), &keys, Wait::No, now) {
+                        Acquired::Granted(_) => Reply::Acquired,
+                        Acquired::TooManyLocks => Reply::TooManyLocks,
+                        Acquired::TokensExhausted => {
+                            tracing::error!("no fencing tokens reserved: refusing ACQUIRE");
+                            Reply::CantAcquire
+                        }
+                        _ => Reply::CantAcquire,
+                    }
+                })
+            }
+            Command::Release(ty, keys) => {
+                let keys = to_keys(&keys);
+                shared.with(|core, now| {
+                    core.table.use_session(sid, conn);
+                    core.table.release(sid, mode(ty), &keys, now);
+                });
+                Reply::Released
+            }
+            Command::ReleaseAll => {
+                shared.with(|core, now| {
+                    core.table.use_session(sid, conn);
+                    core.table.release_all(sid, now);
+                });
+                Reply::ReleasedAll
+            }
+            Command::Stat => {
+                let uptime_ms = shared.with(|core, now| {
+                    core.table.use_session(sid, conn);
+                    now
+                });
+                Reply::Stat {
+                    uptime_secs: uptime_ms / 1000,
+                    memory_bytes: sys::resident_bytes(),
+                }
+            }
+        }
+    }
+}
+
+fn mode(t: LockType) -> Mode {
+    match t {
+        LockType::Sh => Mode::Sh,
+        LockType::Ex => Mode::Ex,
+    }
+}
+
+fn to_keys(keys: &[&[u8]]) -> Vec<Key> {
+    // Legacy keys are exactly 31 bytes (checked by parse), always valid keys.
+    keys.iter().filter_map(|k| Key::new(k).ok()).collect()
+}

@@ -1,0 +1,147 @@
+//! The listener: binds, accepts, enforces `maxClients` by refusing at once (the original
+//! left extra clients waiting in the backlog), and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::shared::{Shared, Snapshot};
+use crate::{conn, expiry};
+
+/// What a client past `maxClients` is told before the connection closes.
+const REFUSED: &[u8] = b"-ERR max number of clients reached\r\n";
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot resolve listen address {address}: {source}")]
+    Resolve {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A view of a running server's state.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+}
+
+impl Server {
+    /// Binds the listener with the real clock.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        Self::bind_with_clock(config, Clock::real()).await
+    }
+
+    pub async fn bind_with_clock(
+        config: ServerConfig,
+        clock: Clock,
+    ) -> Result<Server, ServerError> {
+        let address = format!("{}:{}", config.address, config.port);
+        let addr = tokio::net::lookup_host(&address)
+            .await
+            .and_then(|mut a| {
+                a.next()
+                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+            })
+            .map_err(|source| ServerError::Resolve { address, source })?;
+        let listener = (|| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(config.max_backlog.max(1))
+        })()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared::new(config, clock)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every connection and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server { listener, shared } = self;
+        let tracker = TaskTracker::new();
+        tracker.spawn(expiry::run(shared.clone(), shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(shared.config.max_clients));
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tracker.spawn(conn::serve(
+                        stream,
+                        peer,
+                        shared.clone(),
+                        shutdown.clone(),
+                        permit,
+                    ));
+                }
+                Err(_) => {
+                    shared
+                        .counters
+                        .refused_clients
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%peer, max_clients = shared.config.max_clients, "refused client: maxClients reached");
+                    let _ = stream.try_write(REFUSED);
+                    drop(stream);
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("lockd stopped");
+    }
+}

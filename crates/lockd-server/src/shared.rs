@@ -1,0 +1,152 @@
+//! The state all connections share: the lock table behind a short-held mutex (never held
+//! across an `.await`), the senders of queued requests, the clock and the counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use lockd_core::{Config, ConnId, Counters, LockTable, Millis, SessionId, WaitId, Wakeup};
+use lockd_proto::legacy::Signer;
+use std::collections::HashMap;
+use tokio::sync::{oneshot, Notify};
+
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+
+pub(crate) struct Core {
+    pub table: LockTable,
+    /// Where to send the fencing token when a queued request is granted.
+    pub waits: HashMap<WaitId, oneshot::Sender<u64>>,
+    wakeups: Vec<Wakeup>,
+}
+
+/// Server-level counters (the table keeps its own).
+#[derive(Default)]
+pub(crate) struct ServerCounters {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub refused_clients: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub legacy_requests: AtomicU64,
+    pub native_requests: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    pub clock: Clock,
+    pub config: ServerConfig,
+    pub signer: Signer,
+    /// Woken when a session dies, so the expiry timer can look at the new deadline.
+    pub expiry_changed: Notify,
+    pub counters: ServerCounters,
+    next_conn: AtomicU64,
+}
+
+/// A point-in-time view of the server, for STATS, tests and tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub uptime_ms: Millis,
+    pub connections: u64,
+    pub connections_total: u64,
+    pub refused_clients: u64,
+    pub bad_requests: u64,
+    pub legacy_requests: u64,
+    pub native_requests: u64,
+    pub sessions: usize,
+    pub dead_sessions: usize,
+    pub locks_held: u64,
+    pub keys: usize,
+    pub waiters: usize,
+    pub table: Counters,
+}
+
+impl Shared {
+    pub fn new(config: ServerConfig, clock: Clock) -> Shared {
+        let table = LockTable::new(Config {
+            max_locks: config.max_locks,
+            grace_ms: config.lock_timeout.as_millis() as Millis,
+            ..Config::default()
+        });
+        Shared {
+            core: Mutex::new(Core {
+                table,
+                waits: HashMap::new(),
+                wakeups: Vec::new(),
+            }),
+            clock,
+            signer: Signer::new(config.auth_key.as_bytes(), config.auth_scheme),
+            config,
+            expiry_changed: Notify::new(),
+            counters: ServerCounters::default(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub fn new_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the table at the current time. Dead sessions whose grace has passed are
+    /// released first, so no command ever sees a lock that should be gone, even if the
+    /// timer task is late; queued requests granted by `f` are handed to their waiters.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
+        let now = self.clock.now();
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = if core.table.next_expiry().is_some_and(|at| at <= now) {
+            core.table.expire(now)
+        } else {
+            Vec::new()
+        };
+        let r = f(&mut core, now);
+        core.deliver_wakeups();
+        drop(core);
+        log_expired(&expired);
+        r
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.clock.now();
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &core.table;
+        let c = &self.counters;
+        Snapshot {
+            uptime_ms: now,
+            connections: c.connections.load(Ordering::Relaxed),
+            connections_total: c.connections_total.load(Ordering::Relaxed),
+            refused_clients: c.refused_clients.load(Ordering::Relaxed),
+            bad_requests: c.bad_requests.load(Ordering::Relaxed),
+            legacy_requests: c.legacy_requests.load(Ordering::Relaxed),
+            native_requests: c.native_requests.load(Ordering::Relaxed),
+            sessions: t.session_count(),
+            dead_sessions: t.dead_session_count(),
+            locks_held: t.locks_held(),
+            keys: t.key_count(),
+            waiters: t.waiter_count(),
+            table: t.counters().clone(),
+        }
+    }
+
+    /// The connection closed: its sessions die or are forgotten, its waits are withdrawn.
+    pub fn disconnect(&self, conn: ConnId) {
+        self.with(|core, now| core.table.disconnect(conn, now));
+        self.expiry_changed.notify_one();
+    }
+}
+
+impl Core {
+    fn deliver_wakeups(&mut self) {
+        self.table.take_wakeups(&mut self.wakeups);
+        for w in self.wakeups.drain(..) {
+            if let Some(tx) = self.waits.remove(&w.wait) {
+                // A waiter that is gone had its wait cancelled under this same lock, so a
+                // failed send cannot strand a grant; ignore it.
+                let _ = tx.send(w.token);
+            }
+        }
+    }
+}
+
+pub(crate) fn log_expired(expired: &[(SessionId, u32)]) {
+    for (id, n) in expired {
+        tracing::info!(session = ?id, locks = n, "dead session expired: its locks are released");
+    }
+}

@@ -1,0 +1,333 @@
+//! Options: flags (`--name value` or `--name=value`, kebab-case or the original's
+//! camelCase), environment variables `LOCKD_*`, and an optional TOML file, in that order
+//! of precedence; then the built-in defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use lockd_proto::legacy::AuthScheme;
+use lockd_server::ServerConfig;
+use serde::Deserialize;
+
+/// Default port when none is given.
+pub const DEFAULT_PORT: u16 = 7531;
+const DEFAULT_ADDRESS: &str = "127.0.0.1";
+
+/// lockd: a lock server. Speaks MediaWiki's LockServerDaemon protocol (a drop-in
+/// replacement) and a native RESP protocol on the same port.
+///
+/// With no options, lockd listens on 127.0.0.1:7531 with a freshly generated auth key,
+/// printed and written to the key file.
+#[derive(Parser, Debug, Default)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "LOCKD_ADDRESS")]
+    pub address: Option<String>,
+
+    /// Port to listen on [default: 7531]
+    #[arg(long, env = "LOCKD_PORT")]
+    pub port: Option<u16>,
+
+    /// Shared secret that signs legacy requests and authenticates native clients
+    /// [default: generated, see --key-file]
+    #[arg(
+        long = "auth-key",
+        alias = "authKey",
+        alias = "authkey",
+        env = "LOCKD_AUTH_KEY",
+        hide_env_values = true
+    )]
+    pub auth_key: Option<String>,
+
+    /// Legacy signature schemes accepted: hmac (MediaWiki's LSLockManager), sha1 (the
+    /// seed daemon) or both [default: both]
+    #[arg(long = "auth-scheme", alias = "authScheme", env = "LOCKD_AUTH_SCHEME")]
+    pub auth_scheme: Option<AuthScheme>,
+
+    /// Seconds a session keeps its locks after its connection is lost [default: 60]
+    #[arg(
+        long = "lock-timeout",
+        alias = "lockTimeout",
+        env = "LOCKD_LOCK_TIMEOUT"
+    )]
+    pub lock_timeout: Option<u64>,
+
+    /// Most locks held at once, over all sessions [default: 10000]
+    #[arg(long = "max-locks", alias = "maxLocks", env = "LOCKD_MAX_LOCKS")]
+    pub max_locks: Option<u64>,
+
+    /// Most client connections at once; past it a client is refused at once [default: 1000]
+    #[arg(long = "max-clients", alias = "maxClients", env = "LOCKD_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+
+    /// Listen backlog [default: 100]
+    #[arg(long = "max-backlog", alias = "maxBacklog", env = "LOCKD_MAX_BACKLOG")]
+    pub max_backlog: Option<u32>,
+
+    /// Close a connection whose unread replies pass this many bytes [default: 1048576]
+    #[arg(long = "max-pending-output", env = "LOCKD_MAX_PENDING_OUTPUT")]
+    pub max_pending_output: Option<usize>,
+
+    /// Close connections idle this many seconds; 0 never does [default: 0]
+    #[arg(long = "idle-timeout", env = "LOCKD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+
+    /// Where a generated auth key is written [default:
+    /// $XDG_STATE_HOME/lockd/auth-key or ~/.local/state/lockd/auth-key]
+    #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// TOML file with any of these options (kebab-case or camelCase names); flags and
+    /// environment variables override it
+    #[arg(long, env = "LOCKD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The options a TOML file may set.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileOptions {
+    address: Option<String>,
+    port: Option<u16>,
+    #[serde(alias = "authKey")]
+    auth_key: Option<String>,
+    #[serde(alias = "authScheme")]
+    auth_scheme: Option<String>,
+    #[serde(alias = "lockTimeout")]
+    lock_timeout: Option<u64>,
+    #[serde(alias = "maxLocks")]
+    max_locks: Option<u64>,
+    #[serde(alias = "maxClients")]
+    max_clients: Option<usize>,
+    #[serde(alias = "maxBacklog")]
+    max_backlog: Option<u32>,
+    max_pending_output: Option<usize>,
+    idle_timeout: Option<u64>,
+    key_file: Option<PathBuf>,
+}
+
+pub struct GeneratedKey {
+    pub key: String,
+    pub path: PathBuf,
+}
+
+pub struct Settings {
+    pub server: ServerConfig,
+    pub generated_key: Option<GeneratedKey>,
+}
+
+pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
+    let file = match &cli.config {
+        Some(path) => read_file(path)?,
+        None => FileOptions::default(),
+    };
+    let auth_scheme = match (cli.auth_scheme, file.auth_scheme) {
+        (Some(s), _) => s,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("auth-scheme in the config file: {e}"))?,
+        (None, None) => AuthScheme::Both,
+    };
+    let max_clients = cli.max_clients.or(file.max_clients).unwrap_or(1000);
+    if max_clients == 0 {
+        bail!("--max-clients must be at least 1");
+    }
+    let mut server = ServerConfig::new(
+        cli.address
+            .or(file.address)
+            .unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+        cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
+        String::new(),
+    );
+    server.auth_scheme = auth_scheme;
+    server.lock_timeout = Duration::from_secs(cli.lock_timeout.or(file.lock_timeout).unwrap_or(60));
+    server.max_locks = cli.max_locks.or(file.max_locks).unwrap_or(10_000);
+    server.max_clients = max_clients;
+    server.max_backlog = cli.max_backlog.or(file.max_backlog).unwrap_or(100);
+    server.max_pending_output = cli
+        .max_pending_output
+        .or(file.max_pending_output)
+        .unwrap_or(1 << 20);
+    if server.max_pending_output < 1024 {
+        bail!("--max-pending-output must be at least 1024 bytes");
+    }
+    server.idle_timeout = match cli.idle_timeout.or(file.idle_timeout).unwrap_or(0) {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let mut generated_key = None;
+    server.auth_key = match cli.auth_key.or(file.auth_key) {
+        Some(k) if k.is_empty() => bail!("--auth-key must not be empty"),
+        Some(k) => k,
+        None => {
+            let path = cli
+                .key_file
+                .or(file.key_file)
+                .unwrap_or_else(default_key_file);
+            let key = generate_key();
+            write_key_file(&path, &key)?;
+            generated_key = Some(GeneratedKey {
+                key: key.clone(),
+                path,
+            });
+            key
+        }
+    };
+    Ok(Settings {
+        server,
+        generated_key,
+    })
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+}
+
+/// Where a generated key goes by default; `lockctl` looks in the same place.
+pub fn default_key_file() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match state {
+        Some(dir) => dir.join("lockd").join("auth-key"),
+        None => std::env::temp_dir().join("lockd-auth-key"),
+    }
+}
+
+fn generate_key() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..40)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn write_key_file(path: &Path, key: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write key file {}", path.display()))?;
+    writeln!(f, "{key}").with_context(|| format!("cannot write key file {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lockd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn accepts_both_spellings_and_forms() {
+        let a = parse(&[
+            "--address=0.0.0.0",
+            "--port",
+            "8000",
+            "--authKey=s3cret",
+            "--lockTimeout=5",
+            "--max-locks",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(a.address.as_deref(), Some("0.0.0.0"));
+        assert_eq!(a.port, Some(8000));
+        assert_eq!(a.auth_key.as_deref(), Some("s3cret"));
+        assert_eq!(a.lock_timeout, Some(5));
+        assert_eq!(a.max_locks, Some(7));
+        let b = parse(&[
+            "--auth-key",
+            "k",
+            "--maxClients=3",
+            "--maxBacklog",
+            "9",
+            "--auth-scheme=hmac",
+        ])
+        .unwrap();
+        assert_eq!(b.max_clients, Some(3));
+        assert_eq!(b.max_backlog, Some(9));
+        assert_eq!(b.auth_scheme, Some(AuthScheme::Hmac));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let e = parse(&["--port", "99999"]).unwrap_err().to_string();
+        assert!(e.contains("--port"), "{e}");
+        let e = parse(&["--maxLocks=many"]).unwrap_err().to_string();
+        assert!(e.contains("--max-locks"), "{e}");
+        let e = parse(&["--auth-scheme", "md5"]).unwrap_err().to_string();
+        assert!(e.contains("--auth-scheme"), "{e}");
+        let e = parse(&["--bogus"]).unwrap_err().to_string();
+        assert!(e.contains("--bogus"), "{e}");
+    }
+
+    #[test]
+    fn file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockd.toml");
+        std::fs::write(
+            &path,
+            "port = 9000\nauthKey = \"fromfile\"\nmax-locks = 3\nlockTimeout = 9\n",
+        )
+        .unwrap();
+        let cli = parse(&["--config", path.to_str().unwrap(), "--max-locks", "4"]).unwrap();
+        let s = resolve(cli).unwrap();
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.server.auth_key, "fromfile");
+        assert_eq!(s.server.max_locks, 4);
+        assert_eq!(s.server.lock_timeout, Duration::from_secs(9));
+        assert!(s.generated_key.is_none());
+    }
+
+    #[test]
+    fn file_errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "prot = 9000\n").unwrap();
+        let e = resolve(parse(&["--config", path.to_str().unwrap()]).unwrap())
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("prot"), "{e:#}");
+        let e = resolve(parse(&["--config", "/nonexistent/x.toml"]).unwrap())
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("/nonexistent/x.toml"), "{e:#}");
+    }
+
+    #[test]
+    fn no_key_generates_and_writes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/auth-key");
+        let cli = parse(&["--key-file", path.to_str().unwrap()]).unwrap();
+        let s = resolve(cli).unwrap();
+        let g = s.generated_key.unwrap();
+        assert_eq!(g.key.len(), 40);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), g.key);
+        assert_eq!(s.server.auth_key, g.key);
+        assert_eq!(
+            (s.server.address.as_str(), s.server.port),
+            ("127.0.0.1", DEFAULT_PORT)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}
