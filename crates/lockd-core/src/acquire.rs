@@ -234,11 +234,7 @@ impl LockTable {
         let mut i = 0;
         let mut ahead_any = false;
         let mut ahead_ex = false;
-        loop {
-            let w = match self.keys[k as usize].queue.as_ref().and_then(|q| q.get(i)) {
-                Some(&w) => w,
-                None => break,
-            };
+        while let Some(&w) = self.keys[k as usize].queue.as_ref().and_then(|q| q.get(i)) {
             let (s, mode) = {
                 let x = &self.waiters[&w];
                 (x.session, x.mode)

@@ -27,12 +27,7 @@ impl LockTable {
             self.wait_targets(s, mode, k, None, &mut |t| first.push(t));
         }
         let mut seen: HashSet<u32> = HashSet::new();
-        for &t in &first {
-            if self.reaches(t, s, &mut seen) {
-                return Some(t);
-            }
-        }
-        None
+        first.into_iter().find(|&t| self.reaches(t, s, &mut seen))
     }
 
     /// Whether session `from` waits, directly or through others, on session `target`.

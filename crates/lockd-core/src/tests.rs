@@ -294,8 +294,8 @@ proptest! {
                 }
                 Op::Use { s, conn } => {
                     t.use_session(sid(s), ConnId(conn as u64));
-                    if !m.conn.contains_key(&s) {
-                        m.conn.insert(s, conn);
+                    if let std::collections::btree_map::Entry::Vacant(e) = m.conn.entry(s) {
+                        e.insert(conn);
                         m.dead.remove(&s);
                     }
                 }

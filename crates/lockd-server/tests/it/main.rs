@@ -1,0 +1,4 @@
+//! Integration tests: a real server on 127.0.0.1:0, real sockets, a manual clock.
+
+mod harness;
+mod legacy;

@@ -1,0 +1,177 @@
+//! The `lockd` binary: help, option errors, the default start-up, graceful shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn lockd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lockd"));
+    // Options must come from the test, not from whoever runs it.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LOCKD_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = lockd().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for opt in [
+        "--address",
+        "--port",
+        "--auth-key",
+        "--auth-scheme",
+        "--lock-timeout",
+        "--max-locks",
+        "--max-clients",
+        "--max-backlog",
+        "--config",
+        "--key-file",
+        "--idle-timeout",
+    ] {
+        assert!(help.contains(opt), "{opt} missing from --help");
+    }
+}
+
+#[test]
+fn bad_options_exit_nonzero_naming_the_option() {
+    for (args, name) in [
+        (vec!["--port", "notaport"], "--port"),
+        (vec!["--maxLocks=-1"], "--max-locks"),
+        (vec!["--frobnicate"], "--frobnicate"),
+        (vec!["--auth-key", ""], "--auth-key"),
+        (vec!["--max-clients", "0"], "--max-clients"),
+    ] {
+        let out = lockd().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn environment_sets_options() {
+    let out = lockd().env("LOCKD_PORT", "notaport").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notaport"));
+}
+
+#[test]
+fn listen_failure_is_reported() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = lockd()
+        .args(["--auth-key", "k", "--port", &port])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen"), "{err}");
+}
+
+/// Starts lockd with `args`, waits for it to listen, returns the child and its port.
+fn start(args: &[&str], home: &std::path::Path) -> (std::process::Child, u16) {
+    let port = free_port();
+    let child = lockd()
+        .args(args)
+        .args(["--port", &port.to_string()])
+        .env("HOME", home)
+        .env_remove("XDG_STATE_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "lockd did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) with a pid we own.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+#[test]
+fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut child, port) = start(&[], home.path());
+    let mut first = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let key_path = home.path().join(".local/state/lockd/auth-key");
+    let key = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(first.contains(&key), "printed key: {first}");
+    let mut second = String::new();
+    stdout.read_line(&mut second).unwrap();
+    assert!(
+        second.contains(key_path.to_str().unwrap()),
+        "printed path: {second}"
+    );
+
+    let signer =
+        lockd_proto::legacy::Signer::new(key.as_bytes(), lockd_proto::legacy::AuthScheme::Hmac);
+    let mut req = signer.sign_line(&[b's'; 32], b"ACQUIRE", b"EX", &[b'k'; 31]);
+    req.push(b'\n');
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(&req).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    assert_eq!(reply, "ACQUIRED\n");
+
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("lockd listening"), "{err}");
+    assert!(!err.contains(&key), "the key is never logged");
+}
+
+#[test]
+fn given_key_is_not_logged() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut child, _port) = start(
+        &["--authKey=supersecretvalue", "--address=127.0.0.1"],
+        home.path(),
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("lockd listening"));
+    assert!(!err.contains("supersecretvalue"));
+    assert!(
+        !home.path().join(".local/state/lockd/auth-key").exists(),
+        "no key file when a key is given"
+    );
+}
