@@ -1,0 +1,123 @@
+//! `lockbench`: drives a lock server with many concurrent sessions and reports throughput,
+//! latency, server CPU per operation and memory, while a shadow table checks that no grant
+//! contradicts another (any such violation is reported and fails the run).
+
+mod client;
+mod report;
+mod server;
+mod shadow;
+mod workload;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// lockd's legacy line protocol, signed with HMAC-SHA1.
+    Legacy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Each connection acquires a random key and releases it, one request at a time.
+    Pingpong,
+    /// Take and hold --hold locks, then report the server's memory per lock.
+    Hold,
+    /// Open --connections idle connections, then report the server's memory per connection.
+    Idle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Ex,
+    Sh,
+    /// Nine SH for every EX.
+    Mix,
+}
+
+/// Benchmark a lock server.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "legacy")]
+    pub protocol: Protocol,
+    #[arg(long, value_enum, default_value = "pingpong")]
+    pub workload: Workload,
+    /// Concurrent connections, each its own session.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub connections: usize,
+    /// Size of the key space.
+    #[arg(long, short = 'k', default_value_t = 100_000)]
+    pub keys: u64,
+    /// How long to run, in seconds (pingpong).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, value_enum, default_value = "ex")]
+    pub mode: LockMode,
+    /// Locks to hold (hold workload).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub hold: u64,
+    /// Server address, when not spawning one.
+    #[arg(long, default_value = "127.0.0.1:7531")]
+    pub addr: String,
+    /// Auth key of the server (a spawned lockd gets this one).
+    #[arg(long, env = "LOCKD_AUTH_KEY", default_value = "lockbench")]
+    pub auth_key: String,
+    /// Start the server on a free loopback port and measure its CPU and memory.
+    #[arg(long)]
+    pub spawn: bool,
+    /// The lockd binary to spawn [default: lockd beside this program].
+    #[arg(long)]
+    pub lockd_bin: Option<std::path::PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("lockbench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the benchmark; `Ok(false)` when it saw violations or errors.
+fn run(args: Args) -> anyhow::Result<bool> {
+    if args.connections == 0 || args.keys == 0 {
+        bail!("--connections and --keys must be at least 1");
+    }
+    let _ = lockd_server::sys::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let spawned = if args.spawn {
+            Some(server::Spawned::lockd(&args).await?)
+        } else {
+            None
+        };
+        let addr = match &spawned {
+            Some(s) => s.addr.clone(),
+            None => args.addr.clone(),
+        };
+        let duration = Duration::from_secs_f64(args.duration);
+        let report = workload::run(&args, &addr, spawned.as_ref(), duration).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        Ok(report.violations == 0 && report.errors == 0)
+    })
+}

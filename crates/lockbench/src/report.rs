@@ -1,0 +1,109 @@
+//! The report: a table for people, JSON for scripts.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{Args, LockMode, Protocol, Workload};
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub protocol: Protocol,
+    pub workload: Workload,
+    pub mode: LockMode,
+    pub connections: usize,
+    pub keys: u64,
+    pub seconds: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub grants: u64,
+    pub refusals: u64,
+    pub errors: u64,
+    pub violations: u64,
+    pub latency_us_p50: Option<u64>,
+    pub latency_us_p99: Option<u64>,
+    pub latency_us_p999: Option<u64>,
+    pub latency_us_max: Option<u64>,
+    pub server_cpu_us_per_op: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    pub bytes_per_lock: Option<f64>,
+    pub bytes_per_connection: Option<f64>,
+}
+
+impl Report {
+    pub fn new(args: &Args) -> Report {
+        Report {
+            protocol: args.protocol,
+            workload: args.workload,
+            mode: args.mode,
+            connections: args.connections,
+            keys: args.keys,
+            seconds: 0.0,
+            ops: 0,
+            ops_per_sec: 0.0,
+            grants: 0,
+            refusals: 0,
+            errors: 0,
+            violations: 0,
+            latency_us_p50: None,
+            latency_us_p99: None,
+            latency_us_p999: None,
+            latency_us_max: None,
+            server_cpu_us_per_op: None,
+            server_rss_bytes: None,
+            bytes_per_lock: None,
+            bytes_per_connection: None,
+        }
+    }
+
+    pub fn set_latency(&mut self, h: &Histogram<u64>, elapsed: Duration) {
+        self.seconds = elapsed.as_secs_f64();
+        self.ops = h.len();
+        self.ops_per_sec = h.len() as f64 / self.seconds.max(1e-9);
+        if !h.is_empty() {
+            self.latency_us_p50 = Some(h.value_at_quantile(0.5));
+            self.latency_us_p99 = Some(h.value_at_quantile(0.99));
+            self.latency_us_p999 = Some(h.value_at_quantile(0.999));
+            self.latency_us_max = Some(h.max());
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(s, "protocol      {:?}", self.protocol);
+        let _ = writeln!(s, "workload      {:?} ({:?})", self.workload, self.mode);
+        let _ = writeln!(s, "connections   {}", self.connections);
+        let _ = writeln!(s, "keys          {}", self.keys);
+        let _ = writeln!(s, "seconds       {:.2}", self.seconds);
+        let _ = writeln!(s, "ops           {}", self.ops);
+        let _ = writeln!(s, "ops/s         {:.0}", self.ops_per_sec);
+        let _ = writeln!(s, "grants        {}", self.grants);
+        let _ = writeln!(s, "refusals      {}", self.refusals);
+        let _ = writeln!(s, "errors        {}", self.errors);
+        let _ = writeln!(s, "violations    {}", self.violations);
+        let _ = writeln!(
+            s,
+            "latency us    p50 {}  p99 {}  p99.9 {}  max {}",
+            opt(self.latency_us_p50),
+            opt(self.latency_us_p99),
+            opt(self.latency_us_p999),
+            opt(self.latency_us_max)
+        );
+        if let Some(c) = self.server_cpu_us_per_op {
+            let _ = writeln!(s, "server CPU    {c:.2} us/op");
+        }
+        if let Some(r) = self.server_rss_bytes {
+            let _ = writeln!(s, "server RSS    {r} bytes");
+        }
+        if let Some(b) = self.bytes_per_lock {
+            let _ = writeln!(s, "memory/lock   {b:.1} bytes");
+        }
+        if let Some(b) = self.bytes_per_connection {
+            let _ = writeln!(s, "memory/conn   {b:.0} bytes");
+        }
+        s
+    }
+}
