@@ -113,6 +113,11 @@ impl LockTable {
         self.next_token = self.next_token.max(floor);
     }
 
+    /// The highest token that may be issued before the limit is raised.
+    pub fn token_limit(&self) -> u64 {
+        self.token_limit
+    }
+
     /// Tokens up to `limit` may be issued; past it, acquires answer
     /// [`crate::Acquired::TokensExhausted`] until the limit is raised (the server raises it
     /// after it has durably reserved a range).

@@ -4,6 +4,7 @@
 
 pub mod legacy;
 pub mod line;
+pub mod resp;
 
 /// A lock mode as it appears on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,6 +26,12 @@ pub struct ServerConfig {
     pub max_pending_output: usize,
     /// Close connections idle this long; `None`: never (the original's behaviour).
     pub idle_timeout: Option<Duration>,
+    /// Where the fencing-token high-water mark is kept; `None`: tokens start from the
+    /// clock (see the `tokens` module).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Most queued ACQUIREs at once, and on one key.
+    pub max_waiters: usize,
+    pub max_waiters_per_key: usize,
 }
 
 impl ServerConfig {
@@ -42,6 +48,9 @@ impl ServerConfig {
             max_backlog: 100,
             max_pending_output: 1 << 20,
             idle_timeout: None,
+            data_dir: None,
+            max_waiters: 100_000,
+            max_waiters_per_key: 10_000,
         }
     }
 }

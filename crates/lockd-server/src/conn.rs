@@ -1,23 +1,29 @@
 //! One connection: reading and writing without holding a buffer while idle, detecting the
-//! protocol from the first byte, bounding what a client can make the server hold (unread
-//! replies, partial requests), and closing on shutdown.
+//! protocol from the first byte (`*` is RESP, anything else legacy), bounding what a client
+//! can make the server hold (unread replies, partial requests), blocking on a queued
+//! ACQUIRE, and closing on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use lockd_core::ConnId;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::legacy::Legacy;
+use crate::native::{Native, PendingWait, Stop};
 use crate::shared::Shared;
 
 const READ_CHUNK: usize = 8 * 1024;
+/// While a request waits, input is still read (to see the client leave) up to this much.
+const MAX_INPUT_WHILE_WAITING: usize = 64 * 1024;
 
 enum Protocol {
     Legacy(Legacy),
+    Native(Box<Native>),
 }
 
 pub(crate) async fn serve(
@@ -31,27 +37,37 @@ pub(crate) async fn serve(
     shared.counters.connections.fetch_add(1, Relaxed);
     shared.counters.connections_total.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
-    let why = drive(&stream, &shared, conn, &shutdown).await;
+    let mut pending = None;
+    let why = drive(&stream, &shared, conn, &shutdown, &mut pending).await;
     tracing::debug!(conn = conn.0, %peer, reason = why, "connection closed");
-    shared.disconnect(conn);
+    shared.disconnect(conn, pending.map(|p: PendingWait| p.id));
     shared.counters.connections.fetch_sub(1, Relaxed);
 }
 
-/// Runs the connection until it ends; returns why it ended.
+/// Runs the connection until it ends; returns why it ended. A wait still pending then is
+/// left in `pending` for the caller to withdraw.
 async fn drive(
     stream: &TcpStream,
     shared: &Shared,
-    conn: lockd_core::ConnId,
+    conn: ConnId,
     shutdown: &CancellationToken,
+    pending: &mut Option<PendingWait>,
 ) -> &'static str {
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
     let mut protocol: Option<Protocol> = None;
     let mut eof = false;
+    let mut closing = false;
     let max_output = shared.config.max_pending_output;
     loop {
-        if !input.is_empty() {
-            let p = protocol.get_or_insert_with(|| Protocol::Legacy(Legacy::new(conn)));
+        if !input.is_empty() && pending.is_none() && !closing {
+            let p = protocol.get_or_insert_with(|| {
+                if input[0] == b'*' {
+                    Protocol::Native(Box::new(Native::new(shared, conn)))
+                } else {
+                    Protocol::Legacy(Legacy::new(conn))
+                }
+            });
             match p {
                 Protocol::Legacy(l) => {
                     if l.process(shared, &mut input, &mut output).is_err() {
@@ -62,6 +78,11 @@ async fn drive(
                         return "line too long";
                     }
                 }
+                Protocol::Native(n) => match n.process(shared, &mut input, &mut output) {
+                    Stop::Drained => {}
+                    Stop::Wait(w) => *pending = Some(w),
+                    Stop::Close => closing = true,
+                },
             }
         }
         if output.len() > max_output {
@@ -72,8 +93,12 @@ async fn drive(
             );
             return "output bound";
         }
-        if eof && output.is_empty() {
-            return "closed by peer";
+        if (eof || closing) && output.is_empty() {
+            return if closing {
+                "closed after reply"
+            } else {
+                "closed by peer"
+            };
         }
         // Idle connections hold no buffers.
         if input.is_empty() && input.capacity() > 0 {
@@ -82,10 +107,30 @@ async fn drive(
         if output.is_empty() && output.capacity() > 0 {
             output = BytesMut::new();
         }
-        let idle = shared.config.idle_timeout.filter(|_| output.is_empty());
+        let want_read =
+            !eof && !closing && (pending.is_none() || input.len() < MAX_INPUT_WHILE_WAITING);
+        let idle = shared
+            .config
+            .idle_timeout
+            .filter(|_| output.is_empty() && pending.is_none());
+        let wait = async {
+            match pending.as_mut() {
+                Some(p) => tokio::select! {
+                    r = &mut p.rx => r.ok(),
+                    _ = shared.clock.sleep_until(p.deadline) => None,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return "shutdown",
+            granted = wait => {
+                let w = pending.take().expect("a wait was pending");
+                if let Some(Protocol::Native(n)) = protocol.as_mut() {
+                    n.finish_wait(shared, w, granted, &mut output);
+                }
+            }
             r = stream.writable(), if !output.is_empty() => {
                 if r.is_err() {
                     return "write error";
@@ -96,13 +141,15 @@ async fn drive(
                     Err(_) => return "write error",
                 }
             }
-            r = stream.readable(), if !eof => {
+            r = stream.readable(), if want_read => {
                 if r.is_err() {
                     return "read error";
                 }
                 input.reserve(READ_CHUNK);
                 match stream.try_read_buf(&mut input) {
-                    // The peer closed its side: answer what it sent, then close.
+                    // A client that leaves while waiting gives up its wait; otherwise what
+                    // it sent before closing its side is answered, then the connection closes.
+                    Ok(0) if pending.is_some() => return "closed by peer while waiting",
                     Ok(0) => eof = true,
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

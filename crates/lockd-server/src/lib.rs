@@ -4,8 +4,10 @@
 //! - `listener`: binding, accepting, `maxClients`, graceful shutdown.
 //! - `conn`: one task per connection: buffers, output bound, protocol detection.
 //! - `legacy`: the legacy line protocol's request handling.
+//! - `native`: the native RESP protocol, one file per command family.
 //! - `shared`: the state every connection shares: the table behind a short-held mutex.
 //! - `expiry`: the timer that releases dead sessions' locks on time, also when idle.
+//! - `tokens`: fencing tokens that keep increasing across restarts (`--data-dir`).
 //! - `clock`: the server's notion of time (real, or manual in tests).
 //! - `sys`: process-level details (open-files limit, resident memory).
 
@@ -15,8 +17,10 @@ mod conn;
 mod expiry;
 mod legacy;
 mod listener;
+mod native;
 mod shared;
 pub mod sys;
+mod tokens;
 
 pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;

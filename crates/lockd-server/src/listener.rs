@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::shared::{Shared, Snapshot};
-use crate::{conn, expiry};
+use crate::tokens::{TokenStore, RESERVE};
+use crate::{conn, expiry, tokens};
 
 /// What a client past `maxClients` is told before the connection closes.
 const REFUSED: &[u8] = b"-ERR max number of clients reached\r\n";
@@ -24,6 +25,11 @@ pub enum ServerError {
     #[error("cannot resolve listen address {address}: {source}")]
     Resolve {
         address: String,
+        source: std::io::Error,
+    },
+    #[error("data directory {dir}: {source}")]
+    DataDir {
+        dir: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("cannot listen on {addr}: {source}")]
@@ -37,6 +43,7 @@ pub enum ServerError {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    token_store: Option<TokenStore>,
 }
 
 /// A view of a running server's state.
@@ -80,9 +87,30 @@ impl Server {
             socket.listen(config.max_backlog.max(1))
         })()
         .map_err(|source| ServerError::Bind { addr, source })?;
+        let data_dir = config.data_dir.clone();
+        let mut shared = Shared::new(config, clock);
+        let token_store = match data_dir {
+            Some(dir) => {
+                let err = |source| ServerError::DataDir {
+                    dir: dir.clone(),
+                    source,
+                };
+                let (store, recorded) = TokenStore::open(&dir).map_err(err)?;
+                let first = recorded + 1;
+                let limit = first + RESERVE;
+                store.persist(limit).map_err(err)?;
+                shared.init_tokens(first, Some(limit));
+                Some(store)
+            }
+            None => {
+                shared.init_tokens(crate::tokens::clock_floor(), None);
+                None
+            }
+        };
         Ok(Server {
             listener,
-            shared: Arc::new(Shared::new(config, clock)),
+            shared: Arc::new(shared),
+            token_store,
         })
     }
 
@@ -100,9 +128,16 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then closes every connection and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            shared,
+            token_store,
+        } = self;
         let tracker = TaskTracker::new();
         tracker.spawn(expiry::run(shared.clone(), shutdown.clone()));
+        if let Some(store) = token_store {
+            tracker.spawn(tokens::reserve(shared.clone(), store, shutdown.clone()));
+        }
         let permits = Arc::new(Semaphore::new(shared.config.max_clients));
         loop {
             let accepted = tokio::select! {

@@ -28,6 +28,7 @@ pub(crate) struct ServerCounters {
     pub bad_requests: AtomicU64,
     pub legacy_requests: AtomicU64,
     pub native_requests: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -37,6 +38,10 @@ pub(crate) struct Shared {
     pub signer: Signer,
     /// Woken when a session dies, so the expiry timer can look at the new deadline.
     pub expiry_changed: Notify,
+    /// Woken when less than half of the reserved fencing tokens are left.
+    pub tokens_low: Notify,
+    /// Whether tokens are reserved durably (a data directory is in use).
+    reserving: bool,
     pub counters: ServerCounters,
     next_conn: AtomicU64,
 }
@@ -51,6 +56,7 @@ pub struct Snapshot {
     pub bad_requests: u64,
     pub legacy_requests: u64,
     pub native_requests: u64,
+    pub auth_failures: u64,
     pub sessions: usize,
     pub dead_sessions: usize,
     pub locks_held: u64,
@@ -64,7 +70,8 @@ impl Shared {
         let table = LockTable::new(Config {
             max_locks: config.max_locks,
             grace_ms: config.lock_timeout.as_millis() as Millis,
-            ..Config::default()
+            max_waiters: config.max_waiters,
+            max_waiters_per_key: config.max_waiters_per_key,
         });
         Shared {
             core: Mutex::new(Core {
@@ -76,8 +83,20 @@ impl Shared {
             signer: Signer::new(config.auth_key.as_bytes(), config.auth_scheme),
             config,
             expiry_changed: Notify::new(),
+            tokens_low: Notify::new(),
+            reserving: false,
             counters: ServerCounters::default(),
             next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Sets where tokens start and how far they may go before the next reservation.
+    pub fn init_tokens(&mut self, first: u64, limit: Option<u64>) {
+        let core = self.core.get_mut().unwrap_or_else(|p| p.into_inner());
+        core.table.raise_next_token(first);
+        if let Some(l) = limit {
+            core.table.set_token_limit(l);
+            self.reserving = true;
         }
     }
 
@@ -98,6 +117,11 @@ impl Shared {
         };
         let r = f(&mut core, now);
         core.deliver_wakeups();
+        if self.reserving
+            && core.table.next_token() + crate::tokens::RESERVE / 2 > core.table.token_limit()
+        {
+            self.tokens_low.notify_one();
+        }
         drop(core);
         log_expired(&expired);
         r
@@ -116,6 +140,7 @@ impl Shared {
             bad_requests: c.bad_requests.load(Ordering::Relaxed),
             legacy_requests: c.legacy_requests.load(Ordering::Relaxed),
             native_requests: c.native_requests.load(Ordering::Relaxed),
+            auth_failures: c.auth_failures.load(Ordering::Relaxed),
             sessions: t.session_count(),
             dead_sessions: t.dead_session_count(),
             locks_held: t.locks_held(),
@@ -125,9 +150,15 @@ impl Shared {
         }
     }
 
-    /// The connection closed: its sessions die or are forgotten, its waits are withdrawn.
-    pub fn disconnect(&self, conn: ConnId) {
-        self.with(|core, now| core.table.disconnect(conn, now));
+    /// The connection closed: its sessions die or are forgotten, its wait (if any) is
+    /// withdrawn.
+    pub fn disconnect(&self, conn: ConnId, wait: Option<WaitId>) {
+        self.with(|core, now| {
+            if let Some(w) = wait {
+                core.waits.remove(&w);
+            }
+            core.table.disconnect(conn, now)
+        });
         self.expiry_changed.notify_one();
     }
 }

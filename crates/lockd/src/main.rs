@@ -53,6 +53,7 @@ fn run(cli: options::Cli) -> anyhow::Result<()> {
             max_backlog = config.max_backlog,
             auth_scheme = ?config.auth_scheme,
             idle_timeout_s = config.idle_timeout.map(|d| d.as_secs()),
+            data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
             "lockd listening"
         );
         let shutdown = CancellationToken::new();

@@ -75,6 +75,19 @@ pub struct Cli {
     #[arg(long = "idle-timeout", env = "LOCKD_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
 
+    /// Directory for durable state: the fencing-token high-water mark, so tokens keep
+    /// increasing across restarts [default: none; tokens then start from the clock]
+    #[arg(long = "data-dir", alias = "dataDir", env = "LOCKD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Most queued (waiting) native ACQUIREs at once [default: 100000]
+    #[arg(long = "max-waiters", env = "LOCKD_MAX_WAITERS")]
+    pub max_waiters: Option<usize>,
+
+    /// Most queued native ACQUIREs on one key [default: 10000]
+    #[arg(long = "max-waiters-per-key", env = "LOCKD_MAX_WAITERS_PER_KEY")]
+    pub max_waiters_per_key: Option<usize>,
+
     /// Where a generated auth key is written [default:
     /// $XDG_STATE_HOME/lockd/auth-key or ~/.local/state/lockd/auth-key]
     #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
@@ -107,6 +120,10 @@ struct FileOptions {
     max_pending_output: Option<usize>,
     idle_timeout: Option<u64>,
     key_file: Option<PathBuf>,
+    #[serde(alias = "dataDir")]
+    data_dir: Option<PathBuf>,
+    max_waiters: Option<usize>,
+    max_waiters_per_key: Option<usize>,
 }
 
 pub struct GeneratedKey {
@@ -158,6 +175,12 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         0 => None,
         s => Some(Duration::from_secs(s)),
     };
+    server.data_dir = cli.data_dir.or(file.data_dir);
+    server.max_waiters = cli.max_waiters.or(file.max_waiters).unwrap_or(100_000);
+    server.max_waiters_per_key = cli
+        .max_waiters_per_key
+        .or(file.max_waiters_per_key)
+        .unwrap_or(10_000);
     let mut generated_key = None;
     server.auth_key = match cli.auth_key.or(file.auth_key) {
         Some(k) if k.is_empty() => bail!("--auth-key must not be empty"),

@@ -1,0 +1,361 @@
+//! RESP, the Redis serialization protocol: parsing client requests (arrays of bulk
+//! strings, which is what every Redis client and `redis-cli` send) and encoding replies
+//! in RESP2 or RESP3.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Limits on one request, so that no client can make the server buffer without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most elements in a request array.
+    pub max_args: usize,
+    /// Longest bulk string.
+    pub max_bulk: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_args: 4097,
+            max_bulk: 64 * 1024,
+        }
+    }
+}
+
+/// A request that cannot be parsed. The connection cannot be resynchronised after one,
+/// so the server answers it and closes, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    #[error("Protocol error: expected '{expected}', got '{got}'")]
+    Unexpected { expected: char, got: String },
+    #[error("Protocol error: invalid multibulk length")]
+    BadArrayLen,
+    #[error("Protocol error: invalid bulk length")]
+    BadBulkLen,
+    #[error("Protocol error: too many arguments (at most {0})")]
+    TooManyArgs(usize),
+    #[error("Protocol error: bulk string longer than {0} bytes")]
+    BulkTooLong(usize),
+    #[error("Protocol error: line too long")]
+    LineTooLong,
+}
+
+const MAX_HEADER_LINE: usize = 32;
+
+/// Parses one request off the front of `buf`. `Ok(None)` means more bytes are needed
+/// (nothing is consumed then).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let mut pos = 0;
+    let Some(n) = header(buf, &mut pos, b'*')? else {
+        return Ok(None);
+    };
+    // `*-1` and `*0` are no command: consume and report an empty request.
+    if n <= 0 {
+        if n < -1 {
+            return Err(ProtocolError::BadArrayLen);
+        }
+        buf.advance(pos);
+        return Ok(Some(Vec::new()));
+    }
+    let n = n as usize;
+    if n > limits.max_args {
+        return Err(ProtocolError::TooManyArgs(limits.max_args));
+    }
+    let mut spans = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Some(len) = header(buf, &mut pos, b'$')? else {
+            return Ok(None);
+        };
+        if len < 0 {
+            return Err(ProtocolError::BadBulkLen);
+        }
+        let len = len as usize;
+        if len > limits.max_bulk {
+            return Err(ProtocolError::BulkTooLong(limits.max_bulk));
+        }
+        if buf.len() < pos + len + 2 {
+            return Ok(None);
+        }
+        if &buf[pos + len..pos + len + 2] != b"\r\n" {
+            return Err(ProtocolError::BadBulkLen);
+        }
+        spans.push((pos, len));
+        pos += len + 2;
+    }
+    let frame = buf.split_to(pos).freeze();
+    Ok(Some(
+        spans
+            .into_iter()
+            .map(|(p, l)| frame.slice(p..p + l))
+            .collect(),
+    ))
+}
+
+/// Reads a `<prefix><integer>\r\n` line at `*pos`.
+fn header(buf: &[u8], pos: &mut usize, prefix: u8) -> Result<Option<i64>, ProtocolError> {
+    let Some(&first) = buf.get(*pos) else {
+        return Ok(None);
+    };
+    if first != prefix {
+        return Err(ProtocolError::Unexpected {
+            expected: prefix as char,
+            got: String::from_utf8_lossy(&[first]).into_owned(),
+        });
+    }
+    let rest = &buf[*pos + 1..];
+    let Some(end) = rest
+        .iter()
+        .take(MAX_HEADER_LINE + 1)
+        .position(|&b| b == b'\r')
+    else {
+        return if rest.len() > MAX_HEADER_LINE {
+            Err(ProtocolError::LineTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    if rest.len() < end + 2 {
+        return Ok(None);
+    }
+    if rest[end + 1] != b'\n' {
+        return Err(ProtocolError::LineTooLong);
+    }
+    let bad = || {
+        if prefix == b'*' {
+            ProtocolError::BadArrayLen
+        } else {
+            ProtocolError::BadBulkLen
+        }
+    };
+    let n = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(bad)?;
+    *pos += 1 + end + 2;
+    Ok(Some(n))
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Simple(String),
+    /// An error line: an upper-case code, a space, a message.
+    Error(String),
+    Integer(i64),
+    Bulk(Bytes),
+    Null,
+    Array(Vec<Value>),
+    /// A map in RESP3; a flat array of keys and values in RESP2.
+    Map(Vec<(Value, Value)>),
+}
+
+impl Value {
+    pub fn ok() -> Value {
+        Value::Simple("OK".into())
+    }
+
+    pub fn error(code_and_message: impl Into<String>) -> Value {
+        Value::Error(code_and_message.into())
+    }
+
+    pub fn bulk(b: impl AsRef<[u8]>) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(b.as_ref()))
+    }
+
+    /// A map with string keys.
+    pub fn map<K: AsRef<str>>(entries: impl IntoIterator<Item = (K, Value)>) -> Value {
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::bulk(k.as_ref()), v))
+                .collect(),
+        )
+    }
+
+    /// Appends the encoding of this value for protocol version `proto` (2 or 3).
+    pub fn encode(&self, proto: u8, out: &mut BytesMut) {
+        match self {
+            Value::Simple(s) => line(out, b'+', s.as_bytes()),
+            Value::Error(s) => line(out, b'-', s.as_bytes()),
+            Value::Integer(i) => line(out, b':', i.to_string().as_bytes()),
+            Value::Bulk(b) => {
+                line(out, b'$', b.len().to_string().as_bytes());
+                out.put_slice(b);
+                out.put_slice(b"\r\n");
+            }
+            Value::Null if proto >= 3 => out.put_slice(b"_\r\n"),
+            Value::Null => out.put_slice(b"$-1\r\n"),
+            Value::Array(items) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                for v in items {
+                    v.encode(proto, out);
+                }
+            }
+            Value::Map(entries) => {
+                if proto >= 3 {
+                    line(out, b'%', entries.len().to_string().as_bytes());
+                } else {
+                    line(out, b'*', (entries.len() * 2).to_string().as_bytes());
+                }
+                for (k, v) in entries {
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {
+    out.put_u8(prefix);
+    // A simple string or error must not contain a line break.
+    out.extend(
+        body.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.put_slice(b"\r\n");
+}
+
+/// Encodes a request as a client sends it (for clients, tools and tests).
+pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
+    line(out, b'*', args.len().to_string().as_bytes());
+    for a in args {
+        let a = a.as_ref();
+        line(out, b'$', a.len().to_string().as_bytes());
+        out.put_slice(a);
+        out.put_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(bytes: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        parse_request(&mut BytesMut::from(bytes), &Limits::default())
+    }
+
+    #[test]
+    fn parses_a_request_and_leaves_the_rest() {
+        let mut buf = BytesMut::from(&b"*2\r\n$4\r\nPING\r\n$4\r\na\r\nb\r\n*1\r\n$4\r\nQU"[..]);
+        let req = parse_request(&mut buf, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            req,
+            vec![Bytes::from_static(b"PING"), Bytes::from_static(b"a\r\nb")]
+        );
+        assert_eq!(&buf[..], b"*1\r\n$4\r\nQU");
+        assert_eq!(parse_request(&mut buf, &Limits::default()), Ok(None));
+        assert_eq!(
+            &buf[..],
+            b"*1\r\n$4\r\nQU",
+            "incomplete input is not consumed"
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_request_needs_more() {
+        let full = b"*3\r\n$7\r\nACQUIRE\r\n$2\r\nEX\r\n$0\r\n\r\n";
+        for i in 0..full.len() {
+            assert_eq!(parse_all(&full[..i]), Ok(None), "prefix {i}");
+        }
+        assert_eq!(parse_all(full).unwrap().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        assert!(matches!(
+            parse_all(b"PING\r\n"),
+            Err(ProtocolError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            parse_all(b"*1\r\n:1\r\n"),
+            Err(ProtocolError::Unexpected { .. })
+        ));
+        assert_eq!(parse_all(b"*x\r\n"), Err(ProtocolError::BadArrayLen));
+        assert_eq!(parse_all(b"*-2\r\n"), Err(ProtocolError::BadArrayLen));
+        assert_eq!(parse_all(b"*1\r\n$-1\r\n"), Err(ProtocolError::BadBulkLen));
+        assert_eq!(
+            parse_all(b"*1\r\n$1\r\nab\r\n"),
+            Err(ProtocolError::BadBulkLen)
+        );
+        assert_eq!(
+            parse_all(b"*99999\r\n"),
+            Err(ProtocolError::TooManyArgs(4097))
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$999999\r\n"),
+            Err(ProtocolError::BulkTooLong(65536))
+        );
+        assert_eq!(parse_all(&[b'*'; 100]), Err(ProtocolError::LineTooLong));
+        let mut long = b"*1".to_vec();
+        long.extend(std::iter::repeat_n(b'1', 40));
+        assert_eq!(parse_all(&long), Err(ProtocolError::LineTooLong));
+        assert_eq!(parse_all(b"*1\n$1\r\n"), Err(ProtocolError::BadArrayLen));
+    }
+
+    #[test]
+    fn empty_arrays_are_consumed() {
+        let mut buf = BytesMut::from(&b"*0\r\n*-1\r\n"[..]);
+        assert_eq!(
+            parse_request(&mut buf, &Limits::default()),
+            Ok(Some(vec![]))
+        );
+        assert_eq!(
+            parse_request(&mut buf, &Limits::default()),
+            Ok(Some(vec![]))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn encodes_resp2_and_resp3() {
+        let v = Value::Array(vec![
+            Value::ok(),
+            Value::error("ERR bad\r\nthing"),
+            Value::Integer(-7),
+            Value::bulk("hi"),
+            Value::Null,
+            Value::map([("a", Value::Integer(1))]),
+        ]);
+        let mut two = BytesMut::new();
+        v.encode(2, &mut two);
+        assert_eq!(
+            &two[..],
+            &b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-7\r\n$2\r\nhi\r\n$-1\r\n*2\r\n$1\r\na\r\n:1\r\n"[..]
+        );
+        let mut three = BytesMut::new();
+        v.encode(3, &mut three);
+        assert_eq!(
+            &three[..],
+            &b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-7\r\n$2\r\nhi\r\n_\r\n%1\r\n$1\r\na\r\n:1\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn encode_then_parse_round_trips() {
+        let args: Vec<&[u8]> = vec![b"ACQUIRE", b"EX", b"0", b"", b"\r\n\x00\xff"];
+        let mut buf = BytesMut::new();
+        encode_request(&args, &mut buf);
+        let got = parse_request(&mut buf, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.iter().map(|b| &b[..]).collect::<Vec<_>>(), args);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_never_overreads(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let before = buf.len();
+            if let Ok(Some(_)) = parse_request(&mut buf, &Limits::default()) {
+                proptest::prop_assert!(buf.len() < before);
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! A request's arguments, with the checks every command needs and Redis-style errors.
+
+use bytes::Bytes;
+use lockd_proto::resp::Value;
+
+pub(crate) struct Args {
+    items: Vec<Bytes>,
+}
+
+pub(crate) type Reply = Result<Value, Value>;
+
+impl Args {
+    pub fn new(items: Vec<Bytes>) -> Args {
+        Args { items }
+    }
+
+    /// The command name, upper-cased.
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.items[0]).to_ascii_uppercase()
+    }
+
+    /// Arguments after the command name.
+    pub fn rest(&self) -> &[Bytes] {
+        &self.items[1..]
+    }
+
+    /// Errors unless the command has between `min` and `max` arguments after its name.
+    pub fn arity(&self, min: usize, max: usize) -> Result<&[Bytes], Value> {
+        let n = self.items.len() - 1;
+        if n < min || n > max {
+            return Err(Value::error(format!(
+                "ERR wrong number of arguments for '{}' command",
+                self.name().to_ascii_lowercase()
+            )));
+        }
+        Ok(self.rest())
+    }
+
+    pub fn unknown(&self) -> Value {
+        let mut msg = format!(
+            "ERR unknown command '{}', with args beginning with:",
+            String::from_utf8_lossy(&self.items[0])
+        );
+        for a in self.rest().iter().take(3) {
+            msg += &format!(" '{}'", String::from_utf8_lossy(a));
+        }
+        Value::error(msg)
+    }
+}
+
+/// A non-negative integer argument.
+pub(crate) fn uint(arg: &[u8], what: &str) -> Result<u64, Value> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Value::error(format!("ERR {what} is not a non-negative integer")))
+}
+
+pub(crate) fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
+}

@@ -1,0 +1,112 @@
+//! Connection commands: PING, HELLO, AUTH, CLIENT, SELECT.
+
+use lockd_proto::resp::Value;
+use subtle::ConstantTimeEq;
+
+use super::args::{upper, Args, Reply};
+use super::Native;
+use crate::shared::Shared;
+
+pub(super) fn ping(args: Args) -> Reply {
+    match args.arity(0, 1)? {
+        [] => Ok(Value::Simple("PONG".into())),
+        [msg] => Ok(Value::Bulk(msg.clone())),
+        _ => unreachable!("arity checked"),
+    }
+}
+
+/// AUTH [username] password. lockd has one user; any username is accepted with the key.
+pub(super) fn auth(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+    let password = match args.arity(1, 2)? {
+        [p] | [_, p] => p,
+        _ => unreachable!("arity checked"),
+    };
+    check_password(n, shared, password)?;
+    Ok(Value::ok())
+}
+
+fn check_password(n: &mut Native, shared: &Shared, password: &[u8]) -> Result<(), Value> {
+    if bool::from(shared.config.auth_key.as_bytes().ct_eq(password)) {
+        n.authed = true;
+        Ok(())
+    } else {
+        shared
+            .counters
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(conn = n.conn.0, "native AUTH failed");
+        Err(Value::error(
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        ))
+    }
+}
+
+/// HELLO [protover [AUTH username password] [SETNAME name]]
+pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+    let rest = args.rest();
+    let mut proto = n.proto;
+    let mut i = 0;
+    if let Some(v) = rest.first() {
+        proto = match &v[..] {
+            b"2" => 2,
+            b"3" => 3,
+            _ => return Err(Value::error("NOPROTO unsupported protocol version")),
+        };
+        i = 1;
+    }
+    let mut name = None;
+    while i < rest.len() {
+        match upper(&rest[i]).as_str() {
+            "AUTH" if i + 2 < rest.len() => {
+                check_password(n, shared, &rest[i + 2])?;
+                i += 3;
+            }
+            "SETNAME" if i + 1 < rest.len() => {
+                name = Some(rest[i + 1].clone());
+                i += 2;
+            }
+            _ => return Err(Value::error("ERR syntax error in HELLO")),
+        }
+    }
+    if !n.authed {
+        return Err(Value::error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        ));
+    }
+    n.proto = proto;
+    if name.is_some() {
+        n.name = name;
+    }
+    Ok(Value::map([
+        ("server", Value::bulk("lockd")),
+        ("version", Value::bulk(env!("CARGO_PKG_VERSION"))),
+        ("proto", Value::Integer(proto as i64)),
+        ("id", Value::Integer(n.conn.0 as i64)),
+        ("mode", Value::bulk("standalone")),
+        ("role", Value::bulk("master")),
+        ("modules", Value::Array(Vec::new())),
+    ]))
+}
+
+/// CLIENT SETNAME | GETNAME | ID | SETINFO: what Redis client libraries send on connect.
+pub(super) fn client(n: &mut Native, args: Args) -> Reply {
+    let rest = args.arity(1, 3)?;
+    match (upper(&rest[0]).as_str(), rest.len()) {
+        ("SETNAME", 2) => {
+            n.name = Some(rest[1].clone());
+            Ok(Value::ok())
+        }
+        ("GETNAME", 1) => Ok(n.name.clone().map_or(Value::Null, Value::Bulk)),
+        ("ID", 1) => Ok(Value::Integer(n.conn.0 as i64)),
+        ("SETINFO", 3) => Ok(Value::ok()),
+        _ => Err(Value::error("ERR unknown or malformed CLIENT subcommand")),
+    }
+}
+
+/// SELECT 0 (clients configured with a database number send it); lockd has one table.
+pub(super) fn select(args: Args) -> Reply {
+    match args.arity(1, 1)? {
+        [db] if &db[..] == b"0" => Ok(Value::ok()),
+        _ => Err(Value::error("ERR DB index is out of range")),
+    }
+}

@@ -1,0 +1,102 @@
+//! Introspection: INSPECT key, LOCKS [session], STATS.
+
+use lockd_core::{Key, Mode, SessionId};
+use lockd_proto::resp::Value;
+
+use super::args::{Args, Reply};
+use super::Native;
+use crate::shared::Shared;
+use crate::sys;
+
+fn mode(m: Mode) -> Value {
+    Value::bulk(m.as_str())
+}
+
+pub(super) fn inspect(shared: &Shared, args: Args) -> Reply {
+    let [key] = args.arity(1, 1)? else {
+        unreachable!("arity checked")
+    };
+    Key::new(key).map_err(|e| Value::error(format!("ERR invalid key: {e}")))?;
+    let info = shared.with(|core, now| core.table.inspect(key, now));
+    let holders = info
+        .holders
+        .into_iter()
+        .map(|h| {
+            Value::map([
+                ("session", Value::bulk(h.session.0)),
+                ("mode", mode(h.mode)),
+                ("token", Value::Integer(h.token as i64)),
+                ("held_ms", Value::Integer(h.held_ms as i64)),
+            ])
+        })
+        .collect();
+    let waiters = info
+        .waiters
+        .into_iter()
+        .map(|w| {
+            Value::map([
+                ("session", Value::bulk(w.session.0)),
+                ("mode", mode(w.mode)),
+                ("waited_ms", Value::Integer(w.waited_ms as i64)),
+            ])
+        })
+        .collect();
+    Ok(Value::map([
+        ("holders", Value::Array(holders)),
+        ("waiters", Value::Array(waiters)),
+    ]))
+}
+
+pub(super) fn locks(n: &Native, shared: &Shared, args: Args) -> Reply {
+    let id = match args.arity(0, 1)? {
+        [] => n.session,
+        [s] => match SessionId::from_bytes(s) {
+            Some(id) => id,
+            None => return Ok(Value::Array(Vec::new())),
+        },
+        _ => unreachable!("arity checked"),
+    };
+    let locks = shared
+        .with(|core, _| core.table.locks_of(&id))
+        .unwrap_or_default();
+    Ok(Value::Array(
+        locks
+            .into_iter()
+            .map(|l| {
+                Value::map([
+                    ("key", Value::bulk(l.key.as_bytes())),
+                    ("mode", mode(l.mode)),
+                    ("token", Value::Integer(l.token as i64)),
+                ])
+            })
+            .collect(),
+    ))
+}
+
+pub(super) fn stats(shared: &Shared, args: Args) -> Reply {
+    args.arity(0, 0)?;
+    let s = shared.snapshot();
+    let int = |v: u64| Value::Integer(v as i64);
+    Ok(Value::map([
+        ("uptime", int(s.uptime_ms / 1000)),
+        ("connections", int(s.connections)),
+        ("sessions", int(s.sessions as u64)),
+        ("dead_sessions", int(s.dead_sessions as u64)),
+        ("locks_held", int(s.locks_held)),
+        ("waiters", int(s.waiters as u64)),
+        ("grants", int(s.table.grants)),
+        ("conflicts", int(s.table.conflicts)),
+        ("timeouts", int(s.table.timeouts)),
+        ("deadlocks", int(s.table.deadlocks)),
+        ("expired_sessions", int(s.table.expired_sessions)),
+        ("memory", int(sys::resident_bytes())),
+        ("keys", int(s.keys as u64)),
+        ("too_many_locks", int(s.table.too_many_locks)),
+        ("connections_total", int(s.connections_total)),
+        ("refused_clients", int(s.refused_clients)),
+        ("legacy_requests", int(s.legacy_requests)),
+        ("native_requests", int(s.native_requests)),
+        ("bad_requests", int(s.bad_requests)),
+        ("auth_failures", int(s.auth_failures)),
+    ]))
+}

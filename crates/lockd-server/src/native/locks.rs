@@ -1,0 +1,101 @@
+//! Lock commands: ACQUIRE, RELEASE, RELEASEALL.
+
+use lockd_core::{Acquired, Key, Mode, Wait};
+use lockd_proto::resp::Value;
+use tokio::sync::oneshot;
+
+use super::args::{uint, upper, Args, Reply};
+use super::{Native, Outcome, PendingWait};
+use crate::shared::Shared;
+
+/// Most keys in one request.
+pub(crate) const MAX_KEYS: usize = 4096;
+
+fn mode(arg: &[u8]) -> Result<Mode, Value> {
+    match upper(arg).as_str() {
+        "SH" => Ok(Mode::Sh),
+        "EX" => Ok(Mode::Ex),
+        _ => Err(Value::error("ERR mode must be SH or EX")),
+    }
+}
+
+fn keys(args: &[bytes::Bytes]) -> Result<Vec<Key>, Value> {
+    if args.len() > MAX_KEYS {
+        return Err(Value::error(format!(
+            "ERR too many keys in one request (at most {MAX_KEYS})"
+        )));
+    }
+    args.iter()
+        .map(|k| {
+            Key::new(k).map_err(|e| {
+                Value::error(format!("ERR invalid key: {e} (keys are 1 to 1024 bytes)"))
+            })
+        })
+        .collect()
+}
+
+/// ACQUIRE SH|EX timeout_ms key [key ...]
+pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
+    let parsed = (|| {
+        let rest = args.arity(3, usize::MAX)?;
+        let mode = mode(&rest[0])?;
+        let timeout = uint(&rest[1], "timeout")?;
+        Ok::<_, Value>((mode, timeout, keys(&rest[2..])?))
+    })();
+    let (mode, timeout, keys) = match parsed {
+        Ok(x) => x,
+        Err(e) => return Outcome::Reply(e),
+    };
+    let session = n.session;
+    let wait = if timeout == 0 { Wait::No } else { Wait::Queue };
+    shared.with(
+        |core, now| match core.table.acquire(session, mode, &keys, wait, now) {
+            Acquired::Granted(token) => Outcome::Reply(Value::Integer(token as i64)),
+            Acquired::Conflict => Outcome::Reply(Value::Null),
+            Acquired::Queued(id) => {
+                let (tx, rx) = oneshot::channel();
+                core.waits.insert(id, tx);
+                Outcome::Wait(PendingWait {
+                    id,
+                    rx,
+                    deadline: now.saturating_add(timeout),
+                })
+            }
+            Acquired::TooManyLocks => Outcome::Reply(Value::error(format!(
+                "TOOMANYLOCKS the server holds its maximum of {} locks",
+                core.table.config().max_locks
+            ))),
+            Acquired::Deadlock(other) => Outcome::Reply(Value::error(format!(
+                "DEADLOCK waiting would close a cycle of waits with session {}",
+                String::from_utf8_lossy(&other.0)
+            ))),
+            Acquired::TooManyWaiters => Outcome::Reply(Value::error(
+                "ERR too many waiters on these keys or in total; try again later",
+            )),
+            Acquired::AlreadyWaiting => {
+                Outcome::Reply(Value::error("ERR this session already waits for a lock"))
+            }
+            Acquired::TokensExhausted => Outcome::Reply(Value::error(
+                "ERR no fencing tokens reserved yet; try again",
+            )),
+        },
+    )
+}
+
+/// RELEASE SH|EX key [key ...]
+pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+    let rest = args.arity(2, usize::MAX)?;
+    let mode = mode(&rest[0])?;
+    let keys = keys(&rest[1..])?;
+    let session = n.session;
+    let released = shared.with(|core, now| core.table.release(session, mode, &keys, now));
+    Ok(Value::Integer(released as i64))
+}
+
+/// RELEASEALL
+pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+    args.arity(0, 0)?;
+    let session = n.session;
+    let released = shared.with(|core, now| core.table.release_all(session, now));
+    Ok(Value::Integer(released as i64))
+}

@@ -1,0 +1,168 @@
+//! The native protocol (RESP) on a connection: authentication, dispatch to the command
+//! families, and blocking ACQUIREs.
+//!
+//! Each command family is one file: `connection` (PING, HELLO, AUTH, QUIT, CLIENT, SELECT,
+//! COMMAND), `locks` (ACQUIRE, RELEASE, RELEASEALL), `session` (SESSION), `info`
+//! (INSPECT, LOCKS, STATS). A new verb is one function in one of them and one arm below.
+
+mod args;
+mod connection;
+mod info;
+mod locks;
+mod session;
+
+use bytes::{Bytes, BytesMut};
+use lockd_core::{ConnId, Millis, SessionId, WaitId};
+use lockd_proto::resp::{parse_request, Limits, Value};
+use tokio::sync::oneshot;
+
+use crate::shared::Shared;
+
+pub(crate) use args::Args;
+
+/// A queued ACQUIRE the connection waits on; nothing else on the connection is answered
+/// until it ends.
+pub(crate) struct PendingWait {
+    pub id: WaitId,
+    pub rx: oneshot::Receiver<u64>,
+    pub deadline: Millis,
+}
+
+/// What a command asks of the connection.
+pub(crate) enum Outcome {
+    Reply(Value),
+    Wait(PendingWait),
+    /// Reply, then close the connection.
+    Close(Value),
+}
+
+/// How processing stopped.
+pub(crate) enum Stop {
+    /// Input used up (or waiting for more).
+    Drained,
+    Wait(PendingWait),
+    /// Flush the output, then close.
+    Close,
+}
+
+pub(crate) struct Native {
+    pub conn: ConnId,
+    pub session: SessionId,
+    pub proto: u8,
+    pub authed: bool,
+    pub name: Option<Bytes>,
+    limits: Limits,
+}
+
+impl Native {
+    pub fn new(shared: &Shared, conn: ConnId) -> Native {
+        let session = loop {
+            let id = random_session_id();
+            if shared.with(|core, _| core.table.open_session(id, conn)) {
+                break id;
+            }
+        };
+        Native {
+            conn,
+            session,
+            proto: 2,
+            authed: false,
+            name: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Answers requests from `input` until it is used up or one must wait.
+    pub fn process(&mut self, shared: &Shared, input: &mut BytesMut, out: &mut BytesMut) -> Stop {
+        loop {
+            let args = match parse_request(input, &self.limits) {
+                Ok(Some(a)) => a,
+                Ok(None) => return Stop::Drained,
+                Err(e) => {
+                    Value::error(format!("ERR {e}")).encode(self.proto, out);
+                    tracing::debug!(conn = self.conn.0, error = %e, "native protocol error: closing");
+                    return Stop::Close;
+                }
+            };
+            if args.is_empty() {
+                continue;
+            }
+            shared
+                .counters
+                .native_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.execute(shared, Args::new(args)) {
+                Outcome::Reply(v) => v.encode(self.proto, out),
+                Outcome::Wait(w) => return Stop::Wait(w),
+                Outcome::Close(v) => {
+                    v.encode(self.proto, out);
+                    return Stop::Close;
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, shared: &Shared, args: Args) -> Outcome {
+        let name = args.name();
+        let open = matches!(name.as_str(), "HELLO" | "AUTH" | "PING" | "QUIT");
+        if !self.authed && !open {
+            return Outcome::Reply(Value::error("NOAUTH Authentication required."));
+        }
+        let reply = match name.as_str() {
+            "PING" => connection::ping(args),
+            "HELLO" => connection::hello(self, shared, args),
+            "AUTH" => connection::auth(self, shared, args),
+            "QUIT" => return Outcome::Close(Value::ok()),
+            "CLIENT" => connection::client(self, args),
+            "SELECT" => connection::select(args),
+            "COMMAND" => Ok(Value::Array(Vec::new())),
+            "ACQUIRE" => return locks::acquire(self, shared, args),
+            "RELEASE" => locks::release(self, shared, args),
+            "RELEASEALL" => locks::release_all(self, shared, args),
+            "SESSION" => session::session(self, shared, args),
+            "INSPECT" => info::inspect(shared, args),
+            "LOCKS" => info::locks(self, shared, args),
+            "STATS" => info::stats(shared, args),
+            _ => Err(args.unknown()),
+        };
+        Outcome::Reply(reply.unwrap_or_else(|e| e))
+    }
+
+    /// The wait ended: granted with a token, or timed out (`None`).
+    pub fn finish_wait(
+        &mut self,
+        shared: &Shared,
+        mut wait: PendingWait,
+        granted: Option<u64>,
+        out: &mut BytesMut,
+    ) {
+        let token = granted.or_else(|| {
+            shared.with(|core, now| {
+                core.waits.remove(&wait.id);
+                if core.table.time_out(wait.id, now) {
+                    None
+                } else {
+                    // Granted just before the timeout was handled: the token is sent.
+                    wait.rx.try_recv().ok()
+                }
+            })
+        });
+        match token {
+            Some(t) => Value::Integer(t as i64),
+            None => Value::Null,
+        }
+        .encode(self.proto, out);
+    }
+}
+
+/// 32 random alphanumerics: also a valid legacy session id.
+fn random_session_id() -> SessionId {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::thread_rng();
+    let mut id = [0u8; 32];
+    for b in &mut id {
+        *b = ALPHABET[rng.gen_range(0..ALPHABET.len())];
+    }
+    SessionId(id)
+}
