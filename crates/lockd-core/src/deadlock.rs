@@ -23,18 +23,39 @@ impl LockTable {
             return None;
         }
         let mut first: SmallVec<[u32; 8]> = SmallVec::new();
+        // Who will wait on the new request: `s` itself (through its held locks), and, on
+        // keys `s` holds (where the request goes ahead of the queue), the conflicting
+        // requests it goes ahead of. A cycle must come back to one of them.
+        let mut targets: HashSet<u32> = HashSet::new();
+        targets.insert(s);
         for &k in keys.iter().flatten() {
             self.wait_targets(s, mode, k, None, &mut |t| first.push(t));
+            if self.session_holds_key(s, k) {
+                if let Some(q) = &self.keys[k as usize].queue {
+                    for w in q.iter() {
+                        let x = &self.waiters[w];
+                        if x.session != s
+                            && !self.session_holds_key(x.session, k)
+                            && mode.conflicts(x.mode)
+                        {
+                            targets.insert(x.session);
+                        }
+                    }
+                }
+            }
         }
         let mut seen: HashSet<u32> = HashSet::new();
-        first.into_iter().find(|&t| self.reaches(t, s, &mut seen))
+        first
+            .into_iter()
+            .find(|&t| self.reaches(t, &targets, &mut seen))
     }
 
-    /// Whether session `from` waits, directly or through others, on session `target`.
-    fn reaches(&self, from: u32, target: u32, seen: &mut HashSet<u32>) -> bool {
+    /// Whether session `from` is one of `targets` or waits, directly or through others, on
+    /// one of them.
+    fn reaches(&self, from: u32, targets: &HashSet<u32>, seen: &mut HashSet<u32>) -> bool {
         let mut stack = vec![from];
         while let Some(x) = stack.pop() {
-            if x == target {
+            if targets.contains(&x) {
                 return true;
             }
             if !seen.insert(x) {

@@ -31,3 +31,5 @@ pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_queue;

@@ -1,0 +1,437 @@
+//! Queues: FIFO hand-off, fairness, all-or-nothing waits, deadlock detection, timeouts;
+//! and a property test that checks, after every step of random interleavings, that no two
+//! conflicting locks are held, no waiter that could be granted is left waiting, no grant
+//! overtook a conflicting earlier request, and the wait-for graph has no cycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use crate::tests::{key, sid};
+use crate::*;
+
+fn t() -> LockTable {
+    LockTable::new(Config {
+        max_locks: 1000,
+        grace_ms: 100,
+        ..Config::default()
+    })
+}
+
+fn acq(t: &mut LockTable, s: u8, mode: Mode, keys: &[u32], wait: Wait) -> Acquired {
+    t.use_session(sid(s), ConnId(s as u64));
+    let keys: Vec<Key> = keys.iter().map(|&k| key(k)).collect();
+    t.acquire(sid(s), mode, &keys, wait, 0)
+}
+
+fn wakeups(t: &mut LockTable) -> Vec<WaitId> {
+    let mut out = Vec::new();
+    t.take_wakeups(&mut out);
+    out.into_iter().map(|w| w.wait).collect()
+}
+
+fn queued(a: Acquired) -> WaitId {
+    match a {
+        Acquired::Queued(w) => w,
+        other => panic!("expected Queued, got {other:?}"),
+    }
+}
+
+#[test]
+fn fifo_hand_off() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let b = queued(acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue));
+    let c = queued(acq(&mut t, 2, Mode::Ex, &[1], Wait::Queue));
+    t.release(sid(0), Mode::Ex, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![b]);
+    assert!(t.holds(&sid(1), key(1).as_bytes(), Mode::Ex));
+    t.release(sid(1), Mode::Ex, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![c]);
+}
+
+#[test]
+fn waiting_ex_is_not_starved_by_shared_requests() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let b = queued(acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue));
+    // A try-lock does not overtake the queued EX, though it is compatible with the holder.
+    assert_eq!(acq(&mut t, 2, Mode::Sh, &[1], Wait::No), Acquired::Conflict);
+    let c = queued(acq(&mut t, 2, Mode::Sh, &[1], Wait::Queue));
+    let d = queued(acq(&mut t, 3, Mode::Sh, &[1], Wait::Queue));
+    t.release(sid(0), Mode::Sh, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![b]);
+    t.release(sid(1), Mode::Ex, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![c, d], "both SH granted together");
+}
+
+#[test]
+fn multi_key_wait_is_all_or_nothing_and_holds_its_place() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let b = queued(acq(&mut t, 1, Mode::Ex, &[1, 2], Wait::Queue));
+    assert!(
+        !t.holds(&sid(1), key(2).as_bytes(), Mode::Ex),
+        "nothing held while waiting"
+    );
+    assert_eq!(t.inspect(key(2).as_bytes(), 0).waiters.len(), 1);
+    assert_eq!(
+        acq(&mut t, 2, Mode::Ex, &[2], Wait::No),
+        Acquired::Conflict,
+        "key 2 is promised"
+    );
+    t.release_all(sid(0), 0);
+    assert_eq!(wakeups(&mut t), vec![b]);
+    assert!(
+        t.holds(&sid(1), key(1).as_bytes(), Mode::Ex)
+            && t.holds(&sid(1), key(2).as_bytes(), Mode::Ex)
+    );
+}
+
+#[test]
+fn crossed_waits_are_a_deadlock() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 1, Mode::Ex, &[2], Wait::No),
+        Acquired::Granted(_)
+    ));
+    queued(acq(&mut t, 0, Mode::Ex, &[2], Wait::Queue));
+    assert_eq!(
+        acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue),
+        Acquired::Deadlock(sid(0))
+    );
+    assert_eq!(
+        t.inspect(key(1).as_bytes(), 0).waiters.len(),
+        0,
+        "nothing queued"
+    );
+    assert_eq!(t.counters().deadlocks, 1);
+}
+
+#[test]
+fn two_sh_holders_upgrading_are_a_deadlock() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 1, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let a = queued(acq(&mut t, 0, Mode::Ex, &[1], Wait::Queue));
+    assert_eq!(
+        acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue),
+        Acquired::Deadlock(sid(0))
+    );
+    // B gives up its SH: A's upgrade goes through.
+    t.release(sid(1), Mode::Sh, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![a]);
+    assert!(t.holds(&sid(0), key(1).as_bytes(), Mode::Ex));
+}
+
+#[test]
+fn a_holder_is_not_queued_behind_waiters_on_its_own_lock() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let b = queued(acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue));
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::Queue),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1, 2], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert_eq!(
+        t.inspect(key(1).as_bytes(), 0).waiters.len(),
+        1,
+        "B keeps waiting"
+    );
+    t.release_all(sid(0), 0);
+    assert_eq!(wakeups(&mut t), vec![b]);
+}
+
+#[test]
+fn upgrade_waits_ahead_of_earlier_waiters() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 1, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let c = queued(acq(&mut t, 2, Mode::Ex, &[1], Wait::Queue));
+    let a = queued(acq(&mut t, 0, Mode::Ex, &[1], Wait::Queue));
+    let q = t.inspect(key(1).as_bytes(), 0).waiters;
+    assert_eq!(
+        q[0].session,
+        sid(0),
+        "the holder's upgrade is first in line"
+    );
+    t.release(sid(1), Mode::Sh, &[key(1)], 0);
+    assert_eq!(wakeups(&mut t), vec![a]);
+    t.release_all(sid(0), 0);
+    assert_eq!(wakeups(&mut t), vec![c]);
+}
+
+#[test]
+fn timeout_withdraws_and_lets_later_waiters_through() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    let b = queued(acq(&mut t, 1, Mode::Ex, &[1, 2], Wait::Queue));
+    let c = queued(acq(&mut t, 2, Mode::Sh, &[1], Wait::Queue));
+    assert!(t.time_out(b, 50));
+    assert_eq!(wakeups(&mut t), vec![c]);
+    assert!(!t.holds(&sid(1), key(2).as_bytes(), Mode::Ex));
+    assert_eq!(t.key_count(), 1, "key 2's entry is gone with the waiter");
+    assert!(!t.time_out(b, 60), "already withdrawn");
+    assert_eq!(t.counters().timeouts, 1);
+}
+
+#[test]
+fn disconnect_cancels_the_wait() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    queued(acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue));
+    t.disconnect(ConnId(1), 0);
+    assert_eq!(t.waiter_count(), 0);
+    assert_eq!(t.session_state(&sid(1)), None, "held nothing: forgotten");
+    t.release_all(sid(0), 0);
+    assert!(wakeups(&mut t).is_empty());
+}
+
+#[test]
+fn queue_limits_are_enforced() {
+    let mut t = LockTable::new(Config {
+        max_waiters_per_key: 2,
+        max_waiters: 3,
+        ..Config::default()
+    });
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1, 2], Wait::No),
+        Acquired::Granted(_)
+    ));
+    queued(acq(&mut t, 1, Mode::Ex, &[1], Wait::Queue));
+    queued(acq(&mut t, 2, Mode::Ex, &[1], Wait::Queue));
+    assert_eq!(
+        acq(&mut t, 3, Mode::Ex, &[1], Wait::Queue),
+        Acquired::TooManyWaiters
+    );
+    queued(acq(&mut t, 3, Mode::Ex, &[2], Wait::Queue));
+    assert_eq!(
+        acq(&mut t, 4, Mode::Ex, &[2], Wait::Queue),
+        Acquired::TooManyWaiters
+    );
+}
+
+// ---- property test ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire {
+        s: u8,
+        ex: bool,
+        keys: Vec<u32>,
+        wait: bool,
+    },
+    Release {
+        s: u8,
+        ex: bool,
+        key: u32,
+    },
+    ReleaseAll {
+        s: u8,
+    },
+    TimeOut {
+        s: u8,
+    },
+    Disconnect {
+        s: u8,
+    },
+}
+
+const SESSIONS: u8 = 5;
+const KEYS: u32 = 4;
+
+fn op() -> impl Strategy<Value = Op> {
+    let s = 0..SESSIONS;
+    prop_oneof![
+        5 => (s.clone(), any::<bool>(), prop::collection::vec(0..KEYS, 1..3), any::<bool>())
+            .prop_map(|(s, ex, keys, wait)| Op::Acquire { s, ex, keys, wait }),
+        3 => (s.clone(), any::<bool>(), 0..KEYS).prop_map(|(s, ex, key)| Op::Release { s, ex, key }),
+        1 => s.clone().prop_map(|s| Op::ReleaseAll { s }),
+        2 => s.clone().prop_map(|s| Op::TimeOut { s }),
+        1 => s.prop_map(|s| Op::Disconnect { s }),
+    ]
+}
+
+fn conflicts(a: Mode, b: Mode) -> bool {
+    a == Mode::Ex || b == Mode::Ex
+}
+
+type Queues = BTreeMap<u32, Vec<(SessionId, Mode)>>;
+
+fn queues(t: &LockTable) -> Queues {
+    (0..KEYS)
+        .map(|k| {
+            let w = t.inspect(key(k).as_bytes(), 0).waiters;
+            (k, w.into_iter().map(|w| (w.session, w.mode)).collect())
+        })
+        .collect()
+}
+
+/// Sessions a waiter of `s` for `mode` at position `pos` of key `k`'s queue waits on.
+fn waits_on(t: &LockTable, k: u32, s: SessionId, mode: Mode, pos: usize) -> Vec<SessionId> {
+    let info = t.inspect(key(k).as_bytes(), 0);
+    let mut out: Vec<SessionId> = info
+        .holders
+        .iter()
+        .filter(|h| h.session != s && conflicts(mode, h.mode))
+        .map(|h| h.session)
+        .collect();
+    let holds_here = info.holders.iter().any(|h| h.session == s);
+    if !holds_here {
+        out.extend(
+            info.waiters[..pos]
+                .iter()
+                .filter(|w| w.session != s && conflicts(mode, w.mode))
+                .map(|w| w.session),
+        );
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    ))]
+    #[test]
+    fn queues_stay_fair_safe_and_deadlock_free(ops in prop::collection::vec(op(), 1..60)) {
+        let mut t = t();
+        // Which session each pending wait belongs to, and its keys.
+        let mut waits: BTreeMap<WaitId, (SessionId, Vec<u32>)> = BTreeMap::new();
+        for op in ops {
+            let before = queues(&t);
+            let held_before: BTreeMap<u32, Vec<SessionId>> = (0..KEYS)
+                .map(|k| (k, t.inspect(key(k).as_bytes(), 0).holders.into_iter().map(|h| h.session).collect()))
+                .collect();
+            match op {
+                Op::Acquire { s, ex, keys, wait } => {
+                    if t.session_state(&sid(s)).is_some_and(|x| x.waiting) {
+                        continue; // the server blocks a waiting connection
+                    }
+                    let mode = if ex { Mode::Ex } else { Mode::Sh };
+                    let w = if wait { Wait::Queue } else { Wait::No };
+                    match acq(&mut t, s, mode, &keys, w) {
+                        Acquired::Queued(id) => { waits.insert(id, (sid(s), keys.clone())); }
+                        Acquired::Granted(_) => {
+                            // Granted at once: nothing conflicting was queued on its keys,
+                            // except on keys it held (it goes ahead of waiters there).
+                            for k in &keys {
+                                if held_before[k].contains(&sid(s)) { continue; }
+                                for (other, m) in &before[k] {
+                                    prop_assert!(*other == sid(s) || !conflicts(mode, *m),
+                                        "immediate grant to {:?} overtook queued {:?} on {}", sid(s), other, k);
+                                }
+                            }
+                        }
+                        Acquired::Deadlock(other) => prop_assert_ne!(other, sid(s)),
+                        _ => {}
+                    }
+                }
+                Op::Release { s, ex, key: k } => {
+                    let mode = if ex { Mode::Ex } else { Mode::Sh };
+                    t.release(sid(s), mode, &[key(k)], 0);
+                }
+                Op::ReleaseAll { s } => { t.release_all(sid(s), 0); }
+                Op::TimeOut { s } => {
+                    if let Some((&id, _)) = waits.iter().find(|(_, (x, _))| *x == sid(s)) {
+                        prop_assert!(t.time_out(id, 0));
+                        waits.remove(&id);
+                    }
+                }
+                Op::Disconnect { s } => {
+                    t.disconnect(ConnId(s as u64), 0);
+                    waits.retain(|_, (x, _)| *x != sid(s));
+                    t.expire(u64::MAX / 2);
+                }
+            }
+            // Grants made by this step must not overtake a conflicting earlier request
+            // still waiting, unless the grantee already held that key.
+            let mut woken = Vec::new();
+            t.take_wakeups(&mut woken);
+            let after = queues(&t);
+            for w in &woken {
+                let (s, keys) = waits.remove(&w.wait).expect("woken wait was pending");
+                for k in keys {
+                    let q = &before[&k];
+                    let Some(pos) = q.iter().position(|(x, _)| *x == s) else { continue };
+                    let mode = q[pos].1;
+                    // A holder of the key goes ahead of requests waiting on its lock.
+                    let held_before = held_before[&k].contains(&s);
+                    for (other, m) in &q[..pos] {
+                        let still = after[&k].iter().any(|(x, _)| x == other);
+                        prop_assert!(held_before || !still || !conflicts(mode, *m),
+                            "grant to {:?} overtook {:?} on key {}", s, other, k);
+                    }
+                }
+            }
+            // Safety: no conflicting holders.
+            for k in 0..KEYS {
+                let h = t.inspect(key(k).as_bytes(), 0).holders;
+                for a in &h {
+                    for b in &h {
+                        prop_assert!(a.session == b.session || !conflicts(a.mode, b.mode),
+                            "conflicting holders on {}: {:?}", k, h);
+                    }
+                }
+            }
+            // Liveness: every waiter waits on somebody; and the wait-for graph is acyclic.
+            let mut edges: BTreeMap<SessionId, BTreeSet<SessionId>> = BTreeMap::new();
+            for (k, q) in &after {
+                for (pos, (s, mode)) in q.iter().enumerate() {
+                    edges.entry(*s).or_default().extend(waits_on(&t, *k, *s, *mode, pos));
+                }
+            }
+            for (s, targets) in &edges {
+                prop_assert!(!targets.is_empty(), "{:?} waits though it could be granted", s);
+            }
+            // Kahn's algorithm: a graph is acyclic iff every node can be removed.
+            let mut g = edges.clone();
+            loop {
+                let leaves: Vec<SessionId> = g.iter()
+                    .filter(|(_, ts)| ts.iter().all(|t| !g.contains_key(t)))
+                    .map(|(s, _)| *s).collect();
+                if leaves.is_empty() { break; }
+                for l in leaves { g.remove(&l); }
+            }
+            prop_assert!(g.is_empty(), "cycle of waits among {:?}", g.keys().collect::<Vec<_>>());
+            prop_assert_eq!(t.waiter_count(), waits.len());
+        }
+    }
+}
