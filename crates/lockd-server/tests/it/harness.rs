@@ -142,3 +142,162 @@ impl Client {
         )
     }
 }
+
+/// A reply as the tests see it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum R {
+    Simple(String),
+    Err(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Null,
+    Array(Vec<R>),
+    Map(Vec<(R, R)>),
+}
+
+impl R {
+    pub fn int(&self) -> i64 {
+        match self {
+            R::Int(i) => *i,
+            other => panic!("expected an integer, got {other:?}"),
+        }
+    }
+
+    pub fn err(&self) -> &str {
+        match self {
+            R::Err(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            R::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            R::Simple(s) => s.clone(),
+            other => panic!("expected a string, got {other:?}"),
+        }
+    }
+
+    pub fn items(&self) -> &[R] {
+        match self {
+            R::Array(a) => a,
+            other => panic!("expected an array, got {other:?}"),
+        }
+    }
+
+    /// A field of a map (RESP3) or of a flat key-value array (RESP2).
+    pub fn get(&self, field: &str) -> &R {
+        let pairs: Vec<(&R, &R)> = match self {
+            R::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            R::Array(a) => a.chunks(2).map(|c| (&c[0], &c[1])).collect(),
+            other => panic!("expected a map, got {other:?}"),
+        };
+        pairs
+            .into_iter()
+            .find(|(k, _)| k.text() == field)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no field {field} in {self:?}"))
+    }
+}
+
+pub struct Resp {
+    pub reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl Resp {
+    pub async fn connect(addr: std::net::SocketAddr) -> Resp {
+        let c = Client::connect(addr).await;
+        Resp {
+            reader: c.reader,
+            writer: c.writer,
+        }
+    }
+
+    /// Connects and authenticates.
+    pub async fn authed(addr: std::net::SocketAddr) -> Resp {
+        let mut r = Resp::connect(addr).await;
+        assert_eq!(r.call(&["AUTH", AUTH_KEY]).await, R::Simple("OK".into()));
+        r
+    }
+
+    pub async fn send(&mut self, args: &[&str]) {
+        let mut buf = bytes::BytesMut::new();
+        lockd_proto::resp::encode_request(args, &mut buf);
+        self.writer.write_all(&buf).await.unwrap();
+    }
+
+    pub async fn call(&mut self, args: &[&str]) -> R {
+        self.send(args).await;
+        self.recv().await
+    }
+
+    pub async fn recv(&mut self) -> R {
+        tokio::time::timeout(Duration::from_secs(5), self.read_value())
+            .await
+            .expect("reply within 5 s")
+    }
+
+    /// Whether a reply arrives within `ms` real milliseconds (for "still blocked" checks).
+    pub async fn replies_within(&mut self, ms: u64) -> Option<R> {
+        tokio::time::timeout(Duration::from_millis(ms), self.read_value())
+            .await
+            .ok()
+    }
+
+    fn read_value(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send + '_>> {
+        Box::pin(async move {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).await.unwrap();
+            assert!(n > 0, "connection closed while a reply was expected");
+            let body = line.trim_end_matches("\r\n").to_string();
+            let (kind, rest) = body.split_at(1);
+            match kind {
+                "+" => R::Simple(rest.into()),
+                "-" => R::Err(rest.into()),
+                ":" => R::Int(rest.parse().unwrap()),
+                "_" => R::Null,
+                "$" if rest == "-1" => R::Null,
+                "*" if rest == "-1" => R::Null,
+                "$" => {
+                    let len: usize = rest.parse().unwrap();
+                    let mut buf = vec![0u8; len + 2];
+                    tokio::io::AsyncReadExt::read_exact(&mut self.reader, &mut buf)
+                        .await
+                        .unwrap();
+                    buf.truncate(len);
+                    R::Bulk(buf)
+                }
+                "*" => {
+                    let n: usize = rest.parse().unwrap();
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.read_value().await);
+                    }
+                    R::Array(items)
+                }
+                "%" => {
+                    let n: usize = rest.parse().unwrap();
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let k = self.read_value().await;
+                        let v = self.read_value().await;
+                        items.push((k, v));
+                    }
+                    R::Map(items)
+                }
+                other => panic!("unexpected reply type {other:?} in {line:?}"),
+            }
+        })
+    }
+
+    pub async fn closed_by_server(&mut self) -> bool {
+        let mut s = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut s)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
