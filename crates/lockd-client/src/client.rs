@@ -1,0 +1,346 @@
+//! [`Client`]: one connection, one session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockd_proto::resp::Value;
+
+use crate::conn::Conn;
+use crate::error::Error;
+use crate::guard::Guard;
+use crate::types::{Holder, KeyInfo, LockInfo, Mode, Waiter};
+
+/// A connection to lockd, with its session. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    addr: String,
+    auth_key: String,
+    conn: Mutex<Arc<Conn>>,
+    session: Mutex<String>,
+    /// Bumped when the session (and so its locks) is gone for good.
+    pub(crate) generation: std::sync::atomic::AtomicU64,
+    /// Guards alive per (key, mode): the server counts a re-acquired lock once, so it is
+    /// released only when the last guard for it goes.
+    pub(crate) held: Mutex<HashMap<(Vec<u8>, Mode), usize>>,
+}
+
+impl Client {
+    /// Connects and authenticates with the server's auth key.
+    pub async fn connect(addr: &str, auth_key: &str) -> Result<Client, Error> {
+        let conn = open(addr, auth_key).await?;
+        let session = text(conn.call(&[b"SESSION"]).await?)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                addr: addr.to_string(),
+                auth_key: auth_key.to_string(),
+                conn: Mutex::new(Arc::new(conn)),
+                session: Mutex::new(session),
+                generation: Default::default(),
+                held: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Connects and takes over an existing session that has no live connection (one whose
+    /// connection was lost, within its grace period), with its locks.
+    pub async fn resume(addr: &str, auth_key: &str, session: &str) -> Result<Client, Error> {
+        let c = Client::connect(addr, auth_key).await?;
+        ok(c.conn()
+            .call(&[b"SESSION", b"RESUME", session.as_bytes()])
+            .await?)?;
+        *c.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
+        Ok(c)
+    }
+
+    pub(crate) fn conn(&self) -> Arc<Conn> {
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// This client's session id (32 characters).
+    pub fn session_id(&self) -> String {
+        self.inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the connection is lost (calls fail until [`Client::reconnect`]).
+    pub fn is_connection_lost(&self) -> bool {
+        self.conn().is_lost()
+    }
+
+    /// Resolves when the connection is lost.
+    pub async fn connection_lost(&self) {
+        self.conn().lost().await
+    }
+
+    /// Opens a new connection and resumes this client's session on it. Returns true if
+    /// the session, and so every lock of its guards, survived; false if it had expired
+    /// (its locks are gone; the client now has a new, empty session and every older guard
+    /// reports [`Guard::may_be_lost`]).
+    pub async fn reconnect(&self) -> Result<bool, Error> {
+        let conn = open(&self.inner.addr, &self.inner.auth_key).await?;
+        let old = self.session_id();
+        let resumed = match conn.call(&[b"SESSION", b"RESUME", old.as_bytes()]).await? {
+            Value::Simple(_) => true,
+            Value::Error(e) if e.starts_with("NOSESSION") => false,
+            other => return Err(unexpected(other)),
+        };
+        if !resumed {
+            let fresh = text(conn.call(&[b"SESSION"]).await?)?;
+            *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+            self.inner
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(conn);
+        Ok(resumed)
+    }
+
+    /// Acquires `keys` in `mode`, all or nothing, waiting up to `timeout` (zero: try once).
+    /// A timeout is [`Error::Timeout`].
+    pub async fn acquire<K: AsRef<[u8]>>(
+        &self,
+        mode: Mode,
+        keys: &[K],
+        timeout: Duration,
+    ) -> Result<Guard, Error> {
+        self.try_acquire_for(mode, keys, timeout)
+            .await?
+            .ok_or(Error::Timeout)
+    }
+
+    /// Tries once: `None` if the locks are not free now.
+    pub async fn try_acquire<K: AsRef<[u8]>>(
+        &self,
+        mode: Mode,
+        keys: &[K],
+    ) -> Result<Option<Guard>, Error> {
+        self.try_acquire_for(mode, keys, Duration::ZERO).await
+    }
+
+    async fn try_acquire_for<K: AsRef<[u8]>>(
+        &self,
+        mode: Mode,
+        keys: &[K],
+        timeout: Duration,
+    ) -> Result<Option<Guard>, Error> {
+        let ms = timeout
+            .as_millis()
+            .max(u128::from(!timeout.is_zero()))
+            .to_string();
+        let mut args: Vec<&[u8]> = vec![b"ACQUIRE", mode.as_str().as_bytes(), ms.as_bytes()];
+        args.extend(keys.iter().map(|k| k.as_ref()));
+        match self.conn().call(&args).await? {
+            Value::Integer(token) => {
+                let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
+                let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+                for k in &keys {
+                    *held.entry((k.clone(), mode)).or_insert(0) += 1;
+                }
+                drop(held);
+                Ok(Some(Guard::new(self.clone(), mode, keys, token as u64)))
+            }
+            Value::Null => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Releases `keys` in `mode` for this session directly, whatever guards say; returns
+    /// how many locks were held and released.
+    pub async fn release<K: AsRef<[u8]>>(&self, mode: Mode, keys: &[K]) -> Result<u64, Error> {
+        let mut args: Vec<&[u8]> = vec![b"RELEASE", mode.as_str().as_bytes()];
+        args.extend(keys.iter().map(|k| k.as_ref()));
+        let n = int(self.conn().call(&args).await?)?;
+        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            held.remove(&(k.as_ref().to_vec(), mode));
+        }
+        Ok(n)
+    }
+
+    /// Releases every lock of this session; returns how many.
+    pub async fn release_all(&self) -> Result<u64, Error> {
+        let n = int(self.conn().call(&[b"RELEASEALL"]).await?)?;
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(n)
+    }
+
+    /// Sets how long this session keeps its locks after its connection is lost.
+    pub async fn set_grace(&self, grace: Duration) -> Result<(), Error> {
+        let ms = grace.as_millis().to_string();
+        ok(self
+            .conn()
+            .call(&[b"SESSION", b"GRACE", ms.as_bytes()])
+            .await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        ok(self.conn().call(&[b"PING"]).await?)
+    }
+
+    /// Holders and waiters of a key.
+    pub async fn inspect(&self, key: impl AsRef<[u8]>) -> Result<KeyInfo, Error> {
+        let v = self.conn().call(&[b"INSPECT", key.as_ref()]).await?;
+        let m = map(v)?;
+        let list = |name: &str| -> Result<Vec<HashMap<String, Value>>, Error> {
+            match m.get(name) {
+                Some(Value::Array(items)) => items.iter().cloned().map(map).collect(),
+                _ => Err(Error::Protocol(format!("INSPECT reply without {name}"))),
+            }
+        };
+        let holders = list("holders")?
+            .into_iter()
+            .map(|h| {
+                Ok(Holder {
+                    session: field_text(&h, "session")?,
+                    mode: field_mode(&h)?,
+                    token: field_int(&h, "token")?,
+                    held_ms: field_int(&h, "held_ms")?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        let waiters = list("waiters")?
+            .into_iter()
+            .map(|w| {
+                Ok(Waiter {
+                    session: field_text(&w, "session")?,
+                    mode: field_mode(&w)?,
+                    waited_ms: field_int(&w, "waited_ms")?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(KeyInfo { holders, waiters })
+    }
+
+    /// The locks of a session (this one when `None`).
+    pub async fn locks(&self, session: Option<&str>) -> Result<Vec<LockInfo>, Error> {
+        let mut args: Vec<&[u8]> = vec![b"LOCKS"];
+        if let Some(s) = session {
+            args.push(s.as_bytes());
+        }
+        match self.conn().call(&args).await? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|i| {
+                    let m = map(i)?;
+                    Ok(LockInfo {
+                        key: match m.get("key") {
+                            Some(Value::Bulk(b)) => b.to_vec(),
+                            _ => return Err(Error::Protocol("LOCKS entry without key".into())),
+                        },
+                        mode: field_mode(&m)?,
+                        token: field_int(&m, "token")?,
+                    })
+                })
+                .collect(),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The server's counters, by name.
+    pub async fn stats(&self) -> Result<Vec<(String, i64)>, Error> {
+        let v = self.conn().call(&[b"STATS"]).await?;
+        let pairs = pairs(v)?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::Integer(i) => Ok((k, i)),
+                other => Err(unexpected(other)),
+            })
+            .collect()
+    }
+}
+
+async fn open(addr: &str, auth_key: &str) -> Result<Conn, Error> {
+    let conn = Conn::open(addr).await?;
+    ok(conn.call(&[b"AUTH", auth_key.as_bytes()]).await?)?;
+    Ok(conn)
+}
+
+pub(crate) fn unexpected(v: Value) -> Error {
+    match v {
+        Value::Error(e) => Error::from_server(&e),
+        other => Error::Protocol(format!("{other:?}")),
+    }
+}
+
+fn ok(v: Value) -> Result<(), Error> {
+    match v {
+        Value::Simple(_) | Value::Bulk(_) => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn int(v: Value) -> Result<u64, Error> {
+    match v {
+        Value::Integer(i) if i >= 0 => Ok(i as u64),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn text(v: Value) -> Result<String, Error> {
+    match v {
+        Value::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Value::Simple(s) => Ok(s),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Key-value pairs of a map (RESP3) or flat array (RESP2).
+fn pairs(v: Value) -> Result<Vec<(String, Value)>, Error> {
+    match v {
+        Value::Map(m) => m.into_iter().map(|(k, v)| Ok((text(k)?, v))).collect(),
+        Value::Array(a) if a.len() % 2 == 0 => {
+            let mut out = Vec::new();
+            let mut it = a.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((text(k)?, v));
+            }
+            Ok(out)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn map(v: Value) -> Result<HashMap<String, Value>, Error> {
+    Ok(pairs(v)?.into_iter().collect())
+}
+
+fn field_int(m: &HashMap<String, Value>, name: &str) -> Result<u64, Error> {
+    match m.get(name) {
+        Some(Value::Integer(i)) => Ok(*i as u64),
+        _ => Err(Error::Protocol(format!("missing integer field {name}"))),
+    }
+}
+
+fn field_text(m: &HashMap<String, Value>, name: &str) -> Result<String, Error> {
+    m.get(name)
+        .cloned()
+        .ok_or_else(|| Error::Protocol(format!("missing field {name}")))
+        .and_then(text)
+}
+
+fn field_mode(m: &HashMap<String, Value>) -> Result<Mode, Error> {
+    let t = field_text(m, "mode")?;
+    Mode::parse(&t).ok_or_else(|| Error::Protocol(format!("bad mode {t}")))
+}

@@ -1,0 +1,208 @@
+//! One connection to lockd: requests are queued to a writer task in call order, replies are
+//! matched to them in the same order by a reader task. Queueing is synchronous, so a guard
+//! dropped outside async code still releases in order with later requests. When the
+//! connection breaks, every pending and later call fails with `ConnectionLost`, and
+//! [`Conn::is_lost`] says so.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use lockd_proto::resp::{encode_request, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::error::Error;
+
+type Reply = Result<Value, Error>;
+/// Where a reply goes; `None`: nobody waits for it (a release from `Drop`).
+type Slot = Option<oneshot::Sender<Reply>>;
+
+pub(crate) struct Conn {
+    tx: mpsc::UnboundedSender<(BytesMut, Slot)>,
+    state: Arc<State>,
+}
+
+struct State {
+    lost: AtomicBool,
+    lost_notify: Notify,
+    pending: Mutex<VecDeque<Slot>>,
+}
+
+impl State {
+    fn fail(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        let drained: Vec<Slot> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for tx in drained.into_iter().flatten() {
+            let _ = tx.send(Err(Error::ConnectionLost));
+        }
+        self.lost_notify.notify_waiters();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer task, which closes the socket.
+        self.state.lost_notify.notify_waiters();
+    }
+}
+
+impl Conn {
+    pub async fn open(addr: &str) -> Result<Conn, Error> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        let (read, mut write) = stream.into_split();
+        let state = Arc::new(State {
+            lost: AtomicBool::new(false),
+            lost_notify: Notify::new(),
+            pending: Mutex::new(VecDeque::new()),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<(BytesMut, Slot)>();
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Some((bytes, slot)) = rx.recv().await {
+                st.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(slot);
+                if write.write_all(&bytes).await.is_err() {
+                    st.fail();
+                    return;
+                }
+            }
+            let _ = write.shutdown().await;
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(read);
+            loop {
+                match read_value(&mut reader).await {
+                    Ok(v) => {
+                        let slot = st
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pop_front();
+                        if let Some(Some(tx)) = slot {
+                            let _ = tx.send(Ok(v));
+                        }
+                    }
+                    Err(_) => {
+                        st.fail();
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Conn { tx, state })
+    }
+
+    /// Queues a request without waiting for its reply.
+    pub fn send_only(&self, args: &[&[u8]]) {
+        let mut buf = BytesMut::new();
+        encode_request(args, &mut buf);
+        let _ = self.tx.send((buf, None));
+    }
+
+    /// Sends a request and waits for its reply. A server error is `Ok(Value::Error)`.
+    pub async fn call(&self, args: &[&[u8]]) -> Reply {
+        if self.is_lost() {
+            return Err(Error::ConnectionLost);
+        }
+        let mut buf = BytesMut::new();
+        encode_request(args, &mut buf);
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((buf, Some(tx)))
+            .map_err(|_| Error::ConnectionLost)?;
+        rx.await.map_err(|_| Error::ConnectionLost)?
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.state.lost.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the connection is lost.
+    pub async fn lost(&self) {
+        loop {
+            let n = self.state.lost_notify.notified();
+            if self.is_lost() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+const MAX_REPLY_BULK: usize = 64 * 1024 * 1024;
+
+fn read_value<'a>(
+    r: &'a mut BufReader<OwnedReadHalf>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Value>> + Send + 'a>> {
+    Box::pin(async move {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.is_empty() {
+            return Err(bad("empty reply line"));
+        }
+        let (kind, rest) = body.split_at(1);
+        let int = |s: &str| s.parse::<i64>().map_err(|_| bad("bad integer in reply"));
+        Ok(match kind {
+            "+" => Value::Simple(rest.to_string()),
+            "-" => Value::Error(rest.to_string()),
+            ":" => Value::Integer(int(rest)?),
+            "_" => Value::Null,
+            "$" | "*" if rest == "-1" => Value::Null,
+            "$" => {
+                let n = int(rest)? as usize;
+                if n > MAX_REPLY_BULK {
+                    return Err(bad("reply too long"));
+                }
+                let mut buf = vec![0u8; n + 2];
+                r.read_exact(&mut buf).await?;
+                buf.truncate(n);
+                Value::Bulk(Bytes::from(buf))
+            }
+            "*" => {
+                let n = int(rest)?;
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    items.push(read_value(r).await?);
+                }
+                Value::Array(items)
+            }
+            "%" => {
+                let n = int(rest)?;
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    let k = read_value(r).await?;
+                    let v = read_value(r).await?;
+                    items.push((k, v));
+                }
+                Value::Map(items)
+            }
+            _ => return Err(bad("unknown reply type")),
+        })
+    })
+}

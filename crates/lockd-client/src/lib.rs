@@ -1,0 +1,40 @@
+//! An async client for lockd's native protocol.
+//!
+//! One [`Client`] is one connection and one lockd session. Locks are taken with
+//! [`Client::acquire`] (waiting up to a timeout) or [`Client::try_acquire`], and come back as
+//! a [`Guard`] that carries the fencing token and releases the locks when dropped (or, with
+//! errors reported, by [`Guard::release`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lockd_client::Error> {
+//! use std::time::Duration;
+//! use lockd_client::{Client, Mode};
+//!
+//! let client = Client::connect("127.0.0.1:7531", "s3cret").await?;
+//! let guard = client.acquire(Mode::Ex, &["invoices"], Duration::from_secs(5)).await?;
+//! println!("holding invoices with fencing token {}", guard.token());
+//! // ... write to the resource, passing guard.token() along ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A blocking ACQUIRE blocks its connection (the server answers commands in order), so
+//! calls on one `Client` from several tasks wait behind it; use one client per concurrent
+//! locker. If the connection is lost, every [`Guard`] of the client reports
+//! [`Guard::may_be_lost`]; [`Client::reconnect`] resumes the session, locks included, if
+//! it is back within the session's grace period.
+//!
+//! [`QuorumClient`] takes locks on a majority of several independent servers.
+
+mod client;
+mod conn;
+mod error;
+mod guard;
+mod quorum;
+mod types;
+
+pub use client::Client;
+pub use error::Error;
+pub use guard::Guard;
+pub use quorum::{QuorumClient, QuorumGuard};
+pub use types::{Holder, KeyInfo, LockInfo, Mode, Waiter};

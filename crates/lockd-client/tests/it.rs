@@ -1,0 +1,354 @@
+//! lockd-client against a real lockd on 127.0.0.1:0 with a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockd_client::{Client, Error, Mode, QuorumClient};
+use lockd_server::{CancellationToken, Clock, ManualClock, Server, ServerConfig, ServerHandle};
+use tokio::net::{TcpListener, TcpStream};
+
+const KEY: &str = "client-test-key";
+
+struct Srv {
+    addr: String,
+    clock: Arc<ManualClock>,
+    handle: ServerHandle,
+    shutdown: CancellationToken,
+}
+
+async fn server(grace: Duration) -> Srv {
+    let mut config = ServerConfig::new("127.0.0.1", 0, KEY);
+    config.lock_timeout = grace;
+    config.max_locks = 100;
+    let clock = ManualClock::new();
+    let s = Server::bind_with_clock(config, Clock::Manual(clock.clone()))
+        .await
+        .unwrap();
+    let addr = s.local_addr().to_string();
+    let handle = s.handle();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(s.run(shutdown.clone()));
+    Srv {
+        addr,
+        clock,
+        handle,
+        shutdown,
+    }
+}
+
+impl Srv {
+    async fn eventually(&self, what: &str, f: impl Fn(&lockd_server::Snapshot) -> bool) {
+        for _ in 0..500 {
+            if f(&self.handle.snapshot()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// A TCP proxy whose current connections can be cut (new ones are still accepted), to
+/// lose a client's connection on purpose.
+struct Proxy {
+    addr: String,
+    current: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    fn cut(&self) {
+        let mut t = self.current.lock().unwrap();
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+}
+
+async fn proxy(upstream: String) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let current = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+    let cur = current.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = l.accept().await else {
+                return;
+            };
+            let mut up = TcpStream::connect(&upstream).await.unwrap();
+            let c = cur.lock().unwrap().clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = c.cancelled() => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, current }
+}
+
+#[tokio::test]
+async fn guard_holds_and_releases_on_drop() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g = a
+        .acquire(Mode::Ex, &["k"], Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(g.token() > 0);
+    assert!(!g.may_be_lost());
+    assert!(b.try_acquire(Mode::Sh, &["k"]).await.unwrap().is_none());
+    drop(g);
+    let g2 = b
+        .try_acquire(Mode::Sh, &["k"])
+        .await
+        .unwrap()
+        .expect("released by drop");
+    let info = a.inspect("k").await.unwrap();
+    assert_eq!(info.holders.len(), 1);
+    assert_eq!(info.holders[0].session, b.session_id());
+    assert_eq!(info.holders[0].token, g2.token());
+    g2.release().await.unwrap();
+    assert_eq!(a.inspect("k").await.unwrap().holders.len(), 0);
+}
+
+#[tokio::test]
+async fn guards_of_one_key_are_counted() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g1 = a.acquire(Mode::Sh, &["k"], Duration::ZERO).await.unwrap();
+    let g2 = a
+        .acquire(Mode::Sh, &["k", "j"], Duration::ZERO)
+        .await
+        .unwrap();
+    drop(g1);
+    assert!(
+        b.try_acquire(Mode::Ex, &["k"]).await.unwrap().is_none(),
+        "g2 still holds k"
+    );
+    assert_eq!(a.locks(None).await.unwrap().len(), 2);
+    drop(g2);
+    assert!(b
+        .try_acquire(Mode::Ex, &["k", "j"])
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_wait_is_granted_or_times_out() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g = a.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    let b2 = b.clone();
+    let waiting =
+        tokio::spawn(async move { b2.acquire(Mode::Ex, &["k"], Duration::from_secs(5)).await });
+    srv.eventually("b waits", |s| s.waiters == 1).await;
+    srv.clock.advance(5_000);
+    assert!(matches!(waiting.await.unwrap(), Err(Error::Timeout)));
+    let b2 = b.clone();
+    let waiting =
+        tokio::spawn(async move { b2.acquire(Mode::Ex, &["k"], Duration::from_secs(5)).await });
+    srv.eventually("b waits again", |s| s.waiters == 1).await;
+    let first = g.token();
+    drop(g);
+    let got = waiting.await.unwrap().unwrap();
+    assert!(got.token() > first);
+}
+
+#[tokio::test]
+async fn typed_errors() {
+    let srv = server(Duration::from_secs(60)).await;
+    assert!(matches!(
+        Client::connect(&srv.addr, "wrong").await,
+        Err(Error::Auth(_))
+    ));
+    assert!(matches!(
+        Client::connect("127.0.0.1:1", KEY).await,
+        Err(Error::Connect { .. })
+    ));
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let _x = a.acquire(Mode::Ex, &["x"], Duration::ZERO).await.unwrap();
+    let _y = b.acquire(Mode::Ex, &["y"], Duration::ZERO).await.unwrap();
+    let a2 = a.clone();
+    let waiting =
+        tokio::spawn(async move { a2.acquire(Mode::Ex, &["y"], Duration::from_secs(60)).await });
+    srv.eventually("a waits", |s| s.waiters == 1).await;
+    match b.acquire(Mode::Ex, &["x"], Duration::from_secs(60)).await {
+        Err(Error::Deadlock { session }) => assert_eq!(session, a.session_id()),
+        other => panic!("expected a deadlock, got {other:?}"),
+    }
+    let many: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    assert!(matches!(
+        b.try_acquire(Mode::Ex, &many).await,
+        Err(Error::TooManyLocks)
+    ));
+    drop(_y);
+    assert!(waiting.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_reported_and_another_process_can_resume() {
+    let srv = server(Duration::from_secs(30)).await;
+    let p = proxy(srv.addr.clone()).await;
+    let a = Client::connect(&p.addr, KEY).await.unwrap();
+    let other = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g = a.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    p.cut();
+    tokio::time::timeout(Duration::from_secs(5), a.connection_lost())
+        .await
+        .expect("loss noticed");
+    assert!(g.may_be_lost());
+    assert!(matches!(a.ping().await, Err(Error::ConnectionLost)));
+    srv.eventually("a's session dead", |s| s.dead_sessions == 1)
+        .await;
+    srv.clock.advance(20_000);
+    // As a restarted process would: a new client takes over the session by its id.
+    let a2 = Client::resume(&srv.addr, KEY, &a.session_id())
+        .await
+        .unwrap();
+    assert_eq!(a2.locks(None).await.unwrap()[0].token, g.token());
+    assert!(
+        other.try_acquire(Mode::Ex, &["k"]).await.unwrap().is_none(),
+        "still held"
+    );
+    assert!(
+        matches!(g.release().await, Err(Error::ConnectionLost)),
+        "the old guard reports the loss"
+    );
+    assert_eq!(a2.release(Mode::Ex, &["k"]).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn reconnect_within_grace_keeps_the_guard_valid() {
+    let srv = server(Duration::from_secs(30)).await;
+    let p = proxy(srv.addr.clone()).await;
+    let a = Client::connect(&p.addr, KEY).await.unwrap();
+    let other = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g = a.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    p.cut();
+    a.connection_lost().await;
+    assert!(g.may_be_lost());
+    srv.eventually("a's session dead", |s| s.dead_sessions == 1)
+        .await;
+    srv.clock.advance(29_999);
+    assert!(
+        a.reconnect().await.unwrap(),
+        "resumed within the grace period"
+    );
+    assert!(!g.may_be_lost());
+    srv.clock.advance(60_000);
+    assert!(
+        other.try_acquire(Mode::Ex, &["k"]).await.unwrap().is_none(),
+        "still a's"
+    );
+    g.release().await.unwrap();
+    assert!(other.try_acquire(Mode::Ex, &["k"]).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn reconnect_after_grace_reports_the_locks_lost() {
+    let srv = server(Duration::from_secs(30)).await;
+    let p = proxy(srv.addr.clone()).await;
+    let a = Client::connect(&p.addr, KEY).await.unwrap();
+    let g = a.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    let old_session = a.session_id();
+    p.cut();
+    a.connection_lost().await;
+    srv.eventually("a's session dead", |s| s.dead_sessions == 1)
+        .await;
+    srv.clock.advance(30_000);
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let taken = b
+        .try_acquire(Mode::Ex, &["k"])
+        .await
+        .unwrap()
+        .expect("expired after the grace period");
+    assert!(!a.reconnect().await.unwrap(), "the session expired");
+    assert_ne!(a.session_id(), old_session);
+    assert!(
+        g.may_be_lost(),
+        "stays lost after a reconnect to a new session"
+    );
+    assert!(matches!(g.release().await, Err(Error::ConnectionLost)));
+    assert!(
+        a.try_acquire(Mode::Ex, &["k"]).await.unwrap().is_none(),
+        "b's lock untouched"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn quorum_with_one_of_three_down_and_with_two_down() {
+    let s1 = server(Duration::from_secs(60)).await;
+    let s2 = server(Duration::from_secs(60)).await;
+    let s3 = server(Duration::from_secs(60)).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let k = |a: &str| (a.to_string(), KEY.to_string());
+    let q = QuorumClient::new(vec![vec![k(&s1.addr), k(&s2.addr), k(&dead)]]);
+    let g = q.acquire(Mode::Ex, &["q"], Duration::ZERO).await.unwrap();
+    assert_eq!(g.grants(), 2);
+    assert_eq!(g.tokens().len(), 2);
+    // Another quorum client cannot get it: s1 and s2 say no.
+    let q2 = QuorumClient::new(vec![vec![k(&s1.addr), k(&s2.addr), k(&s3.addr)]]);
+    assert!(matches!(
+        q2.acquire(Mode::Ex, &["q"], Duration::ZERO).await,
+        Err(Error::NoQuorum {
+            granted: 1,
+            needed: 2
+        })
+    ));
+    // What q2 took on s3 was released on failure.
+    let direct = Client::connect(&s3.addr, KEY).await.unwrap();
+    assert!(direct
+        .try_acquire(Mode::Ex, &["q"])
+        .await
+        .unwrap()
+        .is_some());
+    g.release().await.unwrap();
+    // Two of three down: no quorum, and nothing left behind on the live one.
+    let q3 = QuorumClient::new(vec![vec![k(&s1.addr), k(&dead), k(&dead)]]);
+    assert!(matches!(
+        q3.acquire(Mode::Ex, &["z"], Duration::ZERO).await,
+        Err(Error::NoQuorum {
+            granted: 1,
+            needed: 2
+        })
+    ));
+    let d1 = Client::connect(&s1.addr, KEY).await.unwrap();
+    assert!(d1.try_acquire(Mode::Ex, &["z"]).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn stats_and_ping() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    a.ping().await.unwrap();
+    let _g = a.acquire(Mode::Sh, &["s"], Duration::ZERO).await.unwrap();
+    let stats = a.stats().await.unwrap();
+    assert!(
+        stats.iter().any(|(k, v)| k == "locks_held" && *v == 1),
+        "{stats:?}"
+    );
+    a.set_grace(Duration::from_millis(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_going_away_is_reported_to_guards() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let g = a.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    assert!(!g.may_be_lost());
+    srv.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), a.connection_lost())
+        .await
+        .expect("loss noticed");
+    assert!(g.may_be_lost());
+    assert!(matches!(a.reconnect().await, Err(Error::Connect { .. })));
+}
