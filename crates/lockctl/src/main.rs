@@ -1,1 +1,317 @@
-fn main() {}
+//! `lockctl`: lockd from the command line, after `flock(1)`, `etcdctl lock` and
+//! `redis-cli`. `lockctl lock KEY -- CMD` runs a command while holding a lock.
+
+mod exit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use exit::Failure;
+use lockd_client::{Client, Mode};
+use serde_json::json;
+
+/// Command-line client for lockd.
+///
+/// The server address and auth key come from --addr/--auth-key, LOCKD_ADDR/LOCKD_AUTH_KEY,
+/// or the key file a default lockd writes, so against a local default lockd no flags are
+/// needed.
+///
+/// Exit status: the command's own for `lock`; 0 on success otherwise; 75 when the lock was
+/// not had within the timeout (or waiting would deadlock); 69 when the server cannot be
+/// reached or the connection was lost; 77 when the auth key is wrong; 70 on any other
+/// error; 2 for bad usage.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Server address
+    #[arg(
+        long,
+        env = "LOCKD_ADDR",
+        default_value = "127.0.0.1:7531",
+        global = true
+    )]
+    addr: String,
+    /// Auth key [default: read from --key-file]
+    #[arg(
+        long = "auth-key",
+        env = "LOCKD_AUTH_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    auth_key: Option<String>,
+    /// Key file written by a lockd that generated its key [default: as lockd's]
+    #[arg(long = "key-file", env = "LOCKD_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
+    /// Print machine-readable JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command while holding locks: lockctl lock KEY... -- COMMAND [ARGS...]. The
+    /// fencing token is in LOCKD_FENCING_TOKEN; the locks are released when it exits, and
+    /// lockctl exits with its status.
+    Lock {
+        /// Take shared locks instead of exclusive ones
+        #[arg(long, short = 's')]
+        shared: bool,
+        /// How long to wait for the locks (e.g. 10s, 500ms, 2m); 0 tries once
+        #[arg(long, short = 't', value_parser = parse_duration, default_value = "24h")]
+        timeout: Duration,
+        /// Exit status when the locks could not be had
+        #[arg(long = "conflict-exit-code", short = 'E', default_value_t = exit::TEMPFAIL)]
+        conflict_exit_code: u8,
+        /// Keys, then `--`, then the command
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Take locks and leave them held by a session that outlives lockctl for --grace;
+    /// prints the session id (for `release --session`) and the fencing token.
+    Acquire {
+        #[arg(long, short = 's')]
+        shared: bool,
+        #[arg(long, short = 't', value_parser = parse_duration, default_value = "0s")]
+        timeout: Duration,
+        /// How long the locks are kept after lockctl exits
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        grace: Duration,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Release locks of a session left by `acquire` (all of them when no keys are named).
+    Release {
+        #[arg(long)]
+        session: String,
+        #[arg(long, short = 's')]
+        shared: bool,
+        keys: Vec<String>,
+    },
+    /// Show the holders and waiters of a key.
+    Inspect { key: String },
+    /// Show the locks of a session.
+    Locks { session: String },
+    /// Show the server's counters.
+    Stats,
+    /// Check that the server answers (and that the key is right).
+    Ping,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs >= 0.0 && secs.is_finite() {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 10s, 500ms, 2m)"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Failure::other(format!("cannot start the runtime: {e}")).report(json),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(f) => f.report(json),
+    }
+}
+
+fn mode(shared: bool) -> Mode {
+    if shared {
+        Mode::Sh
+    } else {
+        Mode::Ex
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    Client::connect(&cli.addr, &auth_key(cli)?)
+        .await
+        .map_err(Failure::from)
+}
+
+/// The auth key: --auth-key or LOCKD_AUTH_KEY, else the key file.
+fn auth_key(cli: &Cli) -> Result<String, Failure> {
+    if let Some(k) = &cli.auth_key {
+        return Ok(k.clone());
+    }
+    let path = cli
+        .key_file
+        .clone()
+        .unwrap_or_else(lockd_client::default_key_file);
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| {
+            Failure::usage(format!(
+                "no auth key: give --auth-key or LOCKD_AUTH_KEY, or make {} readable ({e})",
+                path.display()
+            ))
+        })
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let client = connect(&cli).await?;
+    let json = cli.json;
+    match &cli.command {
+        Command::Lock {
+            shared,
+            timeout,
+            conflict_exit_code,
+            keys,
+            command,
+        } => {
+            let guard = match client.acquire(mode(*shared), keys, *timeout).await {
+                Ok(g) => g,
+                Err(e @ (lockd_client::Error::Timeout | lockd_client::Error::Deadlock { .. })) => {
+                    return Err(Failure::new(*conflict_exit_code, e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let status = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .env("LOCKD_FENCING_TOKEN", guard.token().to_string())
+                .env("LOCKD_SESSION", client.session_id())
+                .status()
+                .await
+                .map_err(|e| {
+                    Failure::new(exit::NOINPUT_CMD, format!("cannot run {}: {e}", command[0]))
+                })?;
+            let lost = guard.may_be_lost();
+            guard.release().await.map_err(Failure::from)?;
+            if lost {
+                return Err(Failure::new(exit::UNAVAILABLE, "the connection was lost while the command ran: the lock may have passed to another"));
+            }
+            Ok(exit::of_status(status))
+        }
+        Command::Acquire {
+            shared,
+            timeout,
+            grace,
+            keys,
+        } => {
+            client.set_grace(*grace).await?;
+            let guard = match client.acquire(mode(*shared), keys, *timeout).await {
+                Ok(g) => g,
+                Err(e @ (lockd_client::Error::Timeout | lockd_client::Error::Deadlock { .. })) => {
+                    return Err(Failure::new(exit::TEMPFAIL, e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (session, token) = (client.session_id(), guard.token());
+            // Keep the locks: the session outlives this process for its grace period.
+            std::mem::forget(guard);
+            if json {
+                println!(
+                    "{}",
+                    json!({"session": session, "token": token, "grace_ms": grace.as_millis() as u64})
+                );
+            } else {
+                println!("session {session}\ntoken {token}");
+            }
+            Ok(0)
+        }
+        Command::Release {
+            session,
+            shared,
+            keys,
+        } => {
+            drop(client);
+            let key = auth_key(&cli)?;
+            let c = Client::resume(&cli.addr, &key, session).await?;
+            let n = if keys.is_empty() {
+                c.release_all().await?
+            } else {
+                c.release(mode(*shared), keys).await?
+            };
+            if json {
+                println!("{}", json!({"released": n}));
+            } else {
+                println!("released {n}");
+            }
+            Ok(0)
+        }
+        Command::Inspect { key } => {
+            let info = client.inspect(key).await?;
+            if json {
+                let holders: Vec<_> = info.holders.iter().map(|h| json!({"session": h.session, "mode": h.mode.as_str(), "token": h.token, "held_ms": h.held_ms})).collect();
+                let waiters: Vec<_> = info.waiters.iter().map(|w| json!({"session": w.session, "mode": w.mode.as_str(), "waited_ms": w.waited_ms})).collect();
+                println!(
+                    "{}",
+                    json!({"key": key, "holders": holders, "waiters": waiters})
+                );
+            } else {
+                if info.holders.is_empty() && info.waiters.is_empty() {
+                    println!("{key}: free");
+                }
+                for h in &info.holders {
+                    println!(
+                        "holder  {}  {}  token {}  held {} ms",
+                        h.session,
+                        h.mode.as_str(),
+                        h.token,
+                        h.held_ms
+                    );
+                }
+                for w in &info.waiters {
+                    println!(
+                        "waiter  {}  {}  waited {} ms",
+                        w.session,
+                        w.mode.as_str(),
+                        w.waited_ms
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Locks { session } => {
+            let locks = client.locks(Some(session)).await?;
+            if json {
+                let l: Vec<_> = locks.iter().map(|l| json!({"key": String::from_utf8_lossy(&l.key), "mode": l.mode.as_str(), "token": l.token})).collect();
+                println!("{}", json!(l));
+            } else {
+                for l in &locks {
+                    println!(
+                        "{}  {}  token {}",
+                        String::from_utf8_lossy(&l.key),
+                        l.mode.as_str(),
+                        l.token
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Stats => {
+            let stats = client.stats().await?;
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> =
+                    stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                println!("{}", serde_json::Value::Object(m));
+            } else {
+                for (k, v) in stats {
+                    println!("{k:<18} {v}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Ping => {
+            client.ping().await?;
+            if json {
+                println!("{}", json!({"ok": true, "addr": cli.addr}));
+            } else {
+                println!("PONG from {}", cli.addr);
+            }
+            Ok(0)
+        }
+    }
+}

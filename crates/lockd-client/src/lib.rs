@@ -38,3 +38,18 @@ pub use error::Error;
 pub use guard::Guard;
 pub use quorum::{QuorumClient, QuorumGuard};
 pub use types::{Holder, KeyInfo, LockInfo, Mode, Waiter};
+
+/// Where a `lockd` started without an auth key writes the key it generates, and where
+/// `lockctl` looks for it: `$XDG_STATE_HOME/lockd/auth-key`, else
+/// `~/.local/state/lockd/auth-key`, else `lockd-auth-key` in the temporary directory.
+pub fn default_key_file() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match state {
+        Some(dir) => dir.join("lockd").join("auth-key"),
+        None => std::env::temp_dir().join("lockd-auth-key"),
+    }
+}

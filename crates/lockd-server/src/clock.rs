@@ -31,9 +31,11 @@ impl Clock {
     /// Waits until `now() >= at`.
     pub async fn sleep_until(&self, at: Millis) {
         match self {
-            Clock::Real(start) => {
-                tokio::time::sleep_until(*start + std::time::Duration::from_millis(at)).await
-            }
+            // A deadline past what an Instant can hold (a huge timeout) never comes.
+            Clock::Real(start) => match start.checked_add(std::time::Duration::from_millis(at)) {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            },
             Clock::Manual(m) => loop {
                 let notified = m.changed.notified();
                 if m.now() >= at {
@@ -64,5 +66,25 @@ impl ManualClock {
     pub fn advance(&self, ms: Millis) {
         self.now.fetch_add(ms, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn real_clock_sleeps_and_never_overflows() {
+        let c = Clock::real();
+        c.sleep_until(1500).await;
+        assert!(c.now() >= 1500);
+        let forever = tokio::time::timeout(
+            std::time::Duration::from_secs(3600),
+            c.sleep_until(u64::MAX),
+        );
+        assert!(
+            forever.await.is_err(),
+            "a deadline at u64::MAX ms never comes"
+        );
     }
 }

@@ -189,7 +189,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
             let path = cli
                 .key_file
                 .or(file.key_file)
-                .unwrap_or_else(default_key_file);
+                .unwrap_or_else(lockd_client::default_key_file);
             let key = generate_key();
             write_key_file(&path, &key)?;
             generated_key = Some(GeneratedKey {
@@ -209,18 +209,6 @@ fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
-}
-
-/// Where a generated key goes by default; `lockctl` looks in the same place.
-pub fn default_key_file() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
-    match state {
-        Some(dir) => dir.join("lockd").join("auth-key"),
-        None => std::env::temp_dir().join("lockd-auth-key"),
-    }
 }
 
 fn generate_key() -> String {

@@ -456,3 +456,23 @@ async fn without_a_data_dir_tokens_start_from_the_clock() {
     let mut c = Resp::authed(srv.addr).await;
     assert!(c.call(&["ACQUIRE", "EX", "0", "k"]).await.int() >= before);
 }
+
+#[tokio::test]
+async fn a_huge_timeout_waits_without_trouble() {
+    let srv = TestServer::start().await;
+    let mut a = Resp::authed(srv.addr).await;
+    let mut b = Resp::authed(srv.addr).await;
+    a.call(&["ACQUIRE", "EX", "0", "k"]).await.int();
+    b.send(&["ACQUIRE", "EX", "18446744073709551615", "k"])
+        .await;
+    srv.eventually("b queued", |s| s.waiters == 1).await;
+    srv.clock.advance(u64::MAX / 2);
+    assert_eq!(b.replies_within(50).await, None);
+    a.call(&["RELEASEALL"]).await;
+    assert!(b.recv().await.int() > 0);
+    assert!(b
+        .call(&["ACQUIRE", "EX", "18446744073709551616", "k"])
+        .await
+        .err()
+        .starts_with("ERR"));
+}

@@ -1,0 +1,242 @@
+//! `lockctl` as a user runs it, against a real lockd.
+
+use std::process::{Command, Output};
+
+const KEY: &str = "lockctl-test-key";
+
+/// Starts a lockd on 127.0.0.1:0 in a background thread; returns its address.
+fn server() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let s =
+                lockd_server::Server::bind(lockd_server::ServerConfig::new("127.0.0.1", 0, KEY))
+                    .await
+                    .unwrap();
+            tx.send(s.local_addr().to_string()).unwrap();
+            s.run(lockd_server::CancellationToken::new()).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn lockctl(addr: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lockctl"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOCKD_")) {
+        c.env_remove(k);
+    }
+    c.args(["--addr", addr, "--auth-key", KEY]).args(args);
+    c
+}
+
+fn run(addr: &str, args: &[&str]) -> Output {
+    lockctl(addr, args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn ping_and_where_the_key_comes_from() {
+    let addr = server();
+    let o = run(&addr, &["ping"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("PONG"));
+    // From the environment.
+    let o = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .env("LOCKD_ADDR", &addr)
+        .env("LOCKD_AUTH_KEY", KEY)
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // From the key file lockd writes by default under $HOME.
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".local/state/lockd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("auth-key"), format!("{KEY}\n")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .env_remove("LOCKD_AUTH_KEY")
+        .env_remove("XDG_STATE_HOME")
+        .env("HOME", home.path())
+        .args(["--addr", &addr, "ping"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn exit_codes_for_wrong_key_unreachable_server_and_usage() {
+    let addr = server();
+    let o = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .args(["--addr", &addr, "--auth-key", "nope", "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(77), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("authentication"));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let o = run(&dead, &["ping"]);
+    assert_eq!(o.status.code(), Some(69), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
+    let o = run(&addr, &["lock", "k"]);
+    assert_eq!(o.status.code(), Some(2), "no command: {o:?}");
+    let o = run(&addr, &["lock", "--timeout", "soon", "k", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = run(&addr, &["lock", "k", "--", "/nonexistent/program"]);
+    assert_eq!(o.status.code(), Some(127), "{o:?}");
+}
+
+#[test]
+fn lock_runs_the_command_with_the_token_and_passes_its_status() {
+    let addr = server();
+    let o = run(
+        &addr,
+        &[
+            "lock",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            "test \"$LOCKD_FENCING_TOKEN\" -gt 0 && exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let o = run(
+        &addr,
+        &[
+            "lock",
+            "--shared",
+            "k",
+            "j",
+            "--",
+            "sh",
+            "-c",
+            "echo $LOCKD_FENCING_TOKEN",
+        ],
+    );
+    assert!(o.status.success());
+    assert!(stdout(&o).trim().parse::<u64>().unwrap() > 0);
+    // Released after: another exclusive lock is had at once.
+    let o = run(&addr, &["lock", "--timeout", "0", "k", "--", "true"]);
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn lock_that_cannot_be_had_exits_75_or_as_told() {
+    let addr = server();
+    let mut holder = lockctl(&addr, &["lock", "busy", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    // Wait until the holder has it.
+    for _ in 0..200 {
+        if stdout(&run(&addr, &["inspect", "busy"])).contains("holder") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = run(&addr, &["lock", "--timeout", "0", "busy", "--", "true"]);
+    assert_eq!(o.status.code(), Some(75), "{o:?}");
+    let o = run(
+        &addr,
+        &[
+            "lock",
+            "--timeout",
+            "200ms",
+            "-E",
+            "9",
+            "busy",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(9), "{o:?}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn concurrent_lockers_never_lose_an_increment() {
+    let addr = server();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("counter");
+    std::fs::write(&file, "0\n").unwrap();
+    let script = format!(
+        "n=$(cat {f}); sleep 0.001; echo $((n+1)) > {f}",
+        f = file.display()
+    );
+    const PROCS: usize = 8;
+    const EACH: usize = 10;
+    let workers: Vec<_> = (0..PROCS)
+        .map(|_| {
+            let (addr, script) = (addr.clone(), script.clone());
+            std::thread::spawn(move || {
+                for _ in 0..EACH {
+                    let o = run(
+                        &addr,
+                        &[
+                            "lock",
+                            "--timeout",
+                            "60s",
+                            "counter",
+                            "--",
+                            "sh",
+                            "-c",
+                            &script,
+                        ],
+                    );
+                    assert!(o.status.success(), "{o:?}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let n: usize = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, PROCS * EACH);
+}
+
+#[test]
+fn acquire_then_release_by_session_with_json() {
+    let addr = server();
+    let o = run(&addr, &["--json", "acquire", "--grace", "30s", "a", "b"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let session = v["session"].as_str().unwrap().to_string();
+    assert!(v["token"].as_u64().unwrap() > 0);
+    let o = run(&addr, &["--json", "inspect", "a"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["holders"][0]["session"], session.as_str());
+    assert_eq!(info["holders"][0]["mode"], "EX");
+    let o = run(&addr, &["--json", "locks", &session]);
+    let locks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(locks.as_array().unwrap().len(), 2);
+    let o = run(&addr, &["--json", "stats"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["locks_held"], 2);
+    let o = run(&addr, &["release", "--session", &session, "a"]);
+    assert!(stdout(&o).contains("released 1"), "{o:?}");
+    let o = run(&addr, &["--json", "release", "--session", &session]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["released"], 1);
+    assert!(stdout(&run(&addr, &["inspect", "a"])).contains("free"));
+    let o = run(
+        &addr,
+        &["release", "--session", "nosuchsessionnosuchsessionnosuch"],
+    );
+    assert_eq!(o.status.code(), Some(70), "{o:?}");
+}
