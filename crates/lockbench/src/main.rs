@@ -6,6 +6,7 @@ mod client;
 mod report;
 mod server;
 mod shadow;
+mod sweep;
 mod workload;
 
 use std::time::Duration;
@@ -18,13 +19,24 @@ use clap::{Parser, ValueEnum};
 pub enum Protocol {
     /// lockd's legacy line protocol, signed with HMAC-SHA1.
     Legacy,
+    /// lockd's native RESP protocol.
+    Native,
+    /// Redis: SET key token NX PX ttl / DEL key.
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
-    /// Each connection acquires a random key and releases it, one request at a time.
+    /// Each connection acquires random keys and releases them; --depth requests in flight
+    /// (1: ping-pong; more: pipelined), --keys-per-request keys each.
     Pingpong,
+    /// Every connection (its own session) waits for one hot key in turn (native): reports
+    /// the hand-off latency from a release to the next waiter's grant.
+    Hotkey,
+    /// SH holders keep one key busy (each holds it --hold-us); one EX asks for it every
+    /// 50 ms: reports how long the EX waits, against the SH hold time.
+    Fairness,
     /// Take and hold --hold locks, then report the server's memory per lock.
     Hold,
     /// Open --connections idle connections, then report the server's memory per connection.
@@ -62,6 +74,36 @@ pub struct Args {
     /// Locks to hold (hold workload).
     #[arg(long, default_value_t = 1_000_000)]
     pub hold: u64,
+    /// Requests in flight per connection (pipelining depth).
+    #[arg(long, default_value_t = 1)]
+    pub depth: usize,
+    /// Keys in each ACQUIRE.
+    #[arg(long = "keys-per-request", default_value_t = 1)]
+    pub keys_per_request: usize,
+    /// How long a lock is held, in microseconds (hotkey, fairness).
+    #[arg(long = "hold-us", default_value_t = 0)]
+    pub hold_us: u64,
+    /// Run pingpong at each of these connection counts (comma-separated), for each
+    /// protocol of --protocols, and report them together (with --plot, draw them).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+    /// Protocols for --sweep.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "native,legacy,redis"
+    )]
+    pub protocols: Vec<Protocol>,
+    /// Draw throughput against connections and the latency distribution into this SVG.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// Worker threads of a spawned lockd.
+    #[arg(long = "lockd-threads", default_value_t = 1)]
+    pub lockd_threads: usize,
+    /// The redis-server binary to spawn.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_bin: std::path::PathBuf,
     /// Server address, when not spawning one.
     #[arg(long, default_value = "127.0.0.1:7531")]
     pub addr: String,
@@ -93,8 +135,20 @@ fn main() -> std::process::ExitCode {
 
 /// Runs the benchmark; `Ok(false)` when it saw violations or errors.
 fn run(args: Args) -> anyhow::Result<bool> {
-    if args.connections == 0 || args.keys == 0 {
-        bail!("--connections and --keys must be at least 1");
+    if args.connections == 0 || args.keys == 0 || args.depth == 0 || args.keys_per_request == 0 {
+        bail!("--connections, --keys, --depth and --keys-per-request must be at least 1");
+    }
+    if args.protocol == Protocol::Redis && (args.mode != LockMode::Ex || args.keys_per_request != 1)
+    {
+        bail!("the Redis lock is exclusive and takes one key: use --mode ex --keys-per-request 1");
+    }
+    if matches!(args.workload, Workload::Hotkey | Workload::Fairness)
+        && args.protocol != Protocol::Native
+    {
+        bail!(
+            "the {:?} workload needs waiting: use --protocol native",
+            args.workload
+        );
     }
     let _ = lockd_server::sys::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,8 +156,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
+        if !args.sweep.is_empty() {
+            return sweep::run(&args).await;
+        }
         let spawned = if args.spawn {
-            Some(server::Spawned::lockd(&args).await?)
+            Some(server::Spawned::start(&args, args.protocol).await?)
         } else {
             None
         };

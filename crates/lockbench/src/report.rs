@@ -30,6 +30,15 @@ pub struct Report {
     pub server_rss_bytes: Option<u64>,
     pub bytes_per_lock: Option<f64>,
     pub bytes_per_connection: Option<f64>,
+    pub depth: usize,
+    pub keys_per_request: usize,
+    /// hotkey: release-to-grant hand-off; fairness: the EX request's wait.
+    pub extra_name: Option<String>,
+    pub extra_us_p50: Option<u64>,
+    pub extra_us_p99: Option<u64>,
+    pub extra_us_max: Option<u64>,
+    pub extra_count: Option<u64>,
+    pub hold_us: Option<u64>,
 }
 
 impl Report {
@@ -55,6 +64,24 @@ impl Report {
             server_rss_bytes: None,
             bytes_per_lock: None,
             bytes_per_connection: None,
+            depth: args.depth,
+            keys_per_request: args.keys_per_request,
+            extra_name: None,
+            extra_us_p50: None,
+            extra_us_p99: None,
+            extra_us_max: None,
+            extra_count: None,
+            hold_us: None,
+        }
+    }
+
+    pub fn set_extra(&mut self, name: &str, h: &Histogram<u64>) {
+        self.extra_name = Some(name.to_string());
+        self.extra_count = Some(h.len());
+        if !h.is_empty() {
+            self.extra_us_p50 = Some(h.value_at_quantile(0.5));
+            self.extra_us_p99 = Some(h.value_at_quantile(0.99));
+            self.extra_us_max = Some(h.max());
         }
     }
 
@@ -76,6 +103,11 @@ impl Report {
         let _ = writeln!(s, "protocol      {:?}", self.protocol);
         let _ = writeln!(s, "workload      {:?} ({:?})", self.workload, self.mode);
         let _ = writeln!(s, "connections   {}", self.connections);
+        let _ = writeln!(
+            s,
+            "depth         {}  keys/request {}",
+            self.depth, self.keys_per_request
+        );
         let _ = writeln!(s, "keys          {}", self.keys);
         let _ = writeln!(s, "seconds       {:.2}", self.seconds);
         let _ = writeln!(s, "ops           {}", self.ops);
@@ -92,6 +124,19 @@ impl Report {
             opt(self.latency_us_p999),
             opt(self.latency_us_max)
         );
+        if let Some(name) = &self.extra_name {
+            let _ = writeln!(
+                s,
+                "{name:<13} n {}  p50 {} us  p99 {} us  max {} us",
+                self.extra_count.unwrap_or(0),
+                opt(self.extra_us_p50),
+                opt(self.extra_us_p99),
+                opt(self.extra_us_max)
+            );
+        }
+        if let Some(h) = self.hold_us {
+            let _ = writeln!(s, "SH hold       {h} us");
+        }
         if let Some(c) = self.server_cpu_us_per_op {
             let _ = writeln!(s, "server CPU    {c:.2} us/op");
         }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::Args;
+use crate::{Args, Protocol};
 
 pub struct Spawned {
     pub addr: String,
@@ -13,7 +13,35 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub async fn lockd(args: &Args) -> anyhow::Result<Spawned> {
+    /// Starts the server the protocol talks to: lockd, or redis-server.
+    pub async fn start(args: &Args, protocol: Protocol) -> anyhow::Result<Spawned> {
+        match protocol {
+            Protocol::Redis => Spawned::redis(args).await,
+            _ => Spawned::lockd(args).await,
+        }
+    }
+
+    async fn redis(args: &Args) -> anyhow::Result<Spawned> {
+        let port = free_port()?;
+        let child = Command::new(&args.redis_bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                &(args.connections + 100).to_string(),
+            ])
+            .args(["--requirepass", &args.auth_key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", args.redis_bin.display()))?;
+        Spawned::wait_listening(child, port, &args.redis_bin).await
+    }
+
+    async fn lockd(args: &Args) -> anyhow::Result<Spawned> {
         let bin = match &args.lockd_bin {
             Some(b) => b.clone(),
             None => std::env::current_exe()?.with_file_name("lockd"),
@@ -27,20 +55,34 @@ impl Spawned {
             .args(["--max-clients", &max_clients.to_string()])
             .args(["--max-locks", &max_locks.to_string()])
             .args(["--max-backlog", "4096"])
+            .args(["--threads", &args.lockd_threads.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
+        Spawned::wait_listening(child, port, &bin).await
+    }
+
+    async fn wait_listening(
+        child: Child,
+        port: u16,
+        bin: &std::path::Path,
+    ) -> anyhow::Result<Spawned> {
         let addr = format!("127.0.0.1:{port}");
+        let spawned = Spawned { addr, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        while tokio::net::TcpStream::connect(&spawned.addr).await.is_err() {
             if Instant::now() > deadline {
-                bail!("{} did not start listening on {addr}", bin.display());
+                bail!(
+                    "{} did not start listening on {}",
+                    bin.display(),
+                    spawned.addr
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Spawned { addr, child })
+        Ok(spawned)
     }
 
     pub fn pid(&self) -> u32 {

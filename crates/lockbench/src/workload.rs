@@ -1,6 +1,6 @@
 //! The workloads. Each returns a [`Report`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,14 +8,20 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use crate::client::Client;
+use crate::client::{Client, Outcome, Req};
 use crate::report::Report;
 use crate::server::Spawned;
 use crate::shadow::Shadow;
 use crate::{Args, LockMode, Workload};
 
-/// Keys per legacy request when taking many locks (a line holds at most 65,535 bytes).
+/// Keys per request when taking many locks (a legacy line holds at most 65,535 bytes).
 const BATCH: usize = 1000;
+/// How long a waiting request may wait (hotkey, fairness), in ms.
+const WAIT_MS: u64 = 60_000;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
 
 pub async fn run(
     args: &Args,
@@ -25,6 +31,8 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     match args.workload {
         Workload::Pingpong => pingpong(args, addr, server, duration).await,
+        Workload::Hotkey => hotkey(args, addr, server, duration).await,
+        Workload::Fairness => fairness(args, addr, server, duration).await,
         Workload::Hold => hold(args, addr, server).await,
         Workload::Idle => idle(args, addr, server).await,
     }
@@ -44,9 +52,73 @@ async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<Client>> {
 
 struct TaskResult {
     hist: Histogram<u64>,
+    extra: Histogram<u64>,
     grants: u64,
     refusals: u64,
     errors: u64,
+}
+
+impl TaskResult {
+    fn new() -> TaskResult {
+        TaskResult {
+            hist: histogram(),
+            extra: histogram(),
+            grants: 0,
+            refusals: 0,
+            errors: 0,
+        }
+    }
+}
+
+fn pick_mode(mode: LockMode, rng: &mut impl Rng) -> LockMode {
+    match mode {
+        LockMode::Mix if rng.gen_ratio(1, 10) => LockMode::Ex,
+        LockMode::Mix => LockMode::Sh,
+        m => m,
+    }
+}
+
+/// Runs `body` on every connection until the deadline and gathers the results.
+async fn drive<F, Fut>(
+    args: &Args,
+    addr: &str,
+    server: Option<&Spawned>,
+    duration: Duration,
+    body: F,
+) -> anyhow::Result<(Report, Histogram<u64>)>
+where
+    F: Fn(usize, Client, Arc<Shadow>, Instant) -> Fut,
+    Fut: std::future::Future<Output = TaskResult> + Send + 'static,
+{
+    let clients = connect_all(args, addr).await?;
+    let shadow = Arc::new(Shadow::default());
+    let cpu0 = server.map(|s| s.cpu_time());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(body(i, c, shadow.clone(), deadline)))
+        .collect();
+    let mut hist = histogram();
+    let mut extra = histogram();
+    let mut report = Report::new(args);
+    for t in tasks {
+        let r = t.await?;
+        hist.add(&r.hist).expect("same-shaped histograms");
+        extra.add(&r.extra).expect("same-shaped histograms");
+        report.grants += r.grants;
+        report.refusals += r.refusals;
+        report.errors += r.errors;
+    }
+    report.set_latency(&hist, start.elapsed());
+    report.violations = shadow.violations.load(Ordering::Relaxed);
+    if let (Some(s), Some(cpu0)) = (server, cpu0) {
+        let cpu = s.cpu_time().saturating_sub(cpu0);
+        report.server_cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / report.ops.max(1) as f64);
+        report.server_rss_bytes = Some(s.rss());
+    }
+    Ok((report, extra))
 }
 
 async fn pingpong(
@@ -55,75 +127,227 @@ async fn pingpong(
     server: Option<&Spawned>,
     duration: Duration,
 ) -> anyhow::Result<Report> {
-    let clients = connect_all(args, addr).await?;
-    let shadow = Arc::new(Shadow::default());
-    let cpu0 = server.map(|s| s.cpu_time());
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let shadow = shadow.clone();
-        let (keys, mode) = (args.keys, args.mode);
-        tasks.push(tokio::spawn(async move {
-            let mut r = TaskResult {
-                hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram"),
-                grants: 0,
-                refusals: 0,
-                errors: 0,
-            };
+    let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
+    let (report, _) = drive(
+        args,
+        addr,
+        server,
+        duration,
+        move |i, mut c, shadow, deadline| async move {
+            let mut r = TaskResult::new();
             let mut rng = rand::rngs::SmallRng::from_entropy();
+            let session = i as u32;
             while Instant::now() < deadline {
-                let key = rng.gen_range(0..keys);
-                let m = match mode {
-                    LockMode::Mix if rng.gen_ratio(1, 10) => LockMode::Ex,
-                    LockMode::Mix => LockMode::Sh,
-                    m => m,
-                };
+                let batch: Vec<(Vec<u64>, LockMode)> = (0..depth)
+                    .map(|_| {
+                        (
+                            (0..per).map(|_| rng.gen_range(0..keys)).collect(),
+                            pick_mode(mode, &mut rng),
+                        )
+                    })
+                    .collect();
+                let reqs: Vec<Req> = batch
+                    .iter()
+                    .map(|(k, m)| Req::Acquire {
+                        keys: k.clone(),
+                        mode: *m,
+                        timeout_ms: 0,
+                    })
+                    .collect();
                 let t0 = Instant::now();
-                match c.acquire(&[key], m).await {
-                    Ok(true) => {
-                        r.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                let Ok(outcomes) = c.batch(&reqs).await else {
+                    r.errors += 1;
+                    break;
+                };
+                let rtt = t0.elapsed().as_micros() as u64;
+                let mut releases = Vec::new();
+                for ((k, m), o) in batch.into_iter().zip(outcomes) {
+                    r.hist.saturating_record(rtt);
+                    if o == Outcome::Granted {
                         r.grants += 1;
-                        shadow.granted(key, i as u32, m);
-                        shadow.releasing(key, i as u32, m);
-                        let t1 = Instant::now();
-                        if c.release(&[key], m).await.is_err() {
+                        for &key in &k {
+                            shadow.granted(key, session, m);
+                        }
+                        releases.push((k, m));
+                    } else {
+                        r.refusals += 1;
+                    }
+                }
+                if releases.is_empty() {
+                    continue;
+                }
+                // Same-session duplicates within a batch are one lock on the server.
+                for (k, m) in &releases {
+                    for &key in k {
+                        shadow.releasing(key, session, *m);
+                    }
+                }
+                let reqs: Vec<Req> = releases
+                    .into_iter()
+                    .map(|(keys, mode)| Req::Release { keys, mode })
+                    .collect();
+                let t1 = Instant::now();
+                if c.batch(&reqs).await.is_err() {
+                    r.errors += 1;
+                    break;
+                }
+                let rtt = t1.elapsed().as_micros() as u64;
+                for _ in &reqs {
+                    r.hist.saturating_record(rtt);
+                }
+            }
+            r
+        },
+    )
+    .await?;
+    Ok(report)
+}
+
+async fn hotkey(
+    args: &Args,
+    addr: &str,
+    server: Option<&Spawned>,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let hold = Duration::from_micros(args.hold_us);
+    let epoch = Instant::now();
+    // When the last release was sent, in ns since `epoch` (0: none yet).
+    let released_at = Arc::new(AtomicU64::new(0));
+    let (mut report, handoff) = drive(
+        args,
+        addr,
+        server,
+        duration,
+        move |i, mut c, shadow, deadline| {
+            let released_at = released_at.clone();
+            async move {
+                let mut r = TaskResult::new();
+                let session = i as u32;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let acq = Req::Acquire {
+                        keys: vec![0],
+                        mode: LockMode::Ex,
+                        timeout_ms: WAIT_MS,
+                    };
+                    match c.batch(std::slice::from_ref(&acq)).await.as_deref() {
+                        Ok([Outcome::Granted]) => {
+                            let now_ns = epoch.elapsed().as_nanos() as u64;
+                            let rel = released_at.load(Ordering::SeqCst);
+                            if rel > 0 && now_ns > rel {
+                                r.extra.saturating_record((now_ns - rel) / 1000);
+                            }
+                            r.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                            r.grants += 1;
+                            shadow.granted(0, session, LockMode::Ex);
+                        }
+                        Ok(_) => {
+                            r.refusals += 1;
+                            continue;
+                        }
+                        Err(_) => {
                             r.errors += 1;
                             break;
                         }
-                        r.hist.saturating_record(t1.elapsed().as_micros() as u64);
                     }
-                    Ok(false) => {
-                        r.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                    if !hold.is_zero() {
+                        tokio::time::sleep(hold).await;
+                    }
+                    shadow.releasing(0, session, LockMode::Ex);
+                    released_at.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                    if c.batch(&[Req::Release {
+                        keys: vec![0],
+                        mode: LockMode::Ex,
+                    }])
+                    .await
+                    .is_err()
+                    {
+                        r.errors += 1;
+                        break;
+                    }
+                }
+                r
+            }
+        },
+    )
+    .await?;
+    report.set_extra("handoff", &handoff);
+    Ok(report)
+}
+
+async fn fairness(
+    args: &Args,
+    addr: &str,
+    server: Option<&Spawned>,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let hold = Duration::from_micros(args.hold_us.max(1000));
+    let (mut report, ex_waits) = drive(
+        args,
+        addr,
+        server,
+        duration,
+        move |i, mut c, shadow, deadline| async move {
+            let mut r = TaskResult::new();
+            let session = i as u32;
+            // Connection 0 asks for EX now and then; the others keep SH on the key.
+            let ex = i == 0;
+            let mode = if ex { LockMode::Ex } else { LockMode::Sh };
+            let mut rng = rand::rngs::SmallRng::from_entropy();
+            if !ex {
+                // Spread the SH holders' phases so the key is never free.
+                tokio::time::sleep(hold.mul_f64(rng.gen_range(0.0..1.0))).await;
+            }
+            while Instant::now() < deadline {
+                if ex {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let t0 = Instant::now();
+                let acq = Req::Acquire {
+                    keys: vec![0],
+                    mode,
+                    timeout_ms: WAIT_MS,
+                };
+                match c.batch(std::slice::from_ref(&acq)).await.as_deref() {
+                    Ok([Outcome::Granted]) => {
+                        let waited = t0.elapsed().as_micros() as u64;
+                        r.hist.saturating_record(waited);
+                        if ex {
+                            r.extra.saturating_record(waited);
+                        }
+                        r.grants += 1;
+                        shadow.granted(0, session, mode);
+                    }
+                    Ok(_) => {
                         r.refusals += 1;
+                        continue;
                     }
                     Err(_) => {
                         r.errors += 1;
                         break;
                     }
                 }
+                if !ex {
+                    tokio::time::sleep(hold).await;
+                }
+                shadow.releasing(0, session, mode);
+                if c.batch(&[Req::Release {
+                    keys: vec![0],
+                    mode,
+                }])
+                .await
+                .is_err()
+                {
+                    r.errors += 1;
+                    break;
+                }
             }
             r
-        }));
-    }
-    let mut hist: Histogram<u64> =
-        Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram");
-    let mut report = Report::new(args);
-    for t in tasks {
-        let r = t.await?;
-        hist.add(&r.hist).expect("same-shaped histograms");
-        report.grants += r.grants;
-        report.refusals += r.refusals;
-        report.errors += r.errors;
-    }
-    let elapsed = start.elapsed();
-    report.set_latency(&hist, elapsed);
-    report.violations = shadow.violations.load(Ordering::Relaxed);
-    if let (Some(s), Some(cpu0)) = (server, cpu0) {
-        let cpu = s.cpu_time().saturating_sub(cpu0);
-        report.server_cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / report.ops.max(1) as f64);
-        report.server_rss_bytes = Some(s.rss());
-    }
+        },
+    )
+    .await?;
+    report.set_extra("ex_wait", &ex_waits);
+    report.hold_us = Some(hold.as_micros() as u64);
     Ok(report)
 }
 
@@ -140,7 +364,12 @@ async fn hold(args: &Args, addr: &str, server: Option<&Spawned>) -> anyhow::Resu
             let keys: Vec<u64> = (first..last).collect();
             let mut granted = 0u64;
             for chunk in keys.chunks(BATCH) {
-                if c.acquire(chunk, LockMode::Ex).await? {
+                let req = Req::Acquire {
+                    keys: chunk.to_vec(),
+                    mode: LockMode::Ex,
+                    timeout_ms: 0,
+                };
+                if c.batch(&[req]).await? == [Outcome::Granted] {
                     granted += chunk.len() as u64;
                 }
             }
@@ -161,8 +390,9 @@ async fn hold(args: &Args, addr: &str, server: Option<&Spawned>) -> anyhow::Resu
             }
         }
     }
+    report.seconds = start.elapsed().as_secs_f64();
     report.ops = report.grants;
-    report.ops_per_sec = report.grants as f64 / start.elapsed().as_secs_f64();
+    report.ops_per_sec = report.grants as f64 / report.seconds;
     if let (Some(s), Some(rss0)) = (server, rss0) {
         // Let the allocator settle, then read.
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -181,9 +181,9 @@ impl Value {
         match self {
             Value::Simple(s) => line(out, b'+', s.as_bytes()),
             Value::Error(s) => line(out, b'-', s.as_bytes()),
-            Value::Integer(i) => line(out, b':', i.to_string().as_bytes()),
+            Value::Integer(i) => number(out, b':', *i),
             Value::Bulk(b) => {
-                line(out, b'$', b.len().to_string().as_bytes());
+                number(out, b'$', b.len() as i64);
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
@@ -208,6 +208,13 @@ impl Value {
             }
         }
     }
+}
+
+/// `<prefix><n>\r\n`, without allocating.
+fn number(out: &mut BytesMut, prefix: u8, n: i64) {
+    out.put_u8(prefix);
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {

@@ -17,7 +17,7 @@ use crate::legacy::Legacy;
 use crate::native::{Native, PendingWait, Stop};
 use crate::shared::Shared;
 
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// While a request waits, input is still read (to see the client leave) up to this much.
 const MAX_INPUT_WHILE_WAITING: usize = 64 * 1024;
 
@@ -59,6 +59,9 @@ async fn drive(
     let mut eof = false;
     let mut closing = false;
     let max_output = shared.config.max_pending_output;
+    // Made once: a fresh `cancelled()` future per loop would re-register every time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if !input.is_empty() && pending.is_none() && !closing {
             let p = protocol.get_or_insert_with(|| {
@@ -83,6 +86,15 @@ async fn drive(
                     Stop::Wait(w) => *pending = Some(w),
                     Stop::Close => closing = true,
                 },
+            }
+        }
+        // Most replies fit the socket buffer: write them now rather than after another
+        // trip through the event loop.
+        if !output.is_empty() {
+            match stream.try_write(&output) {
+                Ok(n) => output.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return "write error",
             }
         }
         if output.len() > max_output {
@@ -124,7 +136,7 @@ async fn drive(
         };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return "shutdown",
+            _ = &mut cancelled => return "shutdown",
             granted = wait => {
                 let w = pending.take().expect("a wait was pending");
                 if let Some(Protocol::Native(n)) = protocol.as_mut() {
@@ -145,13 +157,15 @@ async fn drive(
                 if r.is_err() {
                     return "read error";
                 }
-                input.reserve(READ_CHUNK);
-                match stream.try_read_buf(&mut input) {
+                // Read into the stack first: most requests are small, and copying them
+                // costs less than keeping (or allocating) a large buffer per connection.
+                let mut chunk = [0u8; READ_CHUNK];
+                match stream.try_read(&mut chunk) {
                     // A client that leaves while waiting gives up its wait; otherwise what
                     // it sent before closing its side is answered, then the connection closes.
                     Ok(0) if pending.is_some() => return "closed by peer while waiting",
                     Ok(0) => eof = true,
-                    Ok(_) => {}
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return "read error",
                 }

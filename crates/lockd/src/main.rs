@@ -38,10 +38,18 @@ fn run(cli: options::Cli) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = if settings.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+    let threads = settings.threads;
     rt.block_on(async move {
         let config = settings.server;
         let server = lockd_server::Server::bind(config.clone()).await?;
@@ -54,6 +62,7 @@ fn run(cli: options::Cli) -> anyhow::Result<()> {
             auth_scheme = ?config.auth_scheme,
             idle_timeout_s = config.idle_timeout.map(|d| d.as_secs()),
             data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
+            threads,
             "lockd listening"
         );
         let shutdown = CancellationToken::new();

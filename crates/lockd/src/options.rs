@@ -88,6 +88,11 @@ pub struct Cli {
     #[arg(long = "max-waiters-per-key", env = "LOCKD_MAX_WAITERS_PER_KEY")]
     pub max_waiters_per_key: Option<usize>,
 
+    /// Worker threads; 1 runs everything on one thread, which costs the least CPU per
+    /// request [default: 1]
+    #[arg(long, env = "LOCKD_THREADS")]
+    pub threads: Option<usize>,
+
     /// Where a generated auth key is written [default:
     /// $XDG_STATE_HOME/lockd/auth-key or ~/.local/state/lockd/auth-key]
     #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
@@ -120,6 +125,7 @@ struct FileOptions {
     max_pending_output: Option<usize>,
     idle_timeout: Option<u64>,
     key_file: Option<PathBuf>,
+    threads: Option<usize>,
     #[serde(alias = "dataDir")]
     data_dir: Option<PathBuf>,
     max_waiters: Option<usize>,
@@ -133,6 +139,7 @@ pub struct GeneratedKey {
 
 pub struct Settings {
     pub server: ServerConfig,
+    pub threads: usize,
     pub generated_key: Option<GeneratedKey>,
 }
 
@@ -199,8 +206,13 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
             key
         }
     };
+    let threads = cli.threads.or(file.threads).unwrap_or(1);
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
     Ok(Settings {
         server,
+        threads,
         generated_key,
     })
 }

@@ -9,14 +9,32 @@ pub(crate) struct Args {
 
 pub(crate) type Reply = Result<Value, Value>;
 
+/// An upper-cased command name, kept on the stack.
+pub(crate) struct CommandName {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl CommandName {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 impl Args {
     pub fn new(items: Vec<Bytes>) -> Args {
         Args { items }
     }
 
-    /// The command name, upper-cased.
-    pub fn name(&self) -> String {
-        String::from_utf8_lossy(&self.items[0]).to_ascii_uppercase()
+    /// The command name, upper-cased (names longer than any command come back empty, as
+    /// an unknown command). No allocation: this runs for every request.
+    pub fn name(&self) -> CommandName {
+        let raw = &self.items[0];
+        let mut buf = [0u8; 16];
+        let len = if raw.len() <= buf.len() { raw.len() } else { 0 };
+        buf[..len].copy_from_slice(&raw[..len]);
+        buf.make_ascii_uppercase();
+        CommandName { buf, len }
     }
 
     /// Arguments after the command name.
@@ -30,7 +48,7 @@ impl Args {
         if n < min || n > max {
             return Err(Value::error(format!(
                 "ERR wrong number of arguments for '{}' command",
-                self.name().to_ascii_lowercase()
+                String::from_utf8_lossy(&self.items[0]).to_ascii_lowercase()
             )));
         }
         Ok(self.rest())

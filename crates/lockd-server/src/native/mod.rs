@@ -104,25 +104,25 @@ impl Native {
 
     fn execute(&mut self, shared: &Shared, args: Args) -> Outcome {
         let name = args.name();
-        let open = matches!(name.as_str(), "HELLO" | "AUTH" | "PING" | "QUIT");
+        let open = matches!(name.as_bytes(), b"HELLO" | b"AUTH" | b"PING" | b"QUIT");
         if !self.authed && !open {
             return Outcome::Reply(Value::error("NOAUTH Authentication required."));
         }
-        let reply = match name.as_str() {
-            "PING" => connection::ping(args),
-            "HELLO" => connection::hello(self, shared, args),
-            "AUTH" => connection::auth(self, shared, args),
-            "QUIT" => return Outcome::Close(Value::ok()),
-            "CLIENT" => connection::client(self, args),
-            "SELECT" => connection::select(args),
-            "COMMAND" => Ok(Value::Array(Vec::new())),
-            "ACQUIRE" => return locks::acquire(self, shared, args),
-            "RELEASE" => locks::release(self, shared, args),
-            "RELEASEALL" => locks::release_all(self, shared, args),
-            "SESSION" => session::session(self, shared, args),
-            "INSPECT" => info::inspect(shared, args),
-            "LOCKS" => info::locks(self, shared, args),
-            "STATS" => info::stats(shared, args),
+        let reply = match name.as_bytes() {
+            b"PING" => connection::ping(args),
+            b"HELLO" => connection::hello(self, shared, args),
+            b"AUTH" => connection::auth(self, shared, args),
+            b"QUIT" => return Outcome::Close(Value::ok()),
+            b"CLIENT" => connection::client(self, args),
+            b"SELECT" => connection::select(args),
+            b"COMMAND" => Ok(Value::Array(Vec::new())),
+            b"ACQUIRE" => return locks::acquire(self, shared, args),
+            b"RELEASE" => locks::release(self, shared, args),
+            b"RELEASEALL" => locks::release_all(self, shared, args),
+            b"SESSION" => session::session(self, shared, args),
+            b"INSPECT" => info::inspect(shared, args),
+            b"LOCKS" => info::locks(self, shared, args),
+            b"STATS" => info::stats(shared, args),
             _ => Err(args.unknown()),
         };
         Outcome::Reply(reply.unwrap_or_else(|e| e))
