@@ -143,14 +143,10 @@ impl LockTable {
             } else {
                 usize::MAX
             };
-            let q = self.keys[k as usize]
+            self.keys[k as usize]
                 .queue
-                .get_or_insert_with(Default::default);
-            if pos >= q.len() {
-                q.push_back(w);
-            } else {
-                q.insert(pos, w);
-            }
+                .get_or_insert_with(Default::default)
+                .insert(pos, w, mode);
         }
         self.waiters.insert(
             w,
@@ -182,6 +178,11 @@ impl LockTable {
         let Some(q) = &e.queue else {
             return true;
         };
+        if before.is_none() {
+            // A request not yet queued: its session waits for nothing, so every queued
+            // request is another session's.
+            return !q.conflicts_with(mode);
+        }
         for w in q.iter() {
             if Some(*w) == before {
                 break;
@@ -203,9 +204,7 @@ impl LockTable {
         };
         for &k in &waiter.keys {
             if let Some(q) = self.keys[k as usize].queue.as_mut() {
-                if let Some(pos) = q.iter().position(|x| *x == w) {
-                    q.remove(pos);
-                }
+                q.remove(w, waiter.mode);
             }
         }
         self.session_mut(waiter.session).wait = None;
@@ -269,9 +268,7 @@ impl LockTable {
         let x = self.waiters.remove(&w).expect("queued waiter");
         for &k in &x.keys {
             if let Some(q) = self.keys[k as usize].queue.as_mut() {
-                if let Some(pos) = q.iter().position(|y| *y == w) {
-                    q.remove(pos);
-                }
+                q.remove(w, x.mode);
             }
             self.add_holder(k, x.session, x.mode, token, now);
         }

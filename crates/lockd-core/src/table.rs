@@ -49,9 +49,51 @@ pub(crate) struct Holder {
 pub(crate) struct KeyEntry {
     pub key: Key,
     pub holders: SmallVec<[Holder; 1]>,
-    // Boxed: most keys never have a queue, and an empty VecDeque is 32 bytes.
-    #[allow(clippy::box_collection)]
-    pub queue: Option<Box<VecDeque<WaitId>>>,
+    // Boxed: most keys never have a queue, and an empty one is 40 bytes.
+    pub queue: Option<Box<Queue>>,
+}
+
+/// The requests waiting on a key, in queue order, and how many of them are EX (so that a
+/// new request's compatibility with the whole queue is known without walking it).
+#[derive(Default)]
+pub(crate) struct Queue {
+    entries: VecDeque<WaitId>,
+    ex: u32,
+}
+
+impl std::ops::Deref for Queue {
+    type Target = VecDeque<WaitId>;
+    fn deref(&self) -> &VecDeque<WaitId> {
+        &self.entries
+    }
+}
+
+impl Queue {
+    /// Inserts at `pos` (the back when past it).
+    pub fn insert(&mut self, pos: usize, w: WaitId, mode: Mode) {
+        if pos >= self.entries.len() {
+            self.entries.push_back(w);
+        } else {
+            self.entries.insert(pos, w);
+        }
+        self.ex += (mode == Mode::Ex) as u32;
+    }
+
+    pub fn remove(&mut self, w: WaitId, mode: Mode) {
+        if let Some(pos) = self.entries.iter().position(|x| *x == w) {
+            self.entries.remove(pos);
+            self.ex -= (mode == Mode::Ex) as u32;
+        }
+    }
+
+    /// Whether a request of `mode` from a session with nothing queued here conflicts with
+    /// anything queued.
+    pub fn conflicts_with(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Ex => !self.entries.is_empty(),
+            Mode::Sh => self.ex > 0,
+        }
+    }
 }
 
 impl KeyEntry {

@@ -1,0 +1,79 @@
+//! lockbench's safety check must catch a server that grants one lock to two: run it
+//! against a fake server that answers ACQUIRED to everything, and against a real lockd.
+
+use std::process::Command;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// A legacy "server" that grants every request.
+async fn broken_server() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.contains(":ACQUIRE:") {
+                        b"ACQUIRED\n"
+                    } else if line.contains(":RELEASE:") {
+                        b"RELEASED\n"
+                    } else {
+                        b"1:1\n"
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn lockbench(addr: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lockbench"))
+        .args([
+            "--addr",
+            addr,
+            "--protocol",
+            "legacy",
+            "-c",
+            "8",
+            "--keys",
+            "2",
+            "-d",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_granting_everything_is_caught() {
+    let addr = broken_server().await;
+    let out = tokio::task::spawn_blocking(move || lockbench(&addr))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["violations"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lockd_passes_the_same_run() {
+    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    let server = lockd_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
+    let out = tokio::task::spawn_blocking(move || lockbench(&addr))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["violations"], 0);
+    assert!(r["grants"].as_u64().unwrap() > 0);
+}
