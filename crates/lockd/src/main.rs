@@ -9,8 +9,28 @@ use lockd_server::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = options::Cli::parse();
-    init_logging();
-    match run(cli) {
+    let check = cli.check_config;
+    let settings = match options::resolve(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lockd: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if check {
+        let c = &settings.server;
+        println!(
+            "lockd: configuration is valid: listen {}:{}, lock timeout {} s, max locks {}, max clients {}",
+            c.address,
+            c.port,
+            c.lock_timeout.as_secs(),
+            c.max_locks,
+            c.max_clients
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging(settings.json_logs);
+    match run(settings) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lockd: {e:#}");
@@ -19,17 +39,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
-fn run(cli: options::Cli) -> anyhow::Result<()> {
-    let settings = options::resolve(cli)?;
+fn run(settings: options::Settings) -> anyhow::Result<()> {
     if let Some(generated) = &settings.generated_key {
         println!("lockd: no auth key given; generated one: {}", generated.key);
         println!("lockd: auth key written to {}", generated.path.display());

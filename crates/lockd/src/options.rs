@@ -98,6 +98,14 @@ pub struct Cli {
     #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
+    /// Log format: text or json [default: text]
+    #[arg(long = "log-format", env = "LOCKD_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+
+    /// Check the options (and the config file) and exit: 0 if they are valid
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
     /// TOML file with any of these options (kebab-case or camelCase names); flags and
     /// environment variables override it
     #[arg(long, env = "LOCKD_CONFIG")]
@@ -126,6 +134,7 @@ struct FileOptions {
     idle_timeout: Option<u64>,
     key_file: Option<PathBuf>,
     threads: Option<usize>,
+    log_format: Option<String>,
     #[serde(alias = "dataDir")]
     data_dir: Option<PathBuf>,
     max_waiters: Option<usize>,
@@ -140,6 +149,7 @@ pub struct GeneratedKey {
 pub struct Settings {
     pub server: ServerConfig,
     pub threads: usize,
+    pub json_logs: bool,
     pub generated_key: Option<GeneratedKey>,
 }
 
@@ -188,10 +198,17 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         .max_waiters_per_key
         .or(file.max_waiters_per_key)
         .unwrap_or(10_000);
+    let json_logs = match cli.log_format.or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log-format {other:?} in the config file: expected text or json"),
+    };
     let mut generated_key = None;
     server.auth_key = match cli.auth_key.or(file.auth_key) {
         Some(k) if k.is_empty() => bail!("--auth-key must not be empty"),
         Some(k) => k,
+        // Checking a configuration must not write a key file.
+        None if cli.check_config => String::from("(generated at start)"),
         None => {
             let path = cli
                 .key_file
@@ -213,6 +230,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
     Ok(Settings {
         server,
         threads,
+        json_logs,
         generated_key,
     })
 }

@@ -175,3 +175,61 @@ fn given_key_is_not_logged() {
         "no key file when a key is given"
     );
 }
+
+#[test]
+fn check_config_validates_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "port = 9999\nauthKey = \"k\"\nlock-timeout = 5\nlog-format = \"json\"\n",
+    )
+    .unwrap();
+    let out = lockd()
+        .args(["--check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid: listen 127.0.0.1:9999"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "port = \"high\"\n").unwrap();
+    let out = lockd()
+        .args(["--check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("port"),
+        "{out:?}"
+    );
+    // No key given: checking does not generate or write one.
+    let home = tempfile::tempdir().unwrap();
+    let out = lockd()
+        .arg("--check-config")
+        .env("HOME", home.path())
+        .env_remove("XDG_STATE_HOME")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!home.path().join(".local/state/lockd/auth-key").exists());
+}
+
+#[test]
+fn json_logs_are_json() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut child, _port) = start(&["--auth-key", "k", "--log-format", "json"], home.path());
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let first = err.lines().next().expect("a log line");
+    assert!(
+        first.starts_with('{') && first.contains("\"lockd listening\""),
+        "{first}"
+    );
+}
