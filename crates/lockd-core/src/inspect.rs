@@ -30,6 +30,26 @@ pub struct KeyInfo {
     pub waiters: Vec<WaiterInfo>,
 }
 
+/// A session, as [`LockTable::sessions_info`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub session: SessionId,
+    pub connected: bool,
+    pub locks: u32,
+    /// For a dead session: when its locks are released.
+    pub expires_at: Option<Millis>,
+    pub waiting: bool,
+}
+
+/// A queued request, as [`LockTable::longest_waiters`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingInfo {
+    pub session: SessionId,
+    pub mode: Mode,
+    pub keys: Vec<Key>,
+    pub waited_ms: Millis,
+}
+
 /// One lock of a session, as [`LockTable::locks_of`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
@@ -89,6 +109,91 @@ impl LockTable {
             (a.token, a.key.as_bytes(), a.mode).cmp(&(b.token, b.key.as_bytes(), b.mode))
         });
         Some(out)
+    }
+
+    /// Up to `limit` keys starting with `prefix` that are held or waited on, in key order,
+    /// with their holders and waiters. Walks every key: for operators, not the hot path.
+    pub fn keys_with_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        now: Millis,
+    ) -> Vec<(Key, KeyInfo)> {
+        let mut keys: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|e| !e.holders.is_empty() || e.queue_len() > 0)
+            .map(|e| &e.key)
+            .filter(|k| k.as_bytes().starts_with(prefix))
+            .collect();
+        keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        keys.into_iter()
+            .take(limit)
+            .map(|k| (k.clone(), self.inspect(k.as_bytes(), now)))
+            .collect()
+    }
+
+    /// Up to `limit` sessions, dead ones first (by expiry), then the rest by id.
+    pub fn sessions_info(&self, limit: usize) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .flatten()
+            .map(|s| SessionInfo {
+                session: s.id,
+                connected: s.conn.is_some(),
+                locks: s.locks,
+                expires_at: s.expires_at,
+                waiting: s.wait.is_some(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.expires_at.is_none(), a.expires_at, a.session).cmp(&(
+                b.expires_at.is_none(),
+                b.expires_at,
+                b.session,
+            ))
+        });
+        out.truncate(limit);
+        out
+    }
+
+    /// The `limit` requests that have waited longest. Walks only the queued requests.
+    pub fn longest_waiters(&self, limit: usize, now: Millis) -> Vec<PendingInfo> {
+        let mut w: Vec<_> = self.waiters.values().collect();
+        w.sort_by_key(|x| x.since);
+        w.into_iter()
+            .take(limit)
+            .map(|x| PendingInfo {
+                session: self.session(x.session).id,
+                mode: x.mode,
+                keys: x
+                    .keys
+                    .iter()
+                    .map(|&k| self.keys[k as usize].key.clone())
+                    .collect(),
+                waited_ms: now.saturating_sub(x.since),
+            })
+            .collect()
+    }
+
+    /// The `limit` keys with the longest queues, with their queue lengths. Walks only the
+    /// queued requests.
+    pub fn most_contended(&self, limit: usize) -> Vec<(Key, usize)> {
+        let mut seen = hashbrown::HashSet::new();
+        let mut keys: Vec<(usize, u32)> = Vec::new();
+        for x in self.waiters.values() {
+            for &k in &x.keys {
+                if seen.insert(k) {
+                    keys.push((self.keys[k as usize].queue_len(), k));
+                }
+            }
+        }
+        keys.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        keys.into_iter()
+            .take(limit)
+            .map(|(n, k)| (self.keys[k as usize].key.clone(), n))
+            .collect()
     }
 
     /// Whether `s` holds `key` in `mode` (for tests and checks).

@@ -23,7 +23,7 @@ mod types;
 
 pub use acquire::{Acquired, Wait};
 pub use error::KeyError;
-pub use inspect::{HolderInfo, KeyInfo, LockInfo, WaiterInfo};
+pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, WaiterInfo};
 pub use key::{Key, MAX_KEY_LEN};
 pub use sessions::{ResumeError, SessionState};
 pub use table::{Config, Counters, LockTable};

@@ -154,6 +154,8 @@ pub struct LockTable {
     pub(crate) next_token: u64,
     pub(crate) token_limit: u64,
     pub(crate) locks_held: u64,
+    /// Of `locks_held`, how many are SH.
+    pub(crate) locks_sh: u64,
     pub(crate) dead_sessions: usize,
     pub(crate) counters: Counters,
     pub(crate) wakeups: Vec<Wakeup>,
@@ -193,6 +195,7 @@ impl LockTable {
             next_token: 1,
             token_limit: u64::MAX,
             locks_held: 0,
+            locks_sh: 0,
             dead_sessions: 0,
             counters: Counters::default(),
             wakeups: Vec::new(),
@@ -387,6 +390,7 @@ impl LockTable {
             sess.keys.insert_unique(h, k, |&x| index_hash(x));
         }
         self.locks_held += 1;
+        self.locks_sh += (mode == Mode::Sh) as u64;
         true
     }
 
@@ -412,6 +416,7 @@ impl LockTable {
             }
         }
         self.locks_held -= 1;
+        self.locks_sh -= (mode == Mode::Sh) as u64;
         true
     }
 
@@ -427,6 +432,11 @@ impl LockTable {
     /// Total locks held, over all sessions.
     pub fn locks_held(&self) -> u64 {
         self.locks_held
+    }
+
+    /// Locks held in each mode: (SH, EX).
+    pub fn locks_by_mode(&self) -> (u64, u64) {
+        (self.locks_sh, self.locks_held - self.locks_sh)
     }
 
     /// Requests waiting in queues.

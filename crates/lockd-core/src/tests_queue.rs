@@ -249,6 +249,50 @@ fn queue_limits_are_enforced() {
     );
 }
 
+#[test]
+fn operator_views() {
+    let mut t = t();
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Sh, &[1, 2], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 3, Mode::Ex, &[7], Wait::No),
+        Acquired::Granted(_)
+    ));
+    t.use_session(sid(1), ConnId(1));
+    t.acquire(sid(1), Mode::Ex, &[key(1)], Wait::Queue, 10);
+    t.use_session(sid(2), ConnId(2));
+    t.acquire(sid(2), Mode::Ex, &[key(1), key(2)], Wait::Queue, 20);
+    assert_eq!(t.locks_by_mode(), (2, 1));
+    let k1 = key(1);
+    let prefix = &k1.as_bytes()[..30];
+    let all = t.keys_with_prefix(prefix, 10, 30);
+    assert_eq!(
+        all.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![key(1), key(2), key(7)]
+    );
+    assert_eq!(t.keys_with_prefix(prefix, 2, 30).len(), 2, "limit");
+    assert!(t.keys_with_prefix(b"zzz", 10, 30).is_empty());
+    let listed = t.keys_with_prefix(k1.as_bytes(), 10, 30);
+    assert_eq!(
+        listed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![key(1)]
+    );
+    assert_eq!(listed[0].1.waiters.len(), 2);
+    assert_eq!(t.most_contended(1), vec![(key(1), 2)]);
+    let w = t.longest_waiters(10, 50);
+    assert_eq!((w[0].session, w[0].waited_ms), (sid(1), 40));
+    assert_eq!(w[1].keys, vec![key(1), key(2)]);
+    t.disconnect(ConnId(3), 100);
+    let s = t.sessions_info(10);
+    assert_eq!(s[0].session, sid(3), "dead sessions first");
+    assert_eq!(s[0].expires_at, Some(200));
+    assert!(s
+        .iter()
+        .any(|x| x.session == sid(2) && x.waiting && x.connected));
+}
+
 // ---- property test ----
 
 #[derive(Clone, Debug)]

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     /// Where the fencing-token high-water mark is kept; `None`: tokens start from the
     /// clock (see the `tokens` module).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Where the admin HTTP server listens (metrics, health, introspection); `None`: off.
+    pub http_address: Option<String>,
     /// Most queued ACQUIREs at once, and on one key.
     pub max_waiters: usize,
     pub max_waiters_per_key: usize,
@@ -49,6 +51,7 @@ impl ServerConfig {
             max_pending_output: 1 << 20,
             idle_timeout: None,
             data_dir: None,
+            http_address: None,
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
         }

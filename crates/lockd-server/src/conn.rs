@@ -4,6 +4,7 @@
 //! ACQUIRE, and closing on shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -38,7 +39,19 @@ pub(crate) async fn serve(
     shared.counters.connections_total.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
     let mut pending = None;
-    let why = drive(&stream, &shared, conn, &shutdown, &mut pending).await;
+    let mut counted: Option<&AtomicU64> = None;
+    let why = drive(
+        &stream,
+        &shared,
+        conn,
+        &shutdown,
+        &mut pending,
+        &mut counted,
+    )
+    .await;
+    if let Some(c) = counted {
+        c.fetch_sub(1, Relaxed);
+    }
     tracing::debug!(conn = conn.0, %peer, reason = why, "connection closed");
     shared.disconnect(conn, pending.map(|p: PendingWait| p.id));
     shared.counters.connections.fetch_sub(1, Relaxed);
@@ -46,12 +59,13 @@ pub(crate) async fn serve(
 
 /// Runs the connection until it ends; returns why it ended. A wait still pending then is
 /// left in `pending` for the caller to withdraw.
-async fn drive(
+async fn drive<'a>(
     stream: &TcpStream,
-    shared: &Shared,
+    shared: &'a Shared,
     conn: ConnId,
     shutdown: &CancellationToken,
     pending: &mut Option<PendingWait>,
+    counted: &mut Option<&'a AtomicU64>,
 ) -> &'static str {
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
@@ -65,11 +79,20 @@ async fn drive(
     loop {
         if !input.is_empty() && pending.is_none() && !closing {
             let p = protocol.get_or_insert_with(|| {
-                if input[0] == b'*' {
-                    Protocol::Native(Box::new(Native::new(shared, conn)))
+                let (p, gauge) = if input[0] == b'*' {
+                    (
+                        Protocol::Native(Box::new(Native::new(shared, conn))),
+                        &shared.counters.native_connections,
+                    )
                 } else {
-                    Protocol::Legacy(Legacy::new(conn))
-                }
+                    (
+                        Protocol::Legacy(Legacy::new(conn)),
+                        &shared.counters.legacy_connections,
+                    )
+                };
+                gauge.fetch_add(1, Relaxed);
+                *counted = Some(gauge);
+                p
             });
             match p {
                 Protocol::Legacy(l) => {

@@ -28,7 +28,12 @@ impl Legacy {
         out: &mut BytesMut,
     ) -> Result<(), LineTooLong> {
         while let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? {
+            let started = std::time::Instant::now();
             self.answer(shared, &line).write_to(out);
+            shared
+                .metrics
+                .legacy_request_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -41,6 +46,7 @@ impl Legacy {
             Ok(r) => r,
             Err(bad) => {
                 shared.counters.bad_requests.fetch_add(1, Relaxed);
+                shared.metrics.bad_request(bad.code());
                 tracing::debug!(conn = self.conn.0, code = bad.code(), "bad legacy request");
                 return Reply::Bad(bad);
             }

@@ -9,14 +9,17 @@
 //! - `expiry`: the timer that releases dead sessions' locks on time, also when idle.
 //! - `tokens`: fencing tokens that keep increasing across restarts (`--data-dir`).
 //! - `clock`: the server's notion of time (real, or manual in tests).
+//! - `admin`, `metrics`: the admin HTTP server: Prometheus metrics, health, JSON views, status page.
 //! - `sys`: process-level details (open-files limit, resident memory).
 
+mod admin;
 mod clock;
 mod config;
 mod conn;
 mod expiry;
 mod legacy;
 mod listener;
+mod metrics;
 mod native;
 mod shared;
 pub mod sys;

@@ -32,6 +32,11 @@ pub enum ServerError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot listen for admin HTTP on {address}: {source}")]
+    Admin {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -42,6 +47,7 @@ pub enum ServerError {
 /// A bound, not yet running, server.
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     token_store: Option<TokenStore>,
 }
@@ -87,6 +93,24 @@ impl Server {
             socket.listen(config.max_backlog.max(1))
         })()
         .map_err(|source| ServerError::Bind { addr, source })?;
+        let admin = match &config.http_address {
+            Some(a) => {
+                // A bare port means loopback.
+                let a = if a.parse::<u16>().is_ok() {
+                    format!("127.0.0.1:{a}")
+                } else {
+                    a.clone()
+                };
+                let l = TcpListener::bind(&a)
+                    .await
+                    .map_err(|source| ServerError::Admin {
+                        address: a.clone(),
+                        source,
+                    })?;
+                Some(l)
+            }
+            None => None,
+        };
         let data_dir = config.data_dir.clone();
         let mut shared = Shared::new(config, clock);
         let token_store = match data_dir {
@@ -109,6 +133,7 @@ impl Server {
         };
         Ok(Server {
             listener,
+            admin,
             shared: Arc::new(shared),
             token_store,
         })
@@ -118,6 +143,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Where the admin HTTP server listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -130,6 +160,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let Server {
             listener,
+            admin,
             shared,
             token_store,
         } = self;
@@ -138,7 +169,23 @@ impl Server {
         if let Some(store) = token_store {
             tracker.spawn(tokens::reserve(shared.clone(), store, shutdown.clone()));
         }
+        if let Some(l) = admin {
+            let loopback = l.local_addr().is_ok_and(|a| a.ip().is_loopback());
+            let app = crate::admin::router(shared.clone(), loopback);
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = axum::serve(l, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "admin HTTP server failed");
+                }
+            });
+        }
         let permits = Arc::new(Semaphore::new(shared.config.max_clients));
+        shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -174,6 +221,9 @@ impl Server {
                 }
             }
         }
+        shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         drop(listener);
         tracker.close();
         tracker.wait().await;

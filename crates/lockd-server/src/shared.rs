@@ -29,6 +29,8 @@ pub(crate) struct ServerCounters {
     pub legacy_requests: AtomicU64,
     pub native_requests: AtomicU64,
     pub auth_failures: AtomicU64,
+    pub legacy_connections: AtomicU64,
+    pub native_connections: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -43,6 +45,9 @@ pub(crate) struct Shared {
     /// Whether tokens are reserved durably (a data directory is in use).
     reserving: bool,
     pub counters: ServerCounters,
+    pub metrics: crate::metrics::Metrics,
+    /// False until the listener runs, and again once shutdown starts.
+    pub ready: std::sync::atomic::AtomicBool,
     next_conn: AtomicU64,
 }
 
@@ -57,9 +62,12 @@ pub struct Snapshot {
     pub legacy_requests: u64,
     pub native_requests: u64,
     pub auth_failures: u64,
+    pub legacy_connections: u64,
+    pub native_connections: u64,
     pub sessions: usize,
     pub dead_sessions: usize,
     pub locks_held: u64,
+    pub locks_sh: u64,
     pub keys: usize,
     pub waiters: usize,
     pub table: Counters,
@@ -86,6 +94,8 @@ impl Shared {
             tokens_low: Notify::new(),
             reserving: false,
             counters: ServerCounters::default(),
+            metrics: crate::metrics::Metrics::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -141,13 +151,23 @@ impl Shared {
             legacy_requests: c.legacy_requests.load(Ordering::Relaxed),
             native_requests: c.native_requests.load(Ordering::Relaxed),
             auth_failures: c.auth_failures.load(Ordering::Relaxed),
+            legacy_connections: c.legacy_connections.load(Ordering::Relaxed),
+            native_connections: c.native_connections.load(Ordering::Relaxed),
             sessions: t.session_count(),
             dead_sessions: t.dead_session_count(),
             locks_held: t.locks_held(),
+            locks_sh: t.locks_by_mode().0,
             keys: t.key_count(),
             waiters: t.waiter_count(),
             table: t.counters().clone(),
         }
+    }
+
+    /// Runs `f` on the table without expiring anything first: for read-only views.
+    pub fn read<R>(&self, f: impl FnOnce(&lockd_core::LockTable, Millis) -> R) -> R {
+        let now = self.clock.now();
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        f(&core.table, now)
     }
 
     /// The connection closed: its sessions die or are forgotten, its wait (if any) is

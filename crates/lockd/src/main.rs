@@ -76,6 +76,9 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
     rt.block_on(async move {
         let config = settings.server;
         let server = lockd_server::Server::bind(config.clone()).await?;
+        if let Some(a) = server.admin_addr() {
+            tracing::info!(address = %a, "admin HTTP listening");
+        }
         tracing::info!(
             address = %server.local_addr(),
             lock_timeout_s = config.lock_timeout.as_secs(),

@@ -98,6 +98,12 @@ pub struct Cli {
     #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
+    /// Serve metrics (/metrics), health (/healthz, /readyz), JSON introspection (/v1/...)
+    /// and a status page (/) over HTTP here: ADDRESS:PORT, or a port for loopback. A
+    /// non-loopback address requires the auth key as a bearer token [default: off]
+    #[arg(long = "http-address", env = "LOCKD_HTTP_ADDRESS")]
+    pub http_address: Option<String>,
+
     /// Log format: text or json [default: text]
     #[arg(long = "log-format", env = "LOCKD_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -135,6 +141,7 @@ struct FileOptions {
     key_file: Option<PathBuf>,
     threads: Option<usize>,
     log_format: Option<String>,
+    http_address: Option<String>,
     #[serde(alias = "dataDir")]
     data_dir: Option<PathBuf>,
     max_waiters: Option<usize>,
@@ -193,6 +200,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         s => Some(Duration::from_secs(s)),
     };
     server.data_dir = cli.data_dir.or(file.data_dir);
+    server.http_address = cli.http_address.or(file.http_address);
     server.max_waiters = cli.max_waiters.or(file.max_waiters).unwrap_or(100_000);
     server.max_waiters_per_key = cli
         .max_waiters_per_key

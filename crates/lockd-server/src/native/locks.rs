@@ -59,6 +59,7 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
                     id,
                     rx,
                     deadline: now.saturating_add(timeout),
+                    since: now,
                 })
             }
             Acquired::TooManyLocks => Outcome::Reply(Value::error(format!(

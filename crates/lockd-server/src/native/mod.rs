@@ -26,6 +26,8 @@ pub(crate) struct PendingWait {
     pub id: WaitId,
     pub rx: oneshot::Receiver<u64>,
     pub deadline: Millis,
+    /// When it was queued, for the wait-time histogram.
+    pub since: Millis,
 }
 
 /// What a command asks of the connection.
@@ -79,6 +81,7 @@ impl Native {
                 Ok(Some(a)) => a,
                 Ok(None) => return Stop::Drained,
                 Err(e) => {
+                    shared.metrics.bad_request("PROTOCOL");
                     Value::error(format!("ERR {e}")).encode(self.proto, out);
                     tracing::debug!(conn = self.conn.0, error = %e, "native protocol error: closing");
                     return Stop::Close;
@@ -91,7 +94,19 @@ impl Native {
                 .counters
                 .native_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match self.execute(shared, Args::new(args)) {
+            let started = std::time::Instant::now();
+            let outcome = self.execute(shared, Args::new(args));
+            shared
+                .metrics
+                .native_request_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Outcome::Reply(Value::Error(e)) => {
+                    shared
+                        .metrics
+                        .bad_request(e.split(' ').next().unwrap_or("ERR"));
+                    Value::Error(e).encode(self.proto, out)
+                }
                 Outcome::Reply(v) => v.encode(self.proto, out),
                 Outcome::Wait(w) => return Stop::Wait(w),
                 Outcome::Close(v) => {
@@ -136,6 +151,8 @@ impl Native {
         granted: Option<u64>,
         out: &mut BytesMut,
     ) {
+        let waited = shared.clock.now().saturating_sub(wait.since);
+        shared.metrics.wait_seconds.observe(waited as f64 / 1000.0);
         let token = granted.or_else(|| {
             shared.with(|core, now| {
                 core.waits.remove(&wait.id);

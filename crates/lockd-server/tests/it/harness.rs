@@ -15,6 +15,7 @@ pub const AUTH_KEY: &str = "test-secret";
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub handle: ServerHandle,
     pub shutdown: CancellationToken,
@@ -34,11 +35,13 @@ impl TestServer {
             .await
             .unwrap();
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let handle = server.handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            admin,
             clock,
             handle,
             shutdown,
@@ -300,4 +303,45 @@ impl Resp {
             Ok(Ok(0)) | Ok(Err(_))
         )
     }
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: lockd\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp)
+        .await
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = resp.split(' ').nth(1).unwrap().parse().unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    // Chunked bodies (axum streams JSON that way) are unwrapped for the tests.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }

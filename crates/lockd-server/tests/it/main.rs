@@ -1,5 +1,6 @@
 //! Integration tests: a real server on 127.0.0.1:0, real sockets, a manual clock.
 
+mod admin;
 mod harness;
 mod interop;
 mod legacy;

@@ -1,0 +1,202 @@
+//! The admin HTTP server: metrics, health, JSON views, the status page, and its token.
+
+use crate::harness::*;
+
+async fn admin_server() -> TestServer {
+    TestServer::start_with(|c| c.http_address = Some("127.0.0.1:0".into())).await
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let srv = admin_server().await;
+    let admin = srv.admin.unwrap();
+    srv.eventually("ready", |_| true).await;
+    assert_eq!(
+        http_get(admin, "/healthz", None).await,
+        (200, "ok\n".into())
+    );
+    let (code, _) = http_get(admin, "/readyz", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(http_get(admin, "/nope", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn metrics_reflect_traffic() {
+    let srv = admin_server().await;
+    let admin = srv.admin.unwrap();
+    let mut legacy = srv.connect().await;
+    assert_eq!(
+        legacy.call(&session('a'), "ACQUIRE", "EX", &key(1)).await,
+        "ACQUIRED"
+    );
+    legacy.send(b"garbage\n").await;
+    assert_eq!(legacy.recv().await, "BAD_FORMAT");
+    let mut n = Resp::connect(srv.addr).await;
+    assert!(n
+        .call(&["AUTH", "wrong"])
+        .await
+        .err()
+        .starts_with("WRONGPASS"));
+    assert!(n.call(&["AUTH", AUTH_KEY]).await == R::Simple("OK".into()));
+    assert!(n.call(&["ACQUIRE", "SH", "0", "s1", "s2"]).await.int() > 0);
+    n.send(&["ACQUIRE", "SH", "5000", &key(1)]).await;
+    srv.eventually("queued", |s| s.waiters == 1).await;
+    srv.clock.advance(5000);
+    assert_eq!(n.recv().await, R::Null);
+    let (code, body) = http_get(admin, "/metrics", None).await;
+    assert_eq!(code, 200);
+    for line in [
+        "lockd_locks_held{mode=\"EX\"} 1",
+        "lockd_locks_held{mode=\"SH\"} 2",
+        "lockd_connections{protocol=\"legacy\"} 1",
+        "lockd_connections{protocol=\"native\"} 1",
+        "lockd_bad_requests_total{code=\"BAD_FORMAT\"} 1",
+        "lockd_bad_requests_total{code=\"WRONGPASS\"} 1",
+        "lockd_auth_failures_total 1",
+        "lockd_timeouts_total 1",
+        "lockd_grants_total 2",
+        "lockd_sessions{state=\"live\"} 2",
+        "lockd_lock_wait_seconds_count 1",
+        "lockd_request_duration_seconds_count{protocol=\"legacy\"} 2",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_views() {
+    let srv = admin_server().await;
+    let admin = srv.admin.unwrap();
+    let mut a = Resp::authed(srv.addr).await;
+    let mut b = Resp::authed(srv.addr).await;
+    let token = a
+        .call(&["ACQUIRE", "EX", "0", "orders/1", "orders/2", "users/1"])
+        .await
+        .int();
+    b.send(&["ACQUIRE", "SH", "60000", "orders/2"]).await;
+    srv.eventually("queued", |s| s.waiters == 1).await;
+    let (code, body) = http_get(admin, "/v1/locks?prefix=orders/", None).await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["orders/1", "orders/2"]);
+    assert_eq!(v[0]["holders"][0]["token"], token);
+    assert_eq!(v[1]["waiters"][0]["mode"], "SH");
+    let (_, body) = http_get(admin, "/v1/locks/users%2F1", None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["holders"][0]["mode"], "EX");
+    let (_, body) = http_get(admin, "/v1/sessions", None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sessions = v.as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions
+        .iter()
+        .any(|s| s["waiting"] == true && s["locks"] == 0));
+    let (_, body) = http_get(admin, "/v1/status", None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["contended"][0]["key"], "orders/2");
+    assert_eq!(v["longest_waiters"][0]["keys"][0], "orders/2");
+    let (code, page) = http_get(admin, "/", None).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>lockd status</title>"));
+}
+
+#[tokio::test]
+async fn a_non_loopback_admin_address_needs_the_key() {
+    let srv = TestServer::start_with(|c| c.http_address = Some("0.0.0.0:0".into())).await;
+    let port = srv.admin.unwrap().port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http_get(admin, "/metrics", None).await.0, 401);
+    assert_eq!(http_get(admin, "/healthz", Some("wrong")).await.0, 401);
+    assert_eq!(http_get(admin, "/healthz", Some(AUTH_KEY)).await.0, 200);
+    assert_eq!(http_get(admin, "/metrics", Some(AUTH_KEY)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_page_renders_in_a_browser() {
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+            "chromium is required (LOCKD_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("skipping: chromium is not available");
+        return;
+    };
+    let srv = admin_server().await;
+    let admin = srv.admin.unwrap();
+    let mut a = Resp::authed(srv.addr).await;
+    let mut b = Resp::authed(srv.addr).await;
+    a.call(&["ACQUIRE", "EX", "0", "payroll"]).await.int();
+    b.send(&["ACQUIRE", "EX", "60000", "payroll"]).await;
+    srv.eventually("queued", |s| s.waiters == 1).await;
+    let dir = std::env::temp_dir().join(format!("lockd-chromium-{}", std::process::id()));
+    let shot = dir.join("status.png");
+    let url = format!("http://{admin}/");
+    let (dir2, url2) = (dir.clone(), url.clone());
+    let run = move |extra: Vec<String>| {
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+            "--window-size=1200,900",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(format!(
+            "--user-data-dir={}",
+            dir2.join("profile").display()
+        ));
+        args.extend(extra);
+        args.push(url2.clone());
+        std::process::Command::new(chromium)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dom = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(vec!["--dump-dom".into()])
+    })
+    .await
+    .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(html.contains("locks held"), "counts rendered: {html}");
+    assert!(
+        html.contains("payroll"),
+        "the contended key rendered: {html}"
+    );
+    assert!(html.contains("updated "), "the refresh ran: {html}");
+    let out = tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || run(vec![format!("--screenshot={}", shot.display())])
+    })
+    .await
+    .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {out:?}"));
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
