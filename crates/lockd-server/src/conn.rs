@@ -44,6 +44,7 @@ pub(crate) async fn serve(
         &stream,
         &shared,
         conn,
+        peer.ip(),
         &shutdown,
         &mut pending,
         &mut counted,
@@ -63,6 +64,7 @@ async fn drive<'a>(
     stream: &TcpStream,
     shared: &'a Shared,
     conn: ConnId,
+    peer: std::net::IpAddr,
     shutdown: &CancellationToken,
     pending: &mut Option<PendingWait>,
     counted: &mut Option<&'a AtomicU64>,
@@ -81,12 +83,12 @@ async fn drive<'a>(
             let p = protocol.get_or_insert_with(|| {
                 let (p, gauge) = if input[0] == b'*' {
                     (
-                        Protocol::Native(Box::new(Native::new(shared, conn))),
+                        Protocol::Native(Box::new(Native::new(shared, conn, peer))),
                         &shared.counters.native_connections,
                     )
                 } else {
                     (
-                        Protocol::Legacy(Legacy::new(conn)),
+                        Protocol::Legacy(Legacy::new(conn, peer)),
                         &shared.counters.legacy_connections,
                     )
                 };

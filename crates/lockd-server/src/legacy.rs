@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use lockd_core::{Acquired, ConnId, Key, Mode, SessionId, Wait};
-use lockd_proto::legacy::{parse, Command, Reply};
+use lockd_proto::legacy::{parse, BadRequest, Command, Reply};
 use lockd_proto::line::{next_line, LineTooLong, MAX_LINE};
 use lockd_proto::LockType;
 
@@ -12,12 +12,17 @@ use crate::sys;
 
 pub(crate) struct Legacy {
     conn: ConnId,
+    peer: std::net::IpAddr,
     scanned: usize,
 }
 
 impl Legacy {
-    pub fn new(conn: ConnId) -> Legacy {
-        Legacy { conn, scanned: 0 }
+    pub fn new(conn: ConnId, peer: std::net::IpAddr) -> Legacy {
+        Legacy {
+            conn,
+            peer,
+            scanned: 0,
+        }
     }
 
     /// Answers every complete line in `input`, appending the replies to `out`.
@@ -41,19 +46,29 @@ impl Legacy {
     fn answer(&self, shared: &Shared, line: &[u8]) -> Reply {
         use std::sync::atomic::Ordering::Relaxed;
         shared.counters.legacy_requests.fetch_add(1, Relaxed);
+        // A peer refused for repeated failures gets BAD_KEY without its signature being
+        // checked (as a request whose signature failed would).
+        if shared.auth_limit.blocked(self.peer, shared.clock.now()) {
+            shared.counters.bad_requests.fetch_add(1, Relaxed);
+            shared.metrics.bad_request("BAD_KEY");
+            return Reply::Bad(BadRequest::Key);
+        }
         // Parsing and the signature check happen outside the table's lock.
         let req = match parse(line, &shared.signer) {
             Ok(r) => r,
             Err(bad) => {
                 shared.counters.bad_requests.fetch_add(1, Relaxed);
                 shared.metrics.bad_request(bad.code());
+                if bad == BadRequest::Key {
+                    shared.auth_failed(self.peer, "legacy");
+                }
                 tracing::debug!(conn = self.conn.0, code = bad.code(), "bad legacy request");
                 return Reply::Bad(bad);
             }
         };
         let Some(sid) = SessionId::from_bytes(req.session) else {
             // parse() guarantees 32 bytes; answer as the original would if it did not.
-            return Reply::Bad(lockd_proto::legacy::BadRequest::Session);
+            return Reply::Bad(BadRequest::Session);
         };
         let conn = self.conn;
         match req.command {

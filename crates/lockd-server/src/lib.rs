@@ -13,6 +13,7 @@
 //! - `sys`: process-level details (open-files limit, resident memory).
 
 mod admin;
+mod auth_limit;
 mod clock;
 mod config;
 mod conn;

@@ -46,6 +46,7 @@ pub(crate) struct Shared {
     reserving: bool,
     pub counters: ServerCounters,
     pub metrics: crate::metrics::Metrics,
+    pub auth_limit: crate::auth_limit::AuthLimiter,
     /// False until the listener runs, and again once shutdown starts.
     pub ready: std::sync::atomic::AtomicBool,
     next_conn: AtomicU64,
@@ -95,6 +96,7 @@ impl Shared {
             reserving: false,
             counters: ServerCounters::default(),
             metrics: crate::metrics::Metrics::new(),
+            auth_limit: Default::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         }
@@ -135,6 +137,17 @@ impl Shared {
         drop(core);
         log_expired(&expired);
         r
+    }
+
+    /// Records an authentication failure from `peer`: counted, logged (rate-limited).
+    pub fn auth_failed(&self, peer: std::net::IpAddr, protocol: &'static str) {
+        self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let f = self.auth_limit.failure(peer, self.clock.now());
+        if f.blocked {
+            tracing::warn!(%peer, protocol, "too many authentication failures: refusing this address for {} s", crate::auth_limit::BLOCK_MS / 1000);
+        } else if f.log {
+            tracing::warn!(%peer, protocol, earlier_unlogged = f.unlogged, "authentication failed");
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {

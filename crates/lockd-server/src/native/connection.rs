@@ -26,15 +26,16 @@ pub(super) fn auth(n: &mut Native, shared: &Shared, args: Args) -> Reply {
 }
 
 fn check_password(n: &mut Native, shared: &Shared, password: &[u8]) -> Result<(), Value> {
+    if shared.auth_limit.blocked(n.peer, shared.clock.now()) {
+        return Err(Value::error(
+            "ERR too many authentication failures from this address; try again later",
+        ));
+    }
     if bool::from(shared.config.auth_key.as_bytes().ct_eq(password)) {
         n.authed = true;
         Ok(())
     } else {
-        shared
-            .counters
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(conn = n.conn.0, "native AUTH failed");
+        shared.auth_failed(n.peer, "native");
         Err(Value::error(
             "WRONGPASS invalid username-password pair or user is disabled.",
         ))

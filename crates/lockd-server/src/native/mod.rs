@@ -49,6 +49,7 @@ pub(crate) enum Stop {
 
 pub(crate) struct Native {
     pub conn: ConnId,
+    pub peer: std::net::IpAddr,
     pub session: SessionId,
     pub proto: u8,
     pub authed: bool,
@@ -57,7 +58,7 @@ pub(crate) struct Native {
 }
 
 impl Native {
-    pub fn new(shared: &Shared, conn: ConnId) -> Native {
+    pub fn new(shared: &Shared, conn: ConnId, peer: std::net::IpAddr) -> Native {
         let session = loop {
             let id = random_session_id();
             if shared.with(|core, _| core.table.open_session(id, conn)) {
@@ -66,6 +67,7 @@ impl Native {
         };
         Native {
             conn,
+            peer,
             session,
             proto: 2,
             authed: false,

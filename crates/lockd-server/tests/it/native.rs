@@ -476,3 +476,42 @@ async fn a_huge_timeout_waits_without_trouble() {
         .err()
         .starts_with("ERR"));
 }
+
+#[tokio::test]
+async fn repeated_auth_failures_lock_the_peer_out_for_a_while() {
+    let srv = TestServer::start().await;
+    let mut c = Resp::connect(srv.addr).await;
+    for _ in 0..20 {
+        assert!(c
+            .call(&["AUTH", "guess"])
+            .await
+            .err()
+            .starts_with("WRONGPASS"));
+    }
+    // Now even the right key is refused, from this address, on any connection.
+    assert!(c
+        .call(&["AUTH", AUTH_KEY])
+        .await
+        .err()
+        .contains("too many authentication failures"));
+    let mut legacy = srv.connect().await;
+    assert_eq!(legacy.call(&session('a'), "STAT", "", "").await, "BAD_KEY");
+    srv.clock.advance(30_000);
+    assert_eq!(c.call(&["AUTH", AUTH_KEY]).await, R::Simple("OK".into()));
+    assert!(legacy
+        .call(&session('a'), "STAT", "", "")
+        .await
+        .contains(':'));
+    assert_eq!(srv.snapshot().auth_failures, 20);
+}
+
+#[tokio::test]
+async fn legacy_bad_signatures_count_as_auth_failures() {
+    let srv = TestServer::start().await;
+    let mut legacy = srv.connect().await;
+    legacy
+        .send(format!("{}:{}:STAT::\n", session('a'), "0".repeat(40)).as_bytes())
+        .await;
+    assert_eq!(legacy.recv().await, "BAD_KEY");
+    assert_eq!(srv.snapshot().auth_failures, 1);
+}
