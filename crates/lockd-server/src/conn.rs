@@ -8,8 +8,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::{Buf, BytesMut};
 use lockd_core::ConnId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +44,9 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let mut pending = None;
     let mut counted: Option<&AtomicU64> = None;
+    let mut stream = stream;
     let why = drive(
-        &stream,
+        &mut stream,
         &shared,
         conn,
         peer.ip(),
@@ -58,10 +63,20 @@ pub(crate) async fn serve(
     shared.counters.connections.fetch_sub(1, Relaxed);
 }
 
+/// What the transport did.
+enum Io {
+    /// Bytes read (0: the peer closed its side).
+    Read(usize),
+    /// Bytes written, and whether everything written is flushed.
+    Wrote(usize, bool),
+    Failed(&'static str),
+}
+
 /// Runs the connection until it ends; returns why it ended. A wait still pending then is
-/// left in `pending` for the caller to withdraw.
-async fn drive<'a>(
-    stream: &TcpStream,
+/// left in `pending` for the caller to withdraw. Works on any byte stream (TCP, TLS).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     shared: &'a Shared,
     conn: ConnId,
     peer: std::net::IpAddr,
@@ -74,6 +89,7 @@ async fn drive<'a>(
     let mut protocol: Option<Protocol> = None;
     let mut eof = false;
     let mut closing = false;
+    let mut unflushed = false;
     let max_output = shared.config.max_pending_output;
     // Made once: a fresh `cancelled()` future per loop would re-register every time.
     let cancelled = shutdown.cancelled();
@@ -113,15 +129,6 @@ async fn drive<'a>(
                 },
             }
         }
-        // Most replies fit the socket buffer: write them now rather than after another
-        // trip through the event loop.
-        if !output.is_empty() {
-            match stream.try_write(&output) {
-                Ok(n) => output.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return "write error",
-            }
-        }
         if output.len() > max_output {
             tracing::warn!(
                 conn = conn.0,
@@ -130,7 +137,7 @@ async fn drive<'a>(
             );
             return "output bound";
         }
-        if (eof || closing) && output.is_empty() {
+        if (eof || closing) && output.is_empty() && !unflushed {
             return if closing {
                 "closed after reply"
             } else {
@@ -159,6 +166,42 @@ async fn drive<'a>(
                 None => std::future::pending().await,
             }
         };
+        // Both directions in one future, so one `&mut` stream serves reads and writes.
+        let io = std::future::poll_fn(|cx| {
+            if !output.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, &output) {
+                    Poll::Ready(Ok(n)) => {
+                        let flushed = n == output.len()
+                            && matches!(Pin::new(&mut *stream).poll_flush(cx), Poll::Ready(Ok(())));
+                        return Poll::Ready(Io::Wrote(n, flushed));
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed("write error")),
+                    Poll::Pending => {}
+                }
+            } else if unflushed {
+                // TLS buffers records; plain TCP flushes at once.
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Io::Wrote(0, true)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed("write error")),
+                    Poll::Pending => {}
+                }
+            }
+            if want_read {
+                // The read buffer lives on the stack for this poll only: most requests are
+                // small, and copying them costs less than keeping a buffer per connection.
+                let mut chunk = [0u8; READ_CHUNK];
+                let mut buf = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => {
+                        input.extend_from_slice(buf.filled());
+                        return Poll::Ready(Io::Read(buf.filled().len()));
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed("read error")),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        });
         tokio::select! {
             biased;
             _ = &mut cancelled => return "shutdown",
@@ -168,33 +211,18 @@ async fn drive<'a>(
                     n.finish_wait(shared, w, granted, &mut output);
                 }
             }
-            r = stream.writable(), if !output.is_empty() => {
-                if r.is_err() {
-                    return "write error";
+            event = io => match event {
+                Io::Wrote(n, flushed) => {
+                    output.advance(n);
+                    unflushed = !flushed;
                 }
-                match stream.try_write(&output) {
-                    Ok(n) => output.advance(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return "write error",
-                }
-            }
-            r = stream.readable(), if want_read => {
-                if r.is_err() {
-                    return "read error";
-                }
-                // Read into the stack first: most requests are small, and copying them
-                // costs less than keeping (or allocating) a large buffer per connection.
-                let mut chunk = [0u8; READ_CHUNK];
-                match stream.try_read(&mut chunk) {
-                    // A client that leaves while waiting gives up its wait; otherwise what
-                    // it sent before closing its side is answered, then the connection closes.
-                    Ok(0) if pending.is_some() => return "closed by peer while waiting",
-                    Ok(0) => eof = true,
-                    Ok(n) => input.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return "read error",
-                }
-            }
+                // A client that leaves while waiting gives up its wait; otherwise what it
+                // sent before closing its side is answered, then the connection closes.
+                Io::Read(0) if pending.is_some() => return "closed by peer while waiting",
+                Io::Read(0) => eof = true,
+                Io::Read(_) => {}
+                Io::Failed(why) => return why,
+            },
             _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => return "idle timeout",
         }
     }

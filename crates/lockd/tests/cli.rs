@@ -237,10 +237,21 @@ fn json_logs_are_json() {
 #[test]
 fn the_shipped_sample_config_is_valid() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/lockd.toml");
-    let out = lockd().args(["--check-config", "--config", sample]).output().unwrap();
+    let out = lockd()
+        .args(["--check-config", "--config", sample])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/lockd.service")).unwrap();
-    for flag in ["--check-config", "--config /etc/lockd/lockd.toml", "ExecStart=/usr/local/bin/lockd"] {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dist/lockd.service"
+    ))
+    .unwrap();
+    for flag in [
+        "--check-config",
+        "--config /etc/lockd/lockd.toml",
+        "ExecStart=/usr/local/bin/lockd",
+    ] {
         assert!(unit.contains(flag), "the unit runs {flag}");
     }
 }
