@@ -29,6 +29,11 @@ pub struct ServerConfig {
     /// Where the fencing-token high-water mark is kept; `None`: tokens start from the
     /// clock (see the `tokens` module).
     pub data_dir: Option<std::path::PathBuf>,
+    /// TLS certificate chain and private key (PEM). With them, TLS clients are served on
+    /// the same port; with `tls_required` too, plaintext clients are refused.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_required: bool,
     /// Where the admin HTTP server listens (metrics, health, introspection); `None`: off.
     pub http_address: Option<String>,
     /// Most queued ACQUIREs at once, and on one key.
@@ -52,6 +57,9 @@ impl ServerConfig {
             idle_timeout: None,
             data_dir: None,
             http_address: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
         }

@@ -23,6 +23,7 @@ use crate::native::{Native, PendingWait, Stop};
 use crate::shared::Shared;
 
 const READ_CHUNK: usize = 4 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// While a request waits, input is still read (to see the client leave) up to this much.
 const MAX_INPUT_WHILE_WAITING: usize = 64 * 1024;
 
@@ -44,17 +45,60 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let mut pending = None;
     let mut counted: Option<&AtomicU64> = None;
-    let mut stream = stream;
-    let why = drive(
-        &mut stream,
-        &shared,
-        conn,
-        peer.ip(),
-        &shutdown,
-        &mut pending,
-        &mut counted,
-    )
-    .await;
+    let why = match &shared.tls {
+        None => {
+            let mut stream = stream;
+            let (sh, ip) = (&*shared, peer.ip());
+            drive(
+                &mut stream,
+                sh,
+                conn,
+                ip,
+                &shutdown,
+                &mut pending,
+                &mut counted,
+            )
+            .await
+        }
+        Some(tls) => {
+            // Wait for the first byte without taking it: 0x16 starts a TLS handshake.
+            let mut first = [0u8; 1];
+            let n = tokio::select! {
+                r = stream.peek(&mut first) => r.unwrap_or(0),
+                _ = shutdown.cancelled() => 0,
+            };
+            let (sh, ip) = (&*shared, peer.ip());
+            if n == 1 && first[0] == crate::tls::HANDSHAKE {
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(mut s)) => {
+                        drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        "TLS handshake failed"
+                    }
+                    Err(_) => "TLS handshake timed out",
+                }
+            } else if tls.required && n == 1 {
+                tracing::info!(%peer, "plaintext client refused: TLS is required");
+                let _ = stream.try_write(b"-ERR TLS is required\r\n");
+                "TLS required"
+            } else {
+                let mut stream = stream;
+                drive(
+                    &mut stream,
+                    sh,
+                    conn,
+                    ip,
+                    &shutdown,
+                    &mut pending,
+                    &mut counted,
+                )
+                .await
+            }
+        }
+    };
     if let Some(c) = counted {
         c.fetch_sub(1, Relaxed);
     }

@@ -7,6 +7,7 @@
 //! - `native`: the native RESP protocol, one file per command family.
 //! - `shared`: the state every connection shares: the table behind a short-held mutex.
 //! - `expiry`: the timer that releases dead sessions' locks on time, also when idle.
+//! - `tls`: TLS on the same listener (detected by the first byte), reloadable.
 //! - `tokens`: fencing tokens that keep increasing across restarts (`--data-dir`).
 //! - `clock`: the server's notion of time (real, or manual in tests).
 //! - `admin`, `metrics`: the admin HTTP server: Prometheus metrics, health, JSON views, status page.
@@ -24,10 +25,12 @@ mod metrics;
 mod native;
 mod shared;
 pub mod sys;
+mod tls;
 mod tokens;
 
 pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;
 pub use listener::{Server, ServerError, ServerHandle};
 pub use shared::Snapshot;
+pub use tls::TlsError;
 pub use tokio_util::sync::CancellationToken;

@@ -37,6 +37,10 @@ pub enum ServerError {
         address: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS needs both a certificate and a key")]
+    TlsIncomplete,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +65,15 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn snapshot(&self) -> Snapshot {
         self.shared.snapshot()
+    }
+
+    /// Reads the TLS certificate and key again (on SIGHUP). New connections use them; on
+    /// error the old ones stay. Without TLS, nothing to do.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 }
 
@@ -112,7 +125,13 @@ impl Server {
             None => None,
         };
         let data_dir = config.data_dir.clone();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::Tls::load(c, k, config.tls_required)?),
+            (None, None) if !config.tls_required => None,
+            _ => return Err(ServerError::TlsIncomplete),
+        };
         let mut shared = Shared::new(config, clock);
+        shared.tls = tls;
         let token_store = match data_dir {
             Some(dir) => {
                 let err = |source| ServerError::DataDir {

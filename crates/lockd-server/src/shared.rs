@@ -47,6 +47,7 @@ pub(crate) struct Shared {
     pub counters: ServerCounters,
     pub metrics: crate::metrics::Metrics,
     pub auth_limit: crate::auth_limit::AuthLimiter,
+    pub tls: Option<crate::tls::Tls>,
     /// False until the listener runs, and again once shutdown starts.
     pub ready: std::sync::atomic::AtomicBool,
     next_conn: AtomicU64,
@@ -97,6 +98,7 @@ impl Shared {
             counters: ServerCounters::default(),
             metrics: crate::metrics::Metrics::new(),
             auth_limit: Default::default(),
+            tls: None,
             ready: std::sync::atomic::AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         }

@@ -88,14 +88,35 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
             auth_scheme = ?config.auth_scheme,
             idle_timeout_s = config.idle_timeout.map(|d| d.as_secs()),
             data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
+            tls = config.tls_cert.is_some(),
+            tls_required = config.tls_required,
             threads,
             "lockd listening"
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
+        tokio::spawn(on_hangup(server.handle()));
         server.run(shutdown).await;
         anyhow::Ok(())
     })
+}
+
+/// SIGHUP: read the TLS certificate and key again.
+async fn on_hangup(handle: lockd_server::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match handle.reload_tls() {
+            Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Ok(false) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old certificate stays in use")
+            }
+        }
+    }
 }
 
 async fn on_signal(shutdown: CancellationToken) {

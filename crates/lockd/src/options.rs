@@ -104,6 +104,19 @@ pub struct Cli {
     #[arg(long = "http-address", env = "LOCKD_HTTP_ADDRESS")]
     pub http_address: Option<String>,
 
+    /// TLS certificate chain (PEM). With --tls-key, TLS clients are served on the same port
+    /// (detected by their first byte); reloaded on SIGHUP
+    #[arg(long = "tls-cert", env = "LOCKD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM)
+    #[arg(long = "tls-key", env = "LOCKD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse clients that do not use TLS
+    #[arg(long = "tls-required", env = "LOCKD_TLS_REQUIRED")]
+    pub tls_required: bool,
+
     /// Log format: text or json [default: text]
     #[arg(long = "log-format", env = "LOCKD_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -142,6 +155,9 @@ struct FileOptions {
     threads: Option<usize>,
     log_format: Option<String>,
     http_address: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_required: Option<bool>,
     #[serde(alias = "dataDir")]
     data_dir: Option<PathBuf>,
     max_waiters: Option<usize>,
@@ -201,6 +217,15 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
     };
     server.data_dir = cli.data_dir.or(file.data_dir);
     server.http_address = cli.http_address.or(file.http_address);
+    server.tls_cert = cli.tls_cert.or(file.tls_cert);
+    server.tls_key = cli.tls_key.or(file.tls_key);
+    server.tls_required = cli.tls_required || file.tls_required.unwrap_or(false);
+    if server.tls_cert.is_some() != server.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key go together");
+    }
+    if server.tls_required && server.tls_cert.is_none() {
+        bail!("--tls-required needs --tls-cert and --tls-key");
+    }
     server.max_waiters = cli.max_waiters.or(file.max_waiters).unwrap_or(100_000);
     server.max_waiters_per_key = cli
         .max_waiters_per_key

@@ -5,3 +5,4 @@ mod harness;
 mod interop;
 mod legacy;
 mod native;
+mod tls;

@@ -1,0 +1,211 @@
+//! TLS on the shared listener: both protocols through a Rust TLS client and `redis-cli
+//! --tls`, plaintext beside it or refused with `tls_required`, and certificate reload.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lockd_server::TlsError;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_rustls::rustls;
+
+use crate::harness::*;
+
+struct Certs {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+/// A fresh self-signed certificate for "localhost", written as PEM files.
+fn certs(tag: &str) -> Certs {
+    let dir = std::env::temp_dir().join(format!("lockd-tls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    Certs {
+        der: ck.cert.der().clone(),
+        dir,
+        cert,
+        key,
+    }
+}
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    trust: &CertificateDer<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+async fn tls_server(c: &Certs, required: bool) -> TestServer {
+    let (cert, key) = (c.cert.clone(), c.key.clone());
+    TestServer::start_with(move |cfg| {
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+        cfg.tls_required = required;
+    })
+    .await
+}
+
+async fn line_call<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut BufReader<S>,
+    req: &[u8],
+) -> String {
+    s.get_mut().write_all(req).await.unwrap();
+    s.get_mut().flush().await.unwrap();
+    let mut line = String::new();
+    s.read_line(&mut line).await.unwrap();
+    line.trim_end().to_string()
+}
+
+#[tokio::test]
+async fn both_protocols_over_tls_and_plaintext_beside() {
+    let c = certs("both");
+    let srv = tls_server(&c, false).await;
+    let mut legacy = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    let req = line(&session('a'), "ACQUIRE", "EX", &key(1));
+    assert_eq!(line_call(&mut legacy, req.as_bytes()).await, "ACQUIRED");
+    let mut native = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{AUTH_KEY}\r\n", AUTH_KEY.len());
+    assert_eq!(line_call(&mut native, auth.as_bytes()).await, "+OK");
+    let k = key(1);
+    let acq = format!("*4\r\n$7\r\nACQUIRE\r\n$2\r\nEX\r\n$1\r\n0\r\n$31\r\n{k}\r\n");
+    assert_eq!(
+        line_call(&mut native, acq.as_bytes()).await,
+        "$-1",
+        "held by the TLS legacy client"
+    );
+    // Plaintext clients are served on the same port.
+    let mut plain = srv.connect().await;
+    assert_eq!(
+        plain.call(&session('b'), "ACQUIRE", "SH", &key(1)).await,
+        "CANT_ACQUIRE"
+    );
+    assert_eq!(
+        plain.call(&session('b'), "ACQUIRE", "SH", &key(2)).await,
+        "ACQUIRED"
+    );
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+#[tokio::test]
+async fn tls_required_refuses_plaintext() {
+    let c = certs("required");
+    let srv = tls_server(&c, true).await;
+    let mut plain = srv.connect().await;
+    plain
+        .send(line(&session('a'), "STAT", "", "").as_bytes())
+        .await;
+    assert_eq!(plain.recv().await, "-ERR TLS is required\r");
+    assert!(plain.closed_by_server().await);
+    let mut ok = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    assert!(
+        line_call(&mut ok, line(&session('a'), "STAT", "", "").as_bytes())
+            .await
+            .contains(':')
+    );
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+#[tokio::test]
+async fn reload_switches_certificates_for_new_connections() {
+    let c = certs("reload");
+    let srv = tls_server(&c, true).await;
+    let old = c.der.clone();
+    assert!(tls_connect(srv.addr, &old).await.is_ok());
+    // New certificate and key in the same files.
+    let fresh = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&c.cert, fresh.cert.pem()).unwrap();
+    std::fs::write(&c.key, fresh.signing_key.serialize_pem()).unwrap();
+    assert!(srv.handle.reload_tls().unwrap());
+    assert!(
+        tls_connect(srv.addr, &old).await.is_err(),
+        "the old certificate is gone"
+    );
+    assert!(tls_connect(srv.addr, fresh.cert.der()).await.is_ok());
+    // A broken file keeps the current certificate.
+    std::fs::write(&c.key, "not a key").unwrap();
+    assert!(matches!(srv.handle.reload_tls(), Err(TlsError::Key { .. })));
+    assert!(tls_connect(srv.addr, fresh.cert.der()).await.is_ok());
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+#[tokio::test]
+async fn bad_tls_files_are_clear_errors() {
+    let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, AUTH_KEY);
+    config.tls_cert = Some("/nonexistent/cert.pem".into());
+    config.tls_key = Some("/nonexistent/key.pem".into());
+    let err = lockd_server::Server::bind(config)
+        .await
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cli_over_tls() {
+    let has_tls = std::process::Command::new("redis-cli")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("--tls")
+                || String::from_utf8_lossy(&o.stderr).contains("--tls")
+        });
+    if !has_tls {
+        assert!(
+            std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+            "redis-cli with TLS is required"
+        );
+        eprintln!("skipping: no redis-cli with TLS");
+        return;
+    }
+    let c = certs("cli");
+    let srv = tls_server(&c, true).await;
+    let (port, ca) = (srv.addr.port().to_string(), c.cert.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "-h",
+                "localhost",
+                "-p",
+                &port,
+            ])
+            .args([
+                "-a",
+                AUTH_KEY,
+                "--no-auth-warning",
+                "ACQUIRE",
+                "EX",
+                "0",
+                "tls-key",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim().parse::<i64>().is_ok_and(|t| t > 0), "{out:?}");
+    assert_eq!(srv.snapshot().locks_held, 1);
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
