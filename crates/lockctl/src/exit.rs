@@ -52,7 +52,9 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match &e {
-            Error::Connect { .. } | Error::ConnectionLost | Error::Io(_) => UNAVAILABLE,
+            Error::Connect { .. } | Error::ConnectionLost | Error::Io(_) | Error::Tls(_) => {
+                UNAVAILABLE
+            }
             Error::Auth(_) => NOPERM,
             Error::Timeout | Error::Deadlock { .. } | Error::NoQuorum { .. } => TEMPFAIL,
             _ => SOFTWARE,

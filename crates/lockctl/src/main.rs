@@ -43,6 +43,12 @@ struct Cli {
     /// Key file written by a lockd that generated its key [default: as lockd's]
     #[arg(long = "key-file", env = "LOCKD_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file
+    #[arg(long = "tls-ca", env = "LOCKD_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// The server's name in its certificate [default: the host part of --addr]
+    #[arg(long = "tls-name", env = "LOCKD_TLS_NAME", global = true)]
+    tls_name: Option<String>,
     /// Print machine-readable JSON
     #[arg(long, global = true)]
     json: bool,
@@ -136,9 +142,24 @@ fn mode(shared: bool) -> Mode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    Client::connect(&cli.addr, &auth_key(cli)?)
-        .await
-        .map_err(Failure::from)
+    let key = auth_key(cli)?;
+    match &cli.tls_ca {
+        None => Client::connect(&cli.addr, &key)
+            .await
+            .map_err(Failure::from),
+        Some(ca) => {
+            let host = cli
+                .addr
+                .rsplit_once(':')
+                .map_or(cli.addr.as_str(), |(h, _)| h);
+            let name = cli.tls_name.as_deref().unwrap_or(host);
+            let tls = lockd_client::TlsOptions::from_ca_file(ca, name)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            Client::connect_tls(&cli.addr, &key, tls)
+                .await
+                .map_err(Failure::from)
+        }
+    }
 }
 
 /// The auth key: --auth-key or LOCKD_AUTH_KEY, else the key file.
@@ -226,9 +247,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             shared,
             keys,
         } => {
-            drop(client);
-            let key = auth_key(&cli)?;
-            let c = Client::resume(&cli.addr, &key, session).await?;
+            client.resume_session(session).await?;
+            let c = client;
             let n = if keys.is_empty() {
                 c.release_all().await?
             } else {

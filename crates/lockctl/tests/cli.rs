@@ -240,3 +240,55 @@ fn acquire_then_release_by_session_with_json() {
     );
     assert_eq!(o.status.code(), Some(70), "{o:?}");
 }
+
+#[test]
+fn talks_tls_when_given_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c2, k2) = (cert.clone(), key.clone());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, KEY);
+            config.tls_cert = Some(c2);
+            config.tls_key = Some(k2);
+            config.tls_required = true;
+            let s = lockd_server::Server::bind(config).await.unwrap();
+            tx.send(s.local_addr().port()).unwrap();
+            s.run(lockd_server::CancellationToken::new()).await;
+        });
+    });
+    let addr = format!("localhost:{}", rx.recv().unwrap());
+    let o = run(
+        &addr,
+        &[
+            "--tls-ca",
+            cert.to_str().unwrap(),
+            "lock",
+            "tls",
+            "--",
+            "true",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = run(&addr, &["ping"]);
+    assert_eq!(o.status.code(), Some(69), "plaintext is refused: {o:?}");
+    let o = run(
+        &addr,
+        &[
+            "--tls-ca",
+            cert.to_str().unwrap(),
+            "--tls-name",
+            "other.example",
+            "ping",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(69), "{o:?}");
+}

@@ -9,6 +9,7 @@ use lockd_proto::resp::Value;
 use crate::conn::Conn;
 use crate::error::Error;
 use crate::guard::Guard;
+use crate::tls::TlsOptions;
 use crate::types::{Holder, KeyInfo, LockInfo, Mode, Waiter};
 
 /// A connection to lockd, with its session. Cheap to clone: clones share the connection.
@@ -20,6 +21,7 @@ pub struct Client {
 pub(crate) struct Inner {
     addr: String,
     auth_key: String,
+    tls: Option<TlsOptions>,
     conn: Mutex<Arc<Conn>>,
     session: Mutex<String>,
     /// Bumped when the session (and so its locks) is gone for good.
@@ -32,12 +34,26 @@ pub(crate) struct Inner {
 impl Client {
     /// Connects and authenticates with the server's auth key.
     pub async fn connect(addr: &str, auth_key: &str) -> Result<Client, Error> {
-        let conn = open(addr, auth_key).await?;
+        Client::connect_with(addr, auth_key, None).await
+    }
+
+    /// Connects over TLS (see [`TlsOptions`]) and authenticates.
+    pub async fn connect_tls(addr: &str, auth_key: &str, tls: TlsOptions) -> Result<Client, Error> {
+        Client::connect_with(addr, auth_key, Some(tls)).await
+    }
+
+    async fn connect_with(
+        addr: &str,
+        auth_key: &str,
+        tls: Option<TlsOptions>,
+    ) -> Result<Client, Error> {
+        let conn = open(addr, auth_key, tls.as_ref()).await?;
         let session = text(conn.call(&[b"SESSION"]).await?)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 addr: addr.to_string(),
                 auth_key: auth_key.to_string(),
+                tls,
                 conn: Mutex::new(Arc::new(conn)),
                 session: Mutex::new(session),
                 generation: Default::default(),
@@ -50,11 +66,19 @@ impl Client {
     /// connection was lost, within its grace period), with its locks.
     pub async fn resume(addr: &str, auth_key: &str, session: &str) -> Result<Client, Error> {
         let c = Client::connect(addr, auth_key).await?;
-        ok(c.conn()
+        c.resume_session(session).await?;
+        Ok(c)
+    }
+
+    /// This client takes over `session` (which has no live connection), with its locks;
+    /// its own session until now is let go as at a disconnect.
+    pub async fn resume_session(&self, session: &str) -> Result<(), Error> {
+        ok(self
+            .conn()
             .call(&[b"SESSION", b"RESUME", session.as_bytes()])
             .await?)?;
-        *c.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
-        Ok(c)
+        *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
+        Ok(())
     }
 
     pub(crate) fn conn(&self) -> Arc<Conn> {
@@ -89,7 +113,12 @@ impl Client {
     /// (its locks are gone; the client now has a new, empty session and every older guard
     /// reports [`Guard::may_be_lost`]).
     pub async fn reconnect(&self) -> Result<bool, Error> {
-        let conn = open(&self.inner.addr, &self.inner.auth_key).await?;
+        let conn = open(
+            &self.inner.addr,
+            &self.inner.auth_key,
+            self.inner.tls.as_ref(),
+        )
+        .await?;
         let old = self.session_id();
         let resumed = match conn.call(&[b"SESSION", b"RESUME", old.as_bytes()]).await? {
             Value::Simple(_) => true,
@@ -271,8 +300,8 @@ impl Client {
     }
 }
 
-async fn open(addr: &str, auth_key: &str) -> Result<Conn, Error> {
-    let conn = Conn::open(addr).await?;
+async fn open(addr: &str, auth_key: &str, tls: Option<&TlsOptions>) -> Result<Conn, Error> {
+    let conn = Conn::open(addr, tls).await?;
     ok(conn.call(&[b"AUTH", auth_key.as_bytes()]).await?)?;
     Ok(conn)
 }

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use lockd_proto::resp::{encode_request, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -56,7 +57,8 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    pub async fn open(addr: &str) -> Result<Conn, Error> {
+    /// Connects over TCP, then TLS when `tls` is given.
+    pub async fn open(addr: &str, tls: Option<&crate::tls::TlsOptions>) -> Result<Conn, Error> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| Error::Connect {
@@ -64,7 +66,14 @@ impl Conn {
                 source,
             })?;
         stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
+        match tls {
+            None => Ok(Conn::over(stream)),
+            Some(t) => Ok(Conn::over(t.handshake(stream).await?)),
+        }
+    }
+
+    fn over<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
+        let (read, mut write) = tokio::io::split(stream);
         let state = Arc::new(State {
             lost: AtomicBool::new(false),
             lost_notify: Notify::new(),
@@ -107,7 +116,7 @@ impl Conn {
                 }
             }
         });
-        Ok(Conn { tx, state })
+        Conn { tx, state }
     }
 
     /// Queues a request without waiting for its reply.
@@ -149,8 +158,8 @@ impl Conn {
 
 const MAX_REPLY_BULK: usize = 64 * 1024 * 1024;
 
-fn read_value<'a>(
-    r: &'a mut BufReader<OwnedReadHalf>,
+fn read_value<'a, R: AsyncBufRead + Unpin + Send>(
+    r: &'a mut R,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Value>> + Send + 'a>> {
     Box::pin(async move {
         let bad =

@@ -9,6 +9,8 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error("the lock was not granted within the timeout")]
@@ -42,6 +44,9 @@ impl Error {
             "TOOMANYLOCKS" => Error::TooManyLocks,
             "NOAUTH" | "WRONGPASS" => Error::Auth(line.to_string()),
             "NOSESSION" | "BUSYSESSION" => Error::Session(line.to_string()),
+            "ERR" if rest == "TLS is required" => {
+                Error::Tls("the server requires TLS (give a CA file)".into())
+            }
             _ => Error::Server(line.to_string()),
         }
     }

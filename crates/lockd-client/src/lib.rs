@@ -31,12 +31,14 @@ mod conn;
 mod error;
 mod guard;
 mod quorum;
+mod tls;
 mod types;
 
 pub use client::Client;
 pub use error::Error;
 pub use guard::Guard;
 pub use quorum::{QuorumClient, QuorumGuard};
+pub use tls::TlsOptions;
 pub use types::{Holder, KeyInfo, LockInfo, Mode, Waiter};
 
 /// Where a `lockd` started without an auth key writes the key it generates, and where

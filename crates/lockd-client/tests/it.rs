@@ -352,3 +352,45 @@ async fn a_server_going_away_is_reported_to_guards() {
     assert!(g.may_be_lost());
     assert!(matches!(a.reconnect().await, Err(Error::Connect { .. })));
 }
+
+#[tokio::test]
+async fn tls_connection_with_a_trusted_certificate() {
+    let dir = std::env::temp_dir().join(format!("lockd-client-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1", 0, KEY);
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key);
+    config.tls_required = true;
+    let s = Server::bind(config).await.unwrap();
+    let port = s.local_addr().port();
+    tokio::spawn(s.run(CancellationToken::new()));
+    let addr = format!("localhost:{port}");
+    let tls = lockd_client::TlsOptions::from_ca_file(&cert, "localhost").unwrap();
+    let c = Client::connect_tls(&addr, KEY, tls.clone()).await.unwrap();
+    let g = c
+        .acquire(Mode::Ex, &["secure"], Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(g.token() > 0);
+    assert_eq!(c.inspect("secure").await.unwrap().holders.len(), 1);
+    // Plaintext is refused by this server; a wrong name fails the handshake.
+    assert!(Client::connect(&addr, KEY).await.is_err());
+    let wrong = lockd_client::TlsOptions::from_ca_file(&cert, "elsewhere.example").unwrap();
+    assert!(matches!(
+        Client::connect_tls(&addr, KEY, wrong).await,
+        Err(Error::Tls(_))
+    ));
+    assert!(matches!(
+        lockd_client::TlsOptions::from_ca_file(
+            std::path::Path::new("/nonexistent.pem"),
+            "localhost"
+        ),
+        Err(Error::Tls(_))
+    ));
+    g.release().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
