@@ -60,43 +60,47 @@ pub(crate) async fn serve(
             )
             .await
         }
+        // Boxed: a TLS stream is large, and plain connections should not carry its space.
         Some(tls) => {
-            // Wait for the first byte without taking it: 0x16 starts a TLS handshake.
-            let mut first = [0u8; 1];
-            let n = tokio::select! {
-                r = stream.peek(&mut first) => r.unwrap_or(0),
-                _ = shutdown.cancelled() => 0,
-            };
-            let (sh, ip) = (&*shared, peer.ip());
-            if n == 1 && first[0] == crate::tls::HANDSHAKE {
-                let handshake = tls.acceptor().accept(stream);
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(mut s)) => {
-                        drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
+            Box::pin(async {
+                // Wait for the first byte without taking it: 0x16 starts a TLS handshake.
+                let mut first = [0u8; 1];
+                let n = tokio::select! {
+                    r = stream.peek(&mut first) => r.unwrap_or(0),
+                    _ = shutdown.cancelled() => 0,
+                };
+                let (sh, ip) = (&*shared, peer.ip());
+                if n == 1 && first[0] == crate::tls::HANDSHAKE {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(mut s)) => {
+                            drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            "TLS handshake failed"
+                        }
+                        Err(_) => "TLS handshake timed out",
                     }
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        "TLS handshake failed"
-                    }
-                    Err(_) => "TLS handshake timed out",
+                } else if tls.required && n == 1 {
+                    tracing::info!(%peer, "plaintext client refused: TLS is required");
+                    let _ = stream.try_write(b"-ERR TLS is required\r\n");
+                    "TLS required"
+                } else {
+                    let mut stream = stream;
+                    drive(
+                        &mut stream,
+                        sh,
+                        conn,
+                        ip,
+                        &shutdown,
+                        &mut pending,
+                        &mut counted,
+                    )
+                    .await
                 }
-            } else if tls.required && n == 1 {
-                tracing::info!(%peer, "plaintext client refused: TLS is required");
-                let _ = stream.try_write(b"-ERR TLS is required\r\n");
-                "TLS required"
-            } else {
-                let mut stream = stream;
-                drive(
-                    &mut stream,
-                    sh,
-                    conn,
-                    ip,
-                    &shutdown,
-                    &mut pending,
-                    &mut counted,
-                )
-                .await
-            }
+            })
+            .await
         }
     };
     if let Some(c) = counted {
@@ -269,5 +273,50 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             },
             _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => return "idle timeout",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_future_is_small() {
+        let shared = Shared::new(
+            crate::ServerConfig::new("127.0.0.1", 0, "k"),
+            crate::Clock::real(),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let (mut pending, mut counted) = (None, None);
+        let f = drive(
+            &mut s,
+            &shared,
+            ConnId(1),
+            "127.0.0.1".parse().unwrap(),
+            &shutdown,
+            &mut pending,
+            &mut counted,
+        );
+        // Part of the per-connection memory budget (8 KiB, BENCHMARKS.md): the read
+        // buffer must not live in the future.
+        assert!(
+            std::mem::size_of_val(&f) < 2048,
+            "{} bytes",
+            std::mem::size_of_val(&f)
+        );
+        drop(f);
+        let shared = Arc::new(shared);
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let peer = s.local_addr().unwrap();
+        let whole = serve(s, peer, shared, shutdown, permit);
+        assert!(
+            std::mem::size_of_val(&whole) < 3072,
+            "{} bytes",
+            std::mem::size_of_val(&whole)
+        );
     }
 }
