@@ -120,6 +120,30 @@ impl Client {
         Ok(line)
     }
 
+    /// Acquires one key, waiting up to `timeout_ms`; Ok(false) when not granted.
+    pub async fn acquire_one(
+        &mut self,
+        key: u64,
+        mode: LockMode,
+        timeout_ms: u64,
+    ) -> anyhow::Result<bool> {
+        let req = Req::Acquire {
+            keys: vec![key],
+            mode,
+            timeout_ms,
+        };
+        Ok(self.batch(std::slice::from_ref(&req)).await? == [Outcome::Granted])
+    }
+
+    pub async fn release_one(&mut self, key: u64, mode: LockMode) -> anyhow::Result<()> {
+        self.batch(&[Req::Release {
+            keys: vec![key],
+            mode,
+        }])
+        .await
+        .map(|_| ())
+    }
+
     /// Sends the batch at once, then reads every reply, in order.
     pub async fn batch(&mut self, reqs: &[Req]) -> anyhow::Result<Vec<Outcome>> {
         for r in reqs {

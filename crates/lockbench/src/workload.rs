@@ -225,13 +225,8 @@ async fn hotkey(
                 let session = i as u32;
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
-                    let acq = Req::Acquire {
-                        keys: vec![0],
-                        mode: LockMode::Ex,
-                        timeout_ms: WAIT_MS,
-                    };
-                    match c.batch(std::slice::from_ref(&acq)).await.as_deref() {
-                        Ok([Outcome::Granted]) => {
+                    match c.acquire_one(0, LockMode::Ex, WAIT_MS).await {
+                        Ok(true) => {
                             let now_ns = epoch.elapsed().as_nanos() as u64;
                             let rel = released_at.load(Ordering::SeqCst);
                             if rel > 0 && now_ns > rel {
@@ -241,7 +236,7 @@ async fn hotkey(
                             r.grants += 1;
                             shadow.granted(0, session, LockMode::Ex);
                         }
-                        Ok(_) => {
+                        Ok(false) => {
                             r.refusals += 1;
                             continue;
                         }
@@ -255,13 +250,7 @@ async fn hotkey(
                     }
                     shadow.releasing(0, session, LockMode::Ex);
                     released_at.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                    if c.batch(&[Req::Release {
-                        keys: vec![0],
-                        mode: LockMode::Ex,
-                    }])
-                    .await
-                    .is_err()
-                    {
+                    if c.release_one(0, LockMode::Ex).await.is_err() {
                         r.errors += 1;
                         break;
                     }
@@ -303,13 +292,8 @@ async fn fairness(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 let t0 = Instant::now();
-                let acq = Req::Acquire {
-                    keys: vec![0],
-                    mode,
-                    timeout_ms: WAIT_MS,
-                };
-                match c.batch(std::slice::from_ref(&acq)).await.as_deref() {
-                    Ok([Outcome::Granted]) => {
+                match c.acquire_one(0, mode, WAIT_MS).await {
+                    Ok(true) => {
                         let waited = t0.elapsed().as_micros() as u64;
                         r.hist.saturating_record(waited);
                         if ex {
@@ -318,7 +302,7 @@ async fn fairness(
                         r.grants += 1;
                         shadow.granted(0, session, mode);
                     }
-                    Ok(_) => {
+                    Ok(false) => {
                         r.refusals += 1;
                         continue;
                     }
@@ -331,13 +315,7 @@ async fn fairness(
                     tokio::time::sleep(hold).await;
                 }
                 shadow.releasing(0, session, mode);
-                if c.batch(&[Req::Release {
-                    keys: vec![0],
-                    mode,
-                }])
-                .await
-                .is_err()
-                {
+                if c.release_one(0, mode).await.is_err() {
                     r.errors += 1;
                     break;
                 }

@@ -45,63 +45,20 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let mut pending = None;
     let mut counted: Option<&AtomicU64> = None;
-    let why = match &shared.tls {
-        None => {
-            let mut stream = stream;
-            let (sh, ip) = (&*shared, peer.ip());
-            drive(
-                &mut stream,
-                sh,
-                conn,
-                ip,
-                &shutdown,
-                &mut pending,
-                &mut counted,
-            )
-            .await
+    let (sh, ip) = (&*shared, peer.ip());
+    let transport = match &shared.tls {
+        None => Transport::Plain(stream),
+        // Boxed: the handshake's state is large, and plain connections should not carry it.
+        Some(tls) => Box::pin(start_tls(stream, peer, tls, &shutdown)).await,
+    };
+    let why = match transport {
+        Transport::Plain(mut s) => {
+            drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
         }
-        // Boxed: a TLS stream is large, and plain connections should not carry its space.
-        Some(tls) => {
-            Box::pin(async {
-                // Wait for the first byte without taking it: 0x16 starts a TLS handshake.
-                let mut first = [0u8; 1];
-                let n = tokio::select! {
-                    r = stream.peek(&mut first) => r.unwrap_or(0),
-                    _ = shutdown.cancelled() => 0,
-                };
-                let (sh, ip) = (&*shared, peer.ip());
-                if n == 1 && first[0] == crate::tls::HANDSHAKE {
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(mut s)) => {
-                            drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            "TLS handshake failed"
-                        }
-                        Err(_) => "TLS handshake timed out",
-                    }
-                } else if tls.required && n == 1 {
-                    tracing::info!(%peer, "plaintext client refused: TLS is required");
-                    let _ = stream.try_write(b"-ERR TLS is required\r\n");
-                    "TLS required"
-                } else {
-                    let mut stream = stream;
-                    drive(
-                        &mut stream,
-                        sh,
-                        conn,
-                        ip,
-                        &shutdown,
-                        &mut pending,
-                        &mut counted,
-                    )
-                    .await
-                }
-            })
-            .await
+        Transport::Tls(mut s) => {
+            drive(&mut *s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
         }
+        Transport::Closed(why) => why,
     };
     if let Some(c) = counted {
         c.fetch_sub(1, Relaxed);
@@ -109,6 +66,46 @@ pub(crate) async fn serve(
     tracing::debug!(conn = conn.0, %peer, reason = why, "connection closed");
     shared.disconnect(conn, pending.map(|p: PendingWait| p.id));
     shared.counters.connections.fetch_sub(1, Relaxed);
+}
+
+/// What a connection turned out to be.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Nothing to serve, and why.
+    Closed(&'static str),
+}
+
+/// With TLS configured: waits for the first byte without taking it; 0x16 starts a TLS
+/// handshake, anything else is plaintext (refused when TLS is required).
+async fn start_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &crate::tls::Tls,
+    shutdown: &CancellationToken,
+) -> Transport {
+    let mut first = [0u8; 1];
+    let n = tokio::select! {
+        r = stream.peek(&mut first) => r.unwrap_or(0),
+        _ = shutdown.cancelled() => 0,
+    };
+    if n == 1 && first[0] == crate::tls::HANDSHAKE {
+        let handshake = tls.acceptor().accept(stream);
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                Transport::Closed("TLS handshake failed")
+            }
+            Err(_) => Transport::Closed("TLS handshake timed out"),
+        }
+    } else if tls.required && n == 1 {
+        tracing::info!(%peer, "plaintext client refused: TLS is required");
+        let _ = stream.try_write(b"-ERR TLS is required\r\n");
+        Transport::Closed("TLS required")
+    } else {
+        Transport::Plain(stream)
+    }
 }
 
 /// What the transport did.
