@@ -9,6 +9,21 @@ use crate::types::Mode;
 /// Locks held by a [`Client`]'s session. Dropping the guard releases them (the release is
 /// queued on the connection at once, in order with later requests); [`Guard::release`]
 /// does the same and reports errors.
+///
+/// ```no_run
+/// # async fn demo(client: lockd_client::Client) -> Result<(), lockd_client::Error> {
+/// use std::time::Duration;
+/// use lockd_client::Mode;
+///
+/// let guard = client.acquire(Mode::Sh, &["report/2026", "report/2027"], Duration::from_secs(2)).await?;
+/// let token = guard.token();
+/// // ... read both reports, presenting `token` to a storage that checks fencing tokens ...
+/// if guard.may_be_lost() {
+///     // The connection dropped: another session may hold the locks by now.
+/// }
+/// drop(guard); // released
+/// # let _ = token; Ok(()) }
+/// ```
 #[must_use = "dropping the guard releases the locks"]
 pub struct Guard {
     client: Client,

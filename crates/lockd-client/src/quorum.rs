@@ -39,6 +39,24 @@ impl Server {
 }
 
 /// Locks on a majority of the servers of each key's bucket.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockd_client::Error> {
+/// use std::time::Duration;
+/// use lockd_client::{Mode, QuorumClient};
+///
+/// let key = "s3cret".to_string();
+/// // One bucket of three servers: a lock needs two of them.
+/// let q = QuorumClient::new(vec![vec![
+///     ("10.0.0.1:7531".into(), key.clone()),
+///     ("10.0.0.2:7531".into(), key.clone()),
+///     ("10.0.0.3:7531".into(), key),
+/// ]]);
+/// let guard = q.acquire(Mode::Ex, &["invoices"], Duration::from_secs(1)).await?;
+/// assert!(guard.grants() >= 2);
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
 pub struct QuorumClient {
     buckets: Vec<Vec<Server>>,
 }

@@ -1,3 +1,6 @@
+//! Unit tests of the legacy codec: every reply code, the check order, both signature
+//! schemes against the shipped vectors, bytes not characters.
+
 use super::*;
 
 const SESSION: &[u8] = b"0123456789abcdef0123456789abcdef";
