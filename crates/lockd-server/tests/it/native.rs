@@ -515,3 +515,17 @@ async fn legacy_bad_signatures_count_as_auth_failures() {
     assert_eq!(legacy.recv().await, "BAD_KEY");
     assert_eq!(srv.snapshot().auth_failures, 1);
 }
+
+#[tokio::test]
+async fn what_redis_clients_send_on_connect_is_answered() {
+    let srv = TestServer::start().await;
+    let mut c = Resp::authed(srv.addr).await;
+    assert_eq!(c.call(&["SELECT", "0"]).await, R::Simple("OK".into()));
+    assert!(c.call(&["SELECT", "1"]).await.err().starts_with("ERR"));
+    assert_eq!(c.call(&["COMMAND", "DOCS"]).await, R::Array(vec![]));
+    assert_eq!(c.call(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).await, R::Simple("OK".into()));
+    assert_eq!(c.call(&["CLIENT", "SETNAME", "worker-7"]).await, R::Simple("OK".into()));
+    assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, R::Bulk(b"worker-7".to_vec()));
+    assert!(c.call(&["CLIENT", "ID"]).await.int() > 0);
+    assert!(c.call(&["CLIENT", "KILL", "x"]).await.err().starts_with("ERR"));
+}
