@@ -523,9 +523,22 @@ async fn what_redis_clients_send_on_connect_is_answered() {
     assert_eq!(c.call(&["SELECT", "0"]).await, R::Simple("OK".into()));
     assert!(c.call(&["SELECT", "1"]).await.err().starts_with("ERR"));
     assert_eq!(c.call(&["COMMAND", "DOCS"]).await, R::Array(vec![]));
-    assert_eq!(c.call(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).await, R::Simple("OK".into()));
-    assert_eq!(c.call(&["CLIENT", "SETNAME", "worker-7"]).await, R::Simple("OK".into()));
-    assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, R::Bulk(b"worker-7".to_vec()));
+    assert_eq!(
+        c.call(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).await,
+        R::Simple("OK".into())
+    );
+    assert_eq!(
+        c.call(&["CLIENT", "SETNAME", "worker-7"]).await,
+        R::Simple("OK".into())
+    );
+    assert_eq!(
+        c.call(&["CLIENT", "GETNAME"]).await,
+        R::Bulk(b"worker-7".to_vec())
+    );
     assert!(c.call(&["CLIENT", "ID"]).await.int() > 0);
-    assert!(c.call(&["CLIENT", "KILL", "x"]).await.err().starts_with("ERR"));
+    assert!(c
+        .call(&["CLIENT", "KILL", "x"])
+        .await
+        .err()
+        .starts_with("ERR"));
 }
