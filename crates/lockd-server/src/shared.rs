@@ -122,7 +122,12 @@ impl Shared {
     /// released first, so no command ever sees a lock that should be gone, even if the
     /// timer task is late; queued requests granted by `f` are handed to their waiters.
     pub fn with<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
-        let now = self.clock.now();
+        self.with_at(self.clock.now(), f)
+    }
+
+    /// [`Shared::with`] at a time the caller read already: a connection reads the clock
+    /// once per batch of requests rather than once per request.
+    pub fn with_at<R>(&self, now: Millis, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         let expired = if core.table.next_expiry().is_some_and(|at| at <= now) {
             core.table.expire(now)

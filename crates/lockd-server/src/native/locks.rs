@@ -48,8 +48,8 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
     };
     let session = n.session;
     let wait = if timeout == 0 { Wait::No } else { Wait::Queue };
-    shared.with(
-        |core, now| match core.table.acquire(session, mode, &keys, wait, now) {
+    shared.with_at(n.now, |core, now| {
+        match core.table.acquire(session, mode, &keys, wait, now) {
             Acquired::Granted(token) => Outcome::Reply(Value::Integer(token as i64)),
             Acquired::Conflict => Outcome::Reply(Value::Null),
             Acquired::Queued(id) => {
@@ -79,8 +79,8 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
             Acquired::TokensExhausted => Outcome::Reply(Value::error(
                 "ERR no fencing tokens reserved yet; try again",
             )),
-        },
-    )
+        }
+    })
 }
 
 /// RELEASE SH|EX key [key ...]
@@ -89,7 +89,9 @@ pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     let mode = mode(&rest[0])?;
     let keys = keys(&rest[1..])?;
     let session = n.session;
-    let released = shared.with(|core, now| core.table.release(session, mode, &keys, now));
+    let released = shared.with_at(n.now, |core, now| {
+        core.table.release(session, mode, &keys, now)
+    });
     Ok(Value::Integer(released as i64))
 }
 
@@ -97,6 +99,6 @@ pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
 pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     args.arity(0, 0)?;
     let session = n.session;
-    let released = shared.with(|core, now| core.table.release_all(session, now));
+    let released = shared.with_at(n.now, |core, now| core.table.release_all(session, now));
     Ok(Value::Integer(released as i64))
 }

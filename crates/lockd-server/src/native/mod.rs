@@ -54,6 +54,8 @@ pub(crate) struct Native {
     pub proto: u8,
     pub authed: bool,
     pub name: Option<Bytes>,
+    /// The time for this batch of requests (read once per batch).
+    pub now: Millis,
     limits: Limits,
 }
 
@@ -72,12 +74,15 @@ impl Native {
             proto: 2,
             authed: false,
             name: None,
+            now: 0,
             limits: Limits::default(),
         }
     }
 
     /// Answers requests from `input` until it is used up or one must wait.
     pub fn process(&mut self, shared: &Shared, input: &mut BytesMut, out: &mut BytesMut) -> Stop {
+        self.now = shared.clock.now();
+        let mut last = std::time::Instant::now();
         loop {
             let args = match parse_request(input, &self.limits) {
                 Ok(Some(a)) => a,
@@ -96,12 +101,14 @@ impl Native {
                 .counters
                 .native_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let started = std::time::Instant::now();
             let outcome = self.execute(shared, Args::new(args));
+            // Each request's time runs from the end of the one before: one clock read each.
+            let done = std::time::Instant::now();
             shared
                 .metrics
                 .native_request_seconds
-                .observe(started.elapsed().as_secs_f64());
+                .observe((done - last).as_secs_f64());
+            last = done;
             match outcome {
                 Outcome::Reply(Value::Error(e)) => {
                     shared
