@@ -69,11 +69,8 @@ pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
             _ => return Err(Value::error("ERR syntax error in HELLO")),
         }
     }
-    if !n.authed {
-        return Err(Value::error(
-            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-        ));
-    }
+    // HELLO is answered before authentication (native.md exempts it from NOAUTH); the
+    // connection stays unauthenticated until AUTH, or HELLO ... AUTH, succeeds.
     n.proto = proto;
     if name.is_some() {
         n.name = name;

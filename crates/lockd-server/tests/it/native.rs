@@ -29,7 +29,13 @@ async fn authentication_comes_first() {
         .await
         .err()
         .starts_with("WRONGPASS"));
-    assert!(c.call(&["HELLO", "3"]).await.err().starts_with("NOAUTH"));
+    // HELLO is answered before AUTH (and switches protocol), but does not authenticate.
+    let hello = c.call(&["HELLO", "3"]).await;
+    assert_eq!(hello.get("proto").int(), 3);
+    assert_eq!(
+        c.call(&["LOCKS"]).await.err(),
+        "NOAUTH Authentication required."
+    );
     assert_eq!(
         c.call(&["AUTH", "default", AUTH_KEY]).await,
         R::Simple("OK".into())
