@@ -39,6 +39,8 @@ pub struct Report {
     pub extra_us_max: Option<u64>,
     pub extra_count: Option<u64>,
     pub hold_us: Option<u64>,
+    /// Fairness: the longest time an SH holder actually held the key (sleeps round up).
+    pub hold_us_max: Option<u64>,
 }
 
 impl Report {
@@ -72,6 +74,7 @@ impl Report {
             extra_us_max: None,
             extra_count: None,
             hold_us: None,
+            hold_us_max: None,
         }
     }
 
@@ -135,7 +138,11 @@ impl Report {
             );
         }
         if let Some(h) = self.hold_us {
-            let _ = writeln!(s, "SH hold       {h} us");
+            let _ = writeln!(
+                s,
+                "SH hold       {h} us asked, {} us longest actual",
+                opt(self.hold_us_max)
+            );
         }
         if let Some(c) = self.server_cpu_us_per_op {
             let _ = writeln!(s, "server CPU    {c:.2} us/op");

@@ -53,6 +53,8 @@ async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<Client>> {
 struct TaskResult {
     hist: Histogram<u64>,
     extra: Histogram<u64>,
+    /// Fairness: how long SH holders actually held the key.
+    holds: Histogram<u64>,
     grants: u64,
     refusals: u64,
     errors: u64,
@@ -63,6 +65,7 @@ impl TaskResult {
         TaskResult {
             hist: histogram(),
             extra: histogram(),
+            holds: histogram(),
             grants: 0,
             refusals: 0,
             errors: 0,
@@ -85,7 +88,7 @@ async fn drive<F, Fut>(
     server: Option<&Spawned>,
     duration: Duration,
     body: F,
-) -> anyhow::Result<(Report, Histogram<u64>)>
+) -> anyhow::Result<(Report, Histogram<u64>, Histogram<u64>)>
 where
     F: Fn(usize, Client, Arc<Shadow>, Instant) -> Fut,
     Fut: std::future::Future<Output = TaskResult> + Send + 'static,
@@ -102,11 +105,13 @@ where
         .collect();
     let mut hist = histogram();
     let mut extra = histogram();
+    let mut holds = histogram();
     let mut report = Report::new(args);
     for t in tasks {
         let r = t.await?;
         hist.add(&r.hist).expect("same-shaped histograms");
         extra.add(&r.extra).expect("same-shaped histograms");
+        holds.add(&r.holds).expect("same-shaped histograms");
         report.grants += r.grants;
         report.refusals += r.refusals;
         report.errors += r.errors;
@@ -118,7 +123,7 @@ where
         report.server_cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / report.ops.max(1) as f64);
         report.server_rss_bytes = Some(s.rss());
     }
-    Ok((report, extra))
+    Ok((report, extra, holds))
 }
 
 async fn pingpong(
@@ -128,7 +133,7 @@ async fn pingpong(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
-    let (report, _) = drive(
+    let (report, _, _) = drive(
         args,
         addr,
         server,
@@ -213,7 +218,7 @@ async fn hotkey(
     let epoch = Instant::now();
     // When the last release was sent, in ns since `epoch` (0: none yet).
     let released_at = Arc::new(AtomicU64::new(0));
-    let (mut report, handoff) = drive(
+    let (mut report, handoff, _) = drive(
         args,
         addr,
         server,
@@ -271,7 +276,7 @@ async fn fairness(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     let hold = Duration::from_micros(args.hold_us.max(1000));
-    let (mut report, ex_waits) = drive(
+    let (mut report, ex_waits, holds) = drive(
         args,
         addr,
         server,
@@ -312,7 +317,9 @@ async fn fairness(
                     }
                 }
                 if !ex {
+                    let held = Instant::now();
                     tokio::time::sleep(hold).await;
+                    r.holds.saturating_record(held.elapsed().as_micros() as u64);
                 }
                 shadow.releasing(0, session, mode);
                 if c.release_one(0, mode).await.is_err() {
@@ -326,6 +333,7 @@ async fn fairness(
     .await?;
     report.set_extra("ex_wait", &ex_waits);
     report.hold_us = Some(hold.as_micros() as u64);
+    report.hold_us_max = Some(holds.max());
     Ok(report)
 }
 
