@@ -80,7 +80,8 @@ pub struct Args {
     /// Keys in each ACQUIRE.
     #[arg(long = "keys-per-request", default_value_t = 1)]
     pub keys_per_request: usize,
-    /// How long a lock is held, in microseconds (hotkey, fairness).
+    /// How long a lock is held, in microseconds (pingpong, hotkey, fairness). In pingpong a
+    /// hold makes the shadow table's check stronger: overlapping holders are what it sees.
     #[arg(long = "hold-us", default_value_t = 0)]
     pub hold_us: u64,
     /// Run pingpong at each of these connection counts (comma-separated), for each

@@ -133,6 +133,7 @@ async fn pingpong(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
+    let hold = Duration::from_micros(args.hold_us);
     let (report, _, _) = drive(
         args,
         addr,
@@ -180,6 +181,11 @@ async fn pingpong(
                 }
                 if releases.is_empty() {
                     continue;
+                }
+                // Hold while marked held: the shadow table sees a double grant only while
+                // two holders overlap, so a hold widens what it can catch.
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
                 }
                 // Same-session duplicates within a batch are one lock on the server.
                 for (k, m) in &releases {

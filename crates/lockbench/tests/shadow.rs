@@ -48,6 +48,8 @@ fn lockbench(addr: &str) -> std::process::Output {
             "1",
             "--json",
         ])
+        // Each grant is held 1 ms: eight clients on two keys must overlap.
+        .args(["--hold-us", "1000"])
         .output()
         .unwrap()
 }
