@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use lockd_core::Millis;
@@ -27,6 +28,9 @@ struct Peer {
 #[derive(Default)]
 pub(crate) struct AuthLimiter {
     peers: Mutex<HashMap<IpAddr, Peer>>,
+    /// The latest time any block ends: while it is past, nobody is blocked and the check
+    /// every legacy request makes needs no lock.
+    blocks_end: AtomicU64,
 }
 
 /// What to do about a failure just recorded.
@@ -41,6 +45,9 @@ pub(crate) struct Failure {
 impl AuthLimiter {
     /// Whether the peer is refused for now.
     pub fn blocked(&self, ip: IpAddr, now: Millis) -> bool {
+        if self.blocks_end.load(Ordering::Relaxed) <= now {
+            return false;
+        }
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(&ip).is_some_and(|p| p.blocked_until > now)
     }
@@ -71,6 +78,8 @@ impl AuthLimiter {
         let blocked = p.failures == MAX_FAILURES;
         if blocked {
             p.blocked_until = now + BLOCK_MS;
+            self.blocks_end
+                .fetch_max(p.blocked_until, Ordering::Relaxed);
         }
         let log = blocked
             || p.last_log
