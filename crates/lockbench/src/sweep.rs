@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 
 use crate::report::Report;
@@ -104,23 +105,14 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .x_desc("connections")
         .y_desc("ops/s")
         .draw()?;
-    for (p, reports) in results {
-        let pts: Vec<(f64, f64)> = reports
+    let throughput = results.iter().map(|(p, reports)| {
+        let pts = reports
             .iter()
             .map(|r| (r.connections as f64, r.ops_per_sec))
             .collect();
-        let c = color(*p);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(format!("{p:?}").to_lowercase())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 4, c.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()?;
+        (*p, pts)
+    });
+    draw_lines(&mut chart, throughput)?;
 
     // Latency percentiles at the largest connection count of each protocol.
     let quantiles = [("p50", 0usize), ("p99", 1), ("p99.9", 2)];
@@ -150,26 +142,48 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         })
         .y_desc("microseconds")
         .draw()?;
-    for (p, reports) in results {
-        let Some(r) = reports.last() else { continue };
+    let latency = results.iter().filter_map(|(p, reports)| {
+        let r = reports.last()?;
         let vals = [r.latency_us_p50, r.latency_us_p99, r.latency_us_p999];
-        let pts: Vec<(f64, f64)> = vals
+        let pts = vals
             .iter()
             .enumerate()
             .filter_map(|(i, v)| v.map(|v| (i as f64, v.max(1) as f64)))
             .collect();
-        let c = color(*p);
+        Some((*p, pts))
+    });
+    draw_lines(&mut chart, latency)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line with points per protocol, and the legend.
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    lines: impl Iterator<Item = (Protocol, Vec<(f64, f64)>)>,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (p, pts) in lines {
+        let c = color(p);
         chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .label(format!("{p:?}").to_lowercase())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 4, c.filled())))?;
+        chart
+            .draw_series(pts.into_iter().map(|pt| Circle::new(pt, 4, c.filled())))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE)
-        .draw()?;
-    root.present()?;
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(())
 }
