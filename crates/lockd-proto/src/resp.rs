@@ -2,7 +2,7 @@
 //! strings, which is what every Redis client and `redis-cli` send) and encoding replies
 //! in RESP2 or RESP3.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// Limits on one request, so that no client can make the server buffer without bound.
@@ -43,29 +43,28 @@ pub enum ProtocolError {
 
 const MAX_HEADER_LINE: usize = 32;
 
-/// Parses one request off the front of `buf`. `Ok(None)` means more bytes are needed
-/// (nothing is consumed then).
-pub fn parse_request(
-    buf: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+/// Where a request's arguments are in the buffer it was parsed from: (start, length) each.
+pub type Spans = smallvec::SmallVec<[(usize, usize); 8]>;
+
+/// Parses one request at the front of `buf` without copying or consuming anything: how
+/// many bytes it takes, and where its arguments are. `Ok(None)` means more bytes are
+/// needed. An empty array (`*0`, `*-1`) is a request with no arguments.
+pub fn parse_spans(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Spans)>, ProtocolError> {
     let mut pos = 0;
     let Some(n) = header(buf, &mut pos, b'*')? else {
         return Ok(None);
     };
-    // `*-1` and `*0` are no command: consume and report an empty request.
     if n <= 0 {
         if n < -1 {
             return Err(ProtocolError::BadArrayLen);
         }
-        buf.advance(pos);
-        return Ok(Some(Vec::new()));
+        return Ok(Some((pos, Spans::new())));
     }
     let n = n as usize;
     if n > limits.max_args {
         return Err(ProtocolError::TooManyArgs(limits.max_args));
     }
-    let mut spans = Vec::with_capacity(n);
+    let mut spans = Spans::with_capacity(n);
     for _ in 0..n {
         let Some(len) = header(buf, &mut pos, b'$')? else {
             return Ok(None);
@@ -86,7 +85,19 @@ pub fn parse_request(
         spans.push((pos, len));
         pos += len + 2;
     }
-    let frame = buf.split_to(pos).freeze();
+    Ok(Some((pos, spans)))
+}
+
+/// Parses one request off the front of `buf` into owned arguments. `Ok(None)` means more
+/// bytes are needed (nothing is consumed then).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some((used, spans)) = parse_spans(buf, limits)? else {
+        return Ok(None);
+    };
+    let frame = buf.split_to(used).freeze();
     Ok(Some(
         spans
             .into_iter()

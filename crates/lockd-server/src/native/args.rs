@@ -1,10 +1,11 @@
 //! A request's arguments, with the checks every command needs and Redis-style errors.
 
-use bytes::Bytes;
 use lockd_proto::resp::Value;
+use smallvec::SmallVec;
 
-pub(crate) struct Args {
-    items: Vec<Bytes>,
+/// Borrowed from the connection's input buffer: no copy, no allocation for up to eight.
+pub(crate) struct Args<'a> {
+    items: SmallVec<[&'a [u8]; 8]>,
 }
 
 pub(crate) type Reply = Result<Value, Value>;
@@ -21,15 +22,15 @@ impl CommandName {
     }
 }
 
-impl Args {
-    pub fn new(items: Vec<Bytes>) -> Args {
+impl<'a> Args<'a> {
+    pub fn new(items: SmallVec<[&'a [u8]; 8]>) -> Args<'a> {
         Args { items }
     }
 
     /// The command name, upper-cased (names longer than any command come back empty, as
     /// an unknown command). No allocation: this runs for every request.
     pub fn name(&self) -> CommandName {
-        let raw = &self.items[0];
+        let raw = self.items[0];
         let mut buf = [0u8; 16];
         let len = if raw.len() <= buf.len() { raw.len() } else { 0 };
         buf[..len].copy_from_slice(&raw[..len]);
@@ -38,17 +39,17 @@ impl Args {
     }
 
     /// Arguments after the command name.
-    pub fn rest(&self) -> &[Bytes] {
+    pub fn rest(&self) -> &[&'a [u8]] {
         &self.items[1..]
     }
 
     /// Errors unless the command has between `min` and `max` arguments after its name.
-    pub fn arity(&self, min: usize, max: usize) -> Result<&[Bytes], Value> {
+    pub fn arity(&self, min: usize, max: usize) -> Result<&[&'a [u8]], Value> {
         let n = self.items.len() - 1;
         if n < min || n > max {
             return Err(Value::error(format!(
                 "ERR wrong number of arguments for '{}' command",
-                String::from_utf8_lossy(&self.items[0]).to_ascii_lowercase()
+                String::from_utf8_lossy(self.items[0]).to_ascii_lowercase()
             )));
         }
         Ok(self.rest())
@@ -57,7 +58,7 @@ impl Args {
     pub fn unknown(&self) -> Value {
         let mut msg = format!(
             "ERR unknown command '{}', with args beginning with:",
-            String::from_utf8_lossy(&self.items[0])
+            String::from_utf8_lossy(self.items[0])
         );
         for a in self.rest().iter().take(3) {
             msg += &format!(" '{}'", String::from_utf8_lossy(a));

@@ -1,5 +1,6 @@
 //! Connection commands: PING, HELLO, AUTH, CLIENT, SELECT.
 
+use bytes::Bytes;
 use lockd_proto::resp::Value;
 use subtle::ConstantTimeEq;
 
@@ -10,7 +11,7 @@ use crate::shared::Shared;
 pub(super) fn ping(args: Args) -> Reply {
     match args.arity(0, 1)? {
         [] => Ok(Value::Simple("PONG".into())),
-        [msg] => Ok(Value::Bulk(msg.clone())),
+        [msg] => Ok(Value::bulk(msg)),
         _ => unreachable!("arity checked"),
     }
 }
@@ -57,13 +58,13 @@ pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     }
     let mut name = None;
     while i < rest.len() {
-        match upper(&rest[i]).as_str() {
+        match upper(rest[i]).as_str() {
             "AUTH" if i + 2 < rest.len() => {
-                check_password(n, shared, &rest[i + 2])?;
+                check_password(n, shared, rest[i + 2])?;
                 i += 3;
             }
             "SETNAME" if i + 1 < rest.len() => {
-                name = Some(rest[i + 1].clone());
+                name = Some(Bytes::copy_from_slice(rest[i + 1]));
                 i += 2;
             }
             _ => return Err(Value::error("ERR syntax error in HELLO")),
@@ -89,9 +90,9 @@ pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
 /// CLIENT SETNAME | GETNAME | ID | SETINFO: what Redis client libraries send on connect.
 pub(super) fn client(n: &mut Native, args: Args) -> Reply {
     let rest = args.arity(1, 3)?;
-    match (upper(&rest[0]).as_str(), rest.len()) {
+    match (upper(rest[0]).as_str(), rest.len()) {
         ("SETNAME", 2) => {
-            n.name = Some(rest[1].clone());
+            n.name = Some(Bytes::copy_from_slice(rest[1]));
             Ok(Value::ok())
         }
         ("GETNAME", 1) => Ok(n.name.clone().map_or(Value::Null, Value::Bulk)),

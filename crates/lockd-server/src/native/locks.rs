@@ -19,7 +19,7 @@ fn mode(arg: &[u8]) -> Result<Mode, Value> {
     }
 }
 
-fn keys(args: &[bytes::Bytes]) -> Result<Vec<Key>, Value> {
+fn keys(args: &[&[u8]]) -> Result<Vec<Key>, Value> {
     if args.len() > MAX_KEYS {
         return Err(Value::error(format!(
             "ERR too many keys in one request (at most {MAX_KEYS})"
@@ -38,8 +38,8 @@ fn keys(args: &[bytes::Bytes]) -> Result<Vec<Key>, Value> {
 pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
     let parsed = (|| {
         let rest = args.arity(3, usize::MAX)?;
-        let mode = mode(&rest[0])?;
-        let timeout = uint(&rest[1], "timeout")?;
+        let mode = mode(rest[0])?;
+        let timeout = uint(rest[1], "timeout")?;
         Ok::<_, Value>((mode, timeout, keys(&rest[2..])?))
     })();
     let (mode, timeout, keys) = match parsed {
@@ -86,7 +86,7 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
 /// RELEASE SH|EX key [key ...]
 pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     let rest = args.arity(2, usize::MAX)?;
-    let mode = mode(&rest[0])?;
+    let mode = mode(rest[0])?;
     let keys = keys(&rest[1..])?;
     let session = n.session;
     let released = shared.with_at(n.now, |core, now| {

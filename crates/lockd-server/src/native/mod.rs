@@ -11,9 +11,9 @@ mod info;
 mod locks;
 mod session;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use lockd_core::{ConnId, Millis, SessionId, WaitId};
-use lockd_proto::resp::{parse_request, Limits, Value};
+use lockd_proto::resp::{parse_spans, Limits, Value};
 use tokio::sync::oneshot;
 
 use crate::shared::Shared;
@@ -84,8 +84,9 @@ impl Native {
         self.now = shared.clock.now();
         let mut last = std::time::Instant::now();
         loop {
-            let args = match parse_request(input, &self.limits) {
-                Ok(Some(a)) => a,
+            // Arguments are borrowed from `input` while the request runs, then consumed.
+            let (used, spans) = match parse_spans(input, &self.limits) {
+                Ok(Some(x)) => x,
                 Ok(None) => return Stop::Drained,
                 Err(e) => {
                     shared.metrics.bad_request("PROTOCOL");
@@ -94,14 +95,22 @@ impl Native {
                     return Stop::Close;
                 }
             };
-            if args.is_empty() {
+            if spans.is_empty() {
+                input.advance(used);
                 continue;
             }
             shared
                 .counters
                 .native_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let outcome = self.execute(shared, Args::new(args));
+            let outcome = {
+                let frame = &input[..used];
+                self.execute(
+                    shared,
+                    Args::new(spans.iter().map(|&(p, l)| &frame[p..p + l]).collect()),
+                )
+            };
+            input.advance(used);
             // Each request's time runs from the end of the one before: one clock read each.
             let done = std::time::Instant::now();
             shared

@@ -14,7 +14,7 @@ pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     };
     match (upper(sub).as_str(), rest.len()) {
         ("RESUME", 2) => {
-            let Some(id) = SessionId::from_bytes(&rest[1]) else {
+            let Some(id) = SessionId::from_bytes(rest[1]) else {
                 return Err(Value::error("NOSESSION no such session (ids are 32 bytes)"));
             };
             let (conn, current) = (n.conn, n.session);
@@ -33,7 +33,7 @@ pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Reply {
             Ok(Value::ok())
         }
         ("GRACE", 2) => {
-            let ms = uint(&rest[1], "grace")?;
+            let ms = uint(rest[1], "grace")?;
             let id = n.session;
             shared.with(|core, _| core.table.set_grace(id, ms));
             Ok(Value::ok())
