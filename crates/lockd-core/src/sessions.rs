@@ -40,25 +40,17 @@ impl LockTable {
         let Some(mut cs) = self.conns.remove(&conn) else {
             return;
         };
-        cs.list.retain(|&s| {
+        // The list holds exactly the sessions bound to this connection (bind pushes, letting
+        // go removes), so the idle ones are found there, not by walking every session.
+        let (keep, idle): (Vec<u32>, Vec<u32>) = cs.list.iter().partition(|&&s| {
             let sess = self.session(s);
             sess.locks > 0 || sess.wait.is_some()
         });
-        let keep: hashbrown::HashSet<u32> = cs.list.iter().copied().collect();
-        // Collect first: removal mutates the slab we iterate.
-        let idle: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                (s.conn == Some(conn) && !keep.contains(&(i as u32))).then_some(i as u32)
-            })
-            .collect();
         for s in idle {
             self.session_mut(s).conn = None;
             self.remove_session(s);
         }
+        cs.list = keep;
         cs.prune_at = (cs.list.len() * 2).max(PRUNE_FLOOR);
         self.conns.insert(conn, cs);
     }
