@@ -8,22 +8,22 @@
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use lockd_proto::legacy::{AuthScheme, Signer};
-use lockd_proto::resp::encode_request;
+use lockd_proto::resp::{encode_array_header, encode_bulk, encode_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::{LockMode, Protocol};
 
-/// One request of a batch.
-#[derive(Clone, Debug)]
-pub enum Req {
+/// One request of a batch; it borrows its keys, so a workload can reuse one buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum Req<'a> {
     Acquire {
-        keys: Vec<u64>,
+        keys: &'a [u64],
         mode: LockMode,
         timeout_ms: u64,
     },
     Release {
-        keys: Vec<u64>,
+        keys: &'a [u64],
         mode: LockMode,
     },
 }
@@ -43,11 +43,23 @@ pub struct Client {
     signer: Signer,
     out: BytesMut,
     input: BytesMut,
+    /// A legacy request's values, reused.
+    values: Vec<u8>,
 }
 
-/// The wire name of key number `n`: 31 bytes, as MediaWiki's keys are.
-pub fn key_name(n: u64) -> String {
-    format!("{n:031}")
+/// The wire name of key number `n`: 31 bytes, as MediaWiki's keys are (its decimal
+/// digits, zero-padded). Made on the stack: the client must cost less than the servers it
+/// measures.
+pub fn key_name(mut n: u64) -> [u8; 31] {
+    let mut k = [b'0'; 31];
+    for d in k.iter_mut().rev() {
+        if n == 0 {
+            break;
+        }
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    k
 }
 
 fn mode_str(m: LockMode) -> &'static str {
@@ -75,6 +87,7 @@ impl Client {
             signer: Signer::new(auth_key.as_bytes(), AuthScheme::Hmac),
             out: BytesMut::new(),
             input: BytesMut::with_capacity(4096),
+            values: Vec::new(),
         };
         match protocol {
             Protocol::Legacy => {}
@@ -128,41 +141,44 @@ impl Client {
         timeout_ms: u64,
     ) -> anyhow::Result<bool> {
         let req = Req::Acquire {
-            keys: vec![key],
+            keys: &[key],
             mode,
             timeout_ms,
         };
-        Ok(self.batch(std::slice::from_ref(&req)).await? == [Outcome::Granted])
+        let mut out = Vec::with_capacity(1);
+        self.batch(&[req], &mut out).await?;
+        Ok(out == [Outcome::Granted])
     }
 
     pub async fn release_one(&mut self, key: u64, mode: LockMode) -> anyhow::Result<()> {
-        self.batch(&[Req::Release {
-            keys: vec![key],
-            mode,
-        }])
-        .await
-        .map(|_| ())
+        let req = Req::Release { keys: &[key], mode };
+        self.batch(&[req], &mut Vec::with_capacity(1)).await
     }
 
-    /// Sends the batch at once, then reads every reply, in order.
-    pub async fn batch(&mut self, reqs: &[Req]) -> anyhow::Result<Vec<Outcome>> {
+    /// Sends the batch at once, then reads every reply, in order, into `outcomes`
+    /// (cleared first).
+    pub async fn batch(
+        &mut self,
+        reqs: &[Req<'_>],
+        outcomes: &mut Vec<Outcome>,
+    ) -> anyhow::Result<()> {
         for r in reqs {
             self.encode(r)?;
         }
         self.flush().await?;
-        let mut out = Vec::with_capacity(reqs.len());
+        outcomes.clear();
         for r in reqs {
-            out.push(self.read_outcome(r).await?);
+            outcomes.push(self.read_outcome(r).await?);
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn encode(&mut self, r: &Req) -> anyhow::Result<()> {
-        match (self.protocol, r) {
+    fn encode(&mut self, r: &Req<'_>) -> anyhow::Result<()> {
+        match (self.protocol, *r) {
             (Protocol::Legacy, Req::Acquire { keys, mode, .. }) => {
-                self.legacy("ACQUIRE", *mode, keys)
+                self.legacy("ACQUIRE", mode, keys)
             }
-            (Protocol::Legacy, Req::Release { keys, mode }) => self.legacy("RELEASE", *mode, keys),
+            (Protocol::Legacy, Req::Release { keys, mode }) => self.legacy("RELEASE", mode, keys),
             (
                 Protocol::Native,
                 Req::Acquire {
@@ -171,58 +187,74 @@ impl Client {
                     timeout_ms,
                 },
             ) => {
-                let t = timeout_ms.to_string();
-                let names: Vec<String> = keys.iter().map(|&k| key_name(k)).collect();
-                let mut args: Vec<&str> = vec!["ACQUIRE", mode_str(*mode), &t];
-                args.extend(names.iter().map(|s| s.as_str()));
-                encode_request(&args, &mut self.out);
-            }
-            (Protocol::Native, Req::Release { keys, mode }) => {
-                let names: Vec<String> = keys.iter().map(|&k| key_name(k)).collect();
-                let mut args: Vec<&str> = vec!["RELEASE", mode_str(*mode)];
-                args.extend(names.iter().map(|s| s.as_str()));
-                encode_request(&args, &mut self.out);
-            }
-            (Protocol::Redis, Req::Acquire { keys, mode, .. }) => {
-                if keys.len() != 1 || *mode != LockMode::Ex {
-                    bail!("the Redis lock takes one key, exclusively");
-                }
-                let k = key_name(keys[0]);
-                encode_request(
-                    &["SET", &k, &self.session, "NX", "PX", "30000"],
+                encode_array_header(3 + keys.len(), &mut self.out);
+                encode_bulk(b"ACQUIRE", &mut self.out);
+                encode_bulk(mode_str(mode).as_bytes(), &mut self.out);
+                encode_bulk(
+                    itoa::Buffer::new().format(timeout_ms).as_bytes(),
                     &mut self.out,
                 );
+                for &k in keys {
+                    encode_bulk(&key_name(k), &mut self.out);
+                }
+            }
+            (Protocol::Native, Req::Release { keys, mode }) => {
+                encode_array_header(2 + keys.len(), &mut self.out);
+                encode_bulk(b"RELEASE", &mut self.out);
+                encode_bulk(mode_str(mode).as_bytes(), &mut self.out);
+                for &k in keys {
+                    encode_bulk(&key_name(k), &mut self.out);
+                }
+            }
+            (Protocol::Redis, Req::Acquire { keys, mode, .. }) => {
+                let [k] = keys else {
+                    bail!("the Redis lock takes one key, exclusively");
+                };
+                if mode != LockMode::Ex {
+                    bail!("the Redis lock takes one key, exclusively");
+                }
+                encode_array_header(6, &mut self.out);
+                encode_bulk(b"SET", &mut self.out);
+                encode_bulk(&key_name(*k), &mut self.out);
+                encode_bulk(self.session.as_bytes(), &mut self.out);
+                encode_bulk(b"NX", &mut self.out);
+                encode_bulk(b"PX", &mut self.out);
+                encode_bulk(b"30000", &mut self.out);
             }
             (Protocol::Redis, Req::Release { keys, .. }) => {
-                let names: Vec<String> = keys.iter().map(|&k| key_name(k)).collect();
-                let mut args: Vec<&str> = vec!["DEL"];
-                args.extend(names.iter().map(|s| s.as_str()));
-                encode_request(&args, &mut self.out);
+                encode_array_header(1 + keys.len(), &mut self.out);
+                encode_bulk(b"DEL", &mut self.out);
+                for &k in keys {
+                    encode_bulk(&key_name(k), &mut self.out);
+                }
             }
         }
         Ok(())
     }
 
     fn legacy(&mut self, cmd: &str, mode: LockMode, keys: &[u64]) {
-        let values = keys
-            .iter()
-            .map(|&k| key_name(k))
-            .collect::<Vec<_>>()
-            .join("|");
+        self.values.clear();
+        for (i, &k) in keys.iter().enumerate() {
+            if i > 0 {
+                self.values.push(b'|');
+            }
+            self.values.extend_from_slice(&key_name(k));
+        }
         let line = self.signer.sign_line(
             self.session.as_bytes(),
             cmd.as_bytes(),
             mode_str(mode).as_bytes(),
-            values.as_bytes(),
+            &self.values,
         );
         self.out.extend_from_slice(&line);
         self.out.extend_from_slice(b"\n");
     }
 
-    async fn read_outcome(&mut self, r: &Req) -> anyhow::Result<Outcome> {
-        let line = self.read_line().await?;
+    async fn read_outcome(&mut self, r: &Req<'_>) -> anyhow::Result<Outcome> {
+        let n = self.next_line().await?;
+        let line = trim_line(&self.input[..n]);
         let acquire = matches!(r, Req::Acquire { .. });
-        let o = match (self.protocol, acquire, &line[..]) {
+        let o = match (self.protocol, acquire, line) {
             (Protocol::Legacy, true, b"ACQUIRED") => Outcome::Granted,
             (Protocol::Legacy, true, b"CANT_ACQUIRE") => Outcome::Refused,
             (Protocol::Legacy, false, b"RELEASED") => Outcome::Released,
@@ -234,6 +266,7 @@ impl Client {
             }
             (_, _, l) => bail!("unexpected reply: {}", String::from_utf8_lossy(l)),
         };
+        self.input.advance(n);
         Ok(o)
     }
 
@@ -245,14 +278,17 @@ impl Client {
 
     /// One reply line without its line ending.
     async fn read_line(&mut self) -> anyhow::Result<Vec<u8>> {
+        let n = self.next_line().await?;
+        let line = trim_line(&self.input[..n]).to_vec();
+        self.input.advance(n);
+        Ok(line)
+    }
+
+    /// Reads until the input holds a whole line; returns its length with the line ending.
+    async fn next_line(&mut self) -> anyhow::Result<usize> {
         loop {
-            if let Some(i) = self.input.iter().position(|&b| b == b'\n') {
-                let mut line = self.input.split_to(i + 1).to_vec();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
+            if let Some(i) = memchr::memchr(b'\n', &self.input) {
+                return Ok(i + 1);
             }
             if self.input.capacity() - self.input.len() < 1024 {
                 self.input.reserve(4096);
@@ -261,9 +297,37 @@ impl Client {
                 bail!("server closed the connection");
             }
             if self.input.len() > 1 << 20 {
-                self.input.advance(0);
                 bail!("reply line too long");
             }
         }
+    }
+}
+
+/// A line without its `\n` or `\r\n`.
+fn trim_line(l: &[u8]) -> &[u8] {
+    let l = l.strip_suffix(b"\n").unwrap_or(l);
+    l.strip_suffix(b"\r").unwrap_or(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_31_zero_padded_digits() {
+        assert_eq!(&key_name(0), b"0000000000000000000000000000000");
+        assert_eq!(&key_name(42), b"0000000000000000000000000000042");
+        let max = key_name(u64::MAX);
+        assert_eq!(
+            std::str::from_utf8(&max).unwrap(),
+            format!("{:031}", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn line_endings_are_trimmed() {
+        assert_eq!(trim_line(b"+OK\r\n"), b"+OK");
+        assert_eq!(trim_line(b"ACQUIRED\n"), b"ACQUIRED");
+        assert_eq!(trim_line(b"\n"), b"");
     }
 }

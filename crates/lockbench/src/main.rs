@@ -3,6 +3,7 @@
 //! contradicts another (any such violation is reported and fails the run).
 
 mod client;
+mod pin;
 mod report;
 mod server;
 mod shadow;
@@ -102,6 +103,11 @@ pub struct Args {
     /// Worker threads of a spawned lockd.
     #[arg(long = "lockd-threads", default_value_t = 1)]
     pub lockd_threads: usize,
+    /// Run a spawned server on a CPU of its own (the last this process may use) and
+    /// lockbench on the others, so that the servers compared do not share their core with
+    /// the client. Needs at least two CPUs.
+    #[arg(long)]
+    pub pin: bool,
     /// The redis-server binary to spawn.
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: std::path::PathBuf,
@@ -152,6 +158,13 @@ fn run(args: Args) -> anyhow::Result<bool> {
         );
     }
     let _ = lockd_server::sys::raise_nofile_limit();
+    if args.pin {
+        if !args.spawn && args.sweep.is_empty() {
+            bail!("--pin places a server that lockbench starts: use it with --spawn or --sweep");
+        }
+        // Before the runtime starts, so that its threads inherit the client's CPUs.
+        pin::apply()?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -41,6 +41,8 @@ pub struct Report {
     pub hold_us: Option<u64>,
     /// Fairness: the longest time an SH holder actually held the key (sleeps round up).
     pub hold_us_max: Option<u64>,
+    /// `--pin`: the CPU the server ran on alone (lockbench ran on the others).
+    pub server_cpu: Option<usize>,
 }
 
 impl Report {
@@ -75,6 +77,7 @@ impl Report {
             extra_count: None,
             hold_us: None,
             hold_us_max: None,
+            server_cpu: crate::pin::server_cpu(),
         }
     }
 
@@ -112,6 +115,12 @@ impl Report {
             self.depth, self.keys_per_request
         );
         let _ = writeln!(s, "keys          {}", self.keys);
+        if let Some(cpu) = self.server_cpu {
+            let _ = writeln!(
+                s,
+                "pinned        server on CPU {cpu}, lockbench on the others"
+            );
+        }
         let _ = writeln!(s, "seconds       {:.2}", self.seconds);
         let _ = writeln!(s, "ops           {}", self.ops);
         let _ = writeln!(s, "ops/s         {:.0}", self.ops_per_sec);

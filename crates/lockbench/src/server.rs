@@ -23,7 +23,7 @@ impl Spawned {
 
     async fn redis(args: &Args) -> anyhow::Result<Spawned> {
         let port = free_port()?;
-        let child = Command::new(&args.redis_bin)
+        let child = command(&args.redis_bin)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args([
                 "--save",
@@ -49,7 +49,7 @@ impl Spawned {
         let port = free_port()?;
         let max_clients = (args.connections + 100).max(1000);
         let max_locks = args.hold.max(1_000_000) + 1000;
-        let child = Command::new(&bin)
+        let child = command(&bin)
             .args(["--address", "127.0.0.1", "--port", &port.to_string()])
             .args(["--auth-key", &args.auth_key])
             .args(["--max-clients", &max_clients.to_string()])
@@ -105,6 +105,20 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command for the server, placed on its own CPU under `--pin`.
+fn command(bin: &std::path::Path) -> Command {
+    let mut c = Command::new(bin);
+    if let Some(set) = crate::pin::server_set() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+        // calls are allowed; `restrict` makes one system call on a set made beforehand.
+        unsafe {
+            c.pre_exec(move || crate::pin::restrict(set));
+        }
+    }
+    c
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -143,43 +143,47 @@ async fn pingpong(
             let mut r = TaskResult::new();
             let mut rng = rand::rngs::SmallRng::from_entropy();
             let session = i as u32;
+            // Reused for every batch: the client must cost less than the server it measures.
+            let mut keys_buf: Vec<u64> = Vec::with_capacity(depth * per);
+            let mut modes: Vec<LockMode> = Vec::with_capacity(depth);
+            let mut outcomes = Vec::with_capacity(depth);
+            let mut held: Vec<usize> = Vec::with_capacity(depth);
             while Instant::now() < deadline {
-                let batch: Vec<(Vec<u64>, LockMode)> = (0..depth)
-                    .map(|_| {
-                        (
-                            (0..per).map(|_| rng.gen_range(0..keys)).collect(),
-                            pick_mode(mode, &mut rng),
-                        )
-                    })
-                    .collect();
-                let reqs: Vec<Req> = batch
-                    .iter()
-                    .map(|(k, m)| Req::Acquire {
-                        keys: k.clone(),
-                        mode: *m,
+                keys_buf.clear();
+                modes.clear();
+                for _ in 0..depth {
+                    keys_buf.extend((0..per).map(|_| rng.gen_range(0..keys)));
+                    modes.push(pick_mode(mode, &mut rng));
+                }
+                let reqs: Vec<Req> = keys_buf
+                    .chunks(per)
+                    .zip(&modes)
+                    .map(|(k, &m)| Req::Acquire {
+                        keys: k,
+                        mode: m,
                         timeout_ms: 0,
                     })
                     .collect();
                 let t0 = Instant::now();
-                let Ok(outcomes) = c.batch(&reqs).await else {
+                if c.batch(&reqs, &mut outcomes).await.is_err() {
                     r.errors += 1;
                     break;
-                };
+                }
                 let rtt = t0.elapsed().as_micros() as u64;
-                let mut releases = Vec::new();
-                for ((k, m), o) in batch.into_iter().zip(outcomes) {
-                    r.hist.saturating_record(rtt);
-                    if o == Outcome::Granted {
+                r.hist.saturating_record_n(rtt, depth as u64);
+                held.clear();
+                for (j, o) in outcomes.iter().enumerate() {
+                    if *o == Outcome::Granted {
                         r.grants += 1;
-                        for &key in &k {
-                            shadow.granted(key, session, m);
+                        for &key in &keys_buf[j * per..(j + 1) * per] {
+                            shadow.granted(key, session, modes[j]);
                         }
-                        releases.push((k, m));
+                        held.push(j);
                     } else {
                         r.refusals += 1;
                     }
                 }
-                if releases.is_empty() {
+                if held.is_empty() {
                     continue;
                 }
                 // Hold while marked held: the shadow table sees a double grant only while
@@ -188,24 +192,25 @@ async fn pingpong(
                     tokio::time::sleep(hold).await;
                 }
                 // Same-session duplicates within a batch are one lock on the server.
-                for (k, m) in &releases {
-                    for &key in k {
-                        shadow.releasing(key, session, *m);
+                for &j in &held {
+                    for &key in &keys_buf[j * per..(j + 1) * per] {
+                        shadow.releasing(key, session, modes[j]);
                     }
                 }
-                let reqs: Vec<Req> = releases
-                    .into_iter()
-                    .map(|(keys, mode)| Req::Release { keys, mode })
+                let reqs: Vec<Req> = held
+                    .iter()
+                    .map(|&j| Req::Release {
+                        keys: &keys_buf[j * per..(j + 1) * per],
+                        mode: modes[j],
+                    })
                     .collect();
                 let t1 = Instant::now();
-                if c.batch(&reqs).await.is_err() {
+                if c.batch(&reqs, &mut outcomes).await.is_err() {
                     r.errors += 1;
                     break;
                 }
                 let rtt = t1.elapsed().as_micros() as u64;
-                for _ in &reqs {
-                    r.hist.saturating_record(rtt);
-                }
+                r.hist.saturating_record_n(rtt, reqs.len() as u64);
             }
             r
         },
@@ -357,11 +362,13 @@ async fn hold(args: &Args, addr: &str, server: Option<&Spawned>) -> anyhow::Resu
             let mut granted = 0u64;
             for chunk in keys.chunks(BATCH) {
                 let req = Req::Acquire {
-                    keys: chunk.to_vec(),
+                    keys: chunk,
                     mode: LockMode::Ex,
                     timeout_ms: 0,
                 };
-                if c.batch(&[req]).await? == [Outcome::Granted] {
+                let mut outcome = Vec::with_capacity(1);
+                c.batch(&[req], &mut outcome).await?;
+                if outcome == [Outcome::Granted] {
                     granted += chunk.len() as u64;
                 }
             }

@@ -201,16 +201,16 @@ impl Value {
             Value::Null if proto >= 3 => out.put_slice(b"_\r\n"),
             Value::Null => out.put_slice(b"$-1\r\n"),
             Value::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+                number(out, b'*', items.len() as i64);
                 for v in items {
                     v.encode(proto, out);
                 }
             }
             Value::Map(entries) => {
                 if proto >= 3 {
-                    line(out, b'%', entries.len().to_string().as_bytes());
+                    number(out, b'%', entries.len() as i64);
                 } else {
-                    line(out, b'*', (entries.len() * 2).to_string().as_bytes());
+                    number(out, b'*', (entries.len() * 2) as i64);
                 }
                 for (k, v) in entries {
                     k.encode(proto, out);
@@ -240,13 +240,22 @@ fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {
 
 /// Encodes a request as a client sends it (for clients, tools and tests).
 pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
-    line(out, b'*', args.len().to_string().as_bytes());
+    encode_array_header(args.len(), out);
     for a in args {
-        let a = a.as_ref();
-        line(out, b'$', a.len().to_string().as_bytes());
-        out.put_slice(a);
-        out.put_slice(b"\r\n");
+        encode_bulk(a.as_ref(), out);
     }
+}
+
+/// `*n\r\n`: the start of a request of `n` arguments, each then written by [`encode_bulk`].
+pub fn encode_array_header(n: usize, out: &mut BytesMut) {
+    number(out, b'*', n as i64);
+}
+
+/// One argument of a request: a bulk string.
+pub fn encode_bulk(a: &[u8], out: &mut BytesMut) {
+    number(out, b'$', a.len() as i64);
+    out.put_slice(a);
+    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -364,6 +373,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got.iter().map(|b| &b[..]).collect::<Vec<_>>(), args);
+        let mut exact = BytesMut::new();
+        encode_request(&["SET", "k", ""], &mut exact);
+        assert_eq!(&exact[..], b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
     }
 
     proptest::proptest! {
