@@ -268,7 +268,9 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                 Io::Read(_) => {}
                 Io::Failed(why) => return why,
             },
-            _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => return "idle timeout",
+            // Made only when polled: select! builds every branch's future, disabled or not,
+            // and a sleep reads the clock when made.
+            _ = async { tokio::time::sleep(idle.unwrap_or_default()).await }, if idle.is_some() => return "idle timeout",
         }
     }
 }

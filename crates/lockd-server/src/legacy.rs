@@ -32,13 +32,14 @@ impl Legacy {
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), LineTooLong> {
-        // One clock read for the table per batch, one per request for the latency
-        // histogram (each request's time runs from the end of the one before).
-        let now = shared.clock.now();
-        let mut last = std::time::Instant::now();
+        // One clock read per batch for the table and the first request's start, one per
+        // request for the latency histogram (each request's time runs from the end of the
+        // one before).
+        let mut last = tokio::time::Instant::now();
+        let now = shared.clock.at(last);
         while let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? {
             self.answer(shared, &line, now).write_to(out);
-            let done = std::time::Instant::now();
+            let done = tokio::time::Instant::now();
             shared
                 .metrics
                 .legacy_request_seconds

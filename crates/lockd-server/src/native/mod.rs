@@ -81,8 +81,8 @@ impl Native {
 
     /// Answers requests from `input` until it is used up or one must wait.
     pub fn process(&mut self, shared: &Shared, input: &mut BytesMut, out: &mut BytesMut) -> Stop {
-        self.now = shared.clock.now();
-        let mut last = std::time::Instant::now();
+        let mut last = tokio::time::Instant::now();
+        self.now = shared.clock.at(last);
         loop {
             // Arguments are borrowed from `input` while the request runs, then consumed.
             let (used, spans) = match parse_spans(input, &self.limits) {
@@ -112,7 +112,7 @@ impl Native {
             };
             input.advance(used);
             // Each request's time runs from the end of the one before: one clock read each.
-            let done = std::time::Instant::now();
+            let done = tokio::time::Instant::now();
             shared
                 .metrics
                 .native_request_seconds
