@@ -108,6 +108,10 @@ pub struct Args {
     /// the client. Needs at least two CPUs.
     #[arg(long)]
     pub pin: bool,
+    /// Client threads, each driving its share of the connections on a single-threaded
+    /// runtime [default: one per CPU lockbench may use].
+    #[arg(long = "client-threads")]
+    pub client_threads: Option<usize>,
     /// The redis-server binary to spawn.
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: std::path::PathBuf,

@@ -41,6 +41,11 @@ pub struct Report {
     pub hold_us: Option<u64>,
     /// Fairness: the longest time an SH holder actually held the key (sleeps round up).
     pub hold_us_max: Option<u64>,
+    /// How evenly the connections were served: the fewest, median and most operations
+    /// one connection completed (with many connections, a starved one shows here first).
+    pub conn_ops_min: Option<u64>,
+    pub conn_ops_p50: Option<u64>,
+    pub conn_ops_max: Option<u64>,
     /// `--pin`: the CPU the server ran on alone (lockbench ran on the others).
     pub server_cpu: Option<usize>,
 }
@@ -77,6 +82,9 @@ impl Report {
             extra_count: None,
             hold_us: None,
             hold_us_max: None,
+            conn_ops_min: None,
+            conn_ops_p50: None,
+            conn_ops_max: None,
             server_cpu: crate::pin::server_cpu(),
         }
     }
@@ -88,6 +96,16 @@ impl Report {
             self.extra_us_p50 = Some(h.value_at_quantile(0.5));
             self.extra_us_p99 = Some(h.value_at_quantile(0.99));
             self.extra_us_max = Some(h.max());
+        }
+    }
+
+    /// Records how many operations each connection completed.
+    pub fn set_conn_ops(&mut self, per_conn: &mut [u64]) {
+        per_conn.sort_unstable();
+        if let (Some(&min), Some(&max)) = (per_conn.first(), per_conn.last()) {
+            self.conn_ops_min = Some(min);
+            self.conn_ops_p50 = Some(per_conn[per_conn.len() / 2]);
+            self.conn_ops_max = Some(max);
         }
     }
 
@@ -136,6 +154,14 @@ impl Report {
             opt(self.latency_us_p999),
             opt(self.latency_us_max)
         );
+        if let Some(min) = self.conn_ops_min {
+            let _ = writeln!(
+                s,
+                "ops/conn      min {min}  p50 {}  max {}",
+                opt(self.conn_ops_p50),
+                opt(self.conn_ops_max)
+            );
+        }
         if let Some(name) = &self.extra_name {
             let _ = writeln!(
                 s,
