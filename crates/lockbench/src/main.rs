@@ -112,6 +112,10 @@ pub struct Args {
     /// runtime [default: one per CPU lockbench may use].
     #[arg(long = "client-threads")]
     pub client_threads: Option<usize>,
+    /// An extra option for a spawned lockd, e.g. `--lockd-arg=--busy-poll-us=50`
+    /// (repeatable).
+    #[arg(long = "lockd-arg", allow_hyphen_values = true)]
+    pub lockd_args: Vec<String>,
     /// The redis-server binary to spawn.
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: std::path::PathBuf,

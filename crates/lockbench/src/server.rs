@@ -56,6 +56,7 @@ impl Spawned {
             .args(["--max-locks", &max_locks.to_string()])
             .args(["--max-backlog", "4096"])
             .args(["--threads", &args.lockd_threads.to_string()])
+            .args(&args.lockd_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

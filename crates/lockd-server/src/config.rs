@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// Most queued ACQUIREs at once, and on one key.
     pub max_waiters: usize,
     pub max_waiters_per_key: usize,
+    /// After each request, keep polling for the next one this long instead of sleeping
+    /// (see the `busy_poll` module); `None`: off.
+    pub busy_poll: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -55,6 +58,7 @@ impl ServerConfig {
             max_backlog: 100,
             max_pending_output: 1 << 20,
             idle_timeout: None,
+            busy_poll: None,
             data_dir: None,
             http_address: None,
             tls_cert: None,

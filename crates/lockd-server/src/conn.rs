@@ -274,7 +274,7 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                 // sent before closing its side is answered, then the connection closes.
                 Io::Read(0) if pending.is_some() => return "closed by peer while waiting",
                 Io::Read(0) => eof = true,
-                Io::Read(_) => {}
+                Io::Read(_) => shared.activity.request(),
                 Io::Failed(why) => return why,
             },
             // Made only when polled: select! builds every branch's future, disabled or not,

@@ -15,6 +15,7 @@
 
 mod admin;
 mod auth_limit;
+mod busy_poll;
 mod clock;
 mod config;
 mod conn;

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::shared::{Shared, Snapshot};
 use crate::tokens::{TokenStore, RESERVE};
-use crate::{conn, expiry, tokens};
+use crate::{busy_poll, conn, expiry, tokens};
 
 /// What a client past `maxClients` is told before the connection closes.
 const REFUSED: &[u8] = b"-ERR max number of clients reached\r\n";
@@ -185,6 +185,10 @@ impl Server {
         } = self;
         let tracker = TaskTracker::new();
         tracker.spawn(expiry::run(shared.clone(), shutdown.clone()));
+        if let Some(window) = shared.config.busy_poll {
+            let (shared, stop) = (shared.clone(), shutdown.clone());
+            tracker.spawn(async move { busy_poll::run(&shared.activity, window, stop).await });
+        }
         if let Some(store) = token_store {
             tracker.spawn(tokens::reserve(shared.clone(), store, shutdown.clone()));
         }

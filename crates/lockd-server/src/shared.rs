@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     /// False until the listener runs, and again once shutdown starts.
     pub ready: std::sync::atomic::AtomicBool,
     next_conn: AtomicU64,
+    /// Requests seen, for the busy poller (`--busy-poll-us`).
+    pub activity: crate::busy_poll::Activity,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -101,6 +103,7 @@ impl Shared {
             tls: None,
             ready: std::sync::atomic::AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            activity: Default::default(),
         }
     }
 

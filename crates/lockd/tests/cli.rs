@@ -40,6 +40,7 @@ fn help_explains_every_option() {
         "--config",
         "--key-file",
         "--idle-timeout",
+        "--busy-poll-us",
     ] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
@@ -53,6 +54,7 @@ fn bad_options_exit_nonzero_naming_the_option() {
         (vec!["--frobnicate"], "--frobnicate"),
         (vec!["--auth-key", ""], "--auth-key"),
         (vec!["--max-clients", "0"], "--max-clients"),
+        (vec!["--busy-poll-us", "2000000"], "--busy-poll-us"),
     ] {
         let out = lockd().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} should fail");

@@ -548,3 +548,27 @@ async fn what_redis_clients_send_on_connect_is_answered() {
         .err()
         .starts_with("ERR"));
 }
+
+#[tokio::test]
+async fn with_busy_polling_requests_and_hand_offs_are_served_the_same() {
+    let srv = TestServer::start_with(|c| c.busy_poll = Some(Duration::from_micros(200))).await;
+    let mut a = Resp::authed(srv.addr).await;
+    let mut b = Resp::authed(srv.addr).await;
+    for round in 0..50 {
+        let t1 = a.call(&["ACQUIRE", "EX", "0", "k"]).await.int();
+        b.send(&["ACQUIRE", "EX", "60000", "k"]).await;
+        srv.eventually("b queued", |s| s.waiters == 1).await;
+        assert_eq!(
+            a.call(&["RELEASE", "EX", "k"]).await.int(),
+            1,
+            "round {round}"
+        );
+        let t2 = b.recv().await.int();
+        assert!(t2 > t1);
+        assert_eq!(b.call(&["RELEASE", "EX", "k"]).await.int(), 1);
+    }
+    // After the window a new client is served as before.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut c = Resp::authed(srv.addr).await;
+    assert!(c.call(&["ACQUIRE", "EX", "0", "k"]).await.int() > 0);
+}
