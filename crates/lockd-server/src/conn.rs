@@ -140,6 +140,11 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     loop {
+        // A connection that always has work never polls `cancelled` below (it comes last);
+        // it sees shutdown here. `ready` is an atomic load, `is_cancelled` takes a lock.
+        if !shared.ready.load(Relaxed) && shutdown.is_cancelled() {
+            return "shutdown";
+        }
         let had_output = !output.is_empty();
         if !input.is_empty() && pending.is_none() && !closing {
             let p = protocol.get_or_insert_with(|| {
@@ -256,9 +261,10 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             }
             Poll::Pending
         });
+        // Shutdown is polled last: polling it costs a lock and a notification check, and
+        // while the connection has work it is seen at the top of the loop instead.
         tokio::select! {
             biased;
-            _ = &mut cancelled => return "shutdown",
             granted = wait => {
                 let w = pending.take().expect("a wait was pending");
                 if let Some(Protocol::Native(n)) = protocol.as_mut() {
@@ -280,6 +286,7 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             // Made only when polled: select! builds every branch's future, disabled or not,
             // and a sleep reads the clock when made.
             _ = async { tokio::time::sleep(idle.unwrap_or_default()).await }, if idle.is_some() => return "idle timeout",
+            _ = &mut cancelled => return "shutdown",
         }
     }
 }

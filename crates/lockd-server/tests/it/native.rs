@@ -572,3 +572,39 @@ async fn with_busy_polling_requests_and_hand_offs_are_served_the_same() {
     let mut c = Resp::authed(srv.addr).await;
     assert!(c.call(&["ACQUIRE", "EX", "0", "k"]).await.int() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_connection_that_never_stops_sending() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let (mut r, mut w) = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .unwrap()
+        .into_split();
+    let flood = b"*1\r\n$4\r\nPING\r\n".repeat(256);
+    let writer = tokio::spawn(async move { while w.write_all(&flood).await.is_ok() {} });
+    let reader = tokio::spawn(async move {
+        let (mut buf, mut total) = (vec![0u8; 64 * 1024], 0usize);
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    srv.eventually("the flood is being answered", |s| {
+        s.native_requests > 10_000
+    })
+    .await;
+    srv.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), srv.task)
+        .await
+        .expect("run returns while a client floods")
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the flooding connection is closed")
+        .unwrap();
+    assert!(answered > 0);
+    writer.abort();
+}
