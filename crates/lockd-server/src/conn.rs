@@ -248,8 +248,9 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             if want_read {
                 // The read buffer lives on the stack for this poll only: most requests are
                 // small, and copying them costs less than keeping a buffer per connection.
-                let mut chunk = [0u8; READ_CHUNK];
-                let mut buf = ReadBuf::new(&mut chunk);
+                // Left uninitialised: zeroing 4 KiB for every read showed in profiles.
+                let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut buf = ReadBuf::uninit(&mut chunk);
                 match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => {
                         input.extend_from_slice(buf.filled());
