@@ -109,7 +109,8 @@ pub struct Args {
     #[arg(long)]
     pub pin: bool,
     /// Client threads, each driving its share of the connections on a single-threaded
-    /// runtime [default: one per CPU lockbench may use].
+    /// runtime [default: one per CPU left to lockbench: all it may use, less a spawned
+    /// server's threads unless --pin gave the server its own CPU].
     #[arg(long = "client-threads")]
     pub client_threads: Option<usize>,
     /// An extra option for a spawned lockd, e.g. `--lockd-arg=--busy-poll-us=50`

@@ -1,5 +1,7 @@
 //! The workloads. Each returns a [`Report`].
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use crate::client::{Client, Outcome, Req};
 use crate::report::Report;
 use crate::server::Spawned;
 use crate::shadow::Shadow;
-use crate::{Args, LockMode, Workload};
+use crate::{Args, LockMode, Protocol, Workload};
 
 /// Keys per request when taking many locks (a legacy line holds at most 65,535 bytes).
 const BATCH: usize = 1000;
@@ -57,35 +59,77 @@ async fn connect_ids(args: &Args, addr: &str, ids: &[usize]) -> anyhow::Result<V
 }
 
 /// How many client threads drive the connections: `--client-threads`, or one per CPU
-/// lockbench may run on (after `--pin`), never more than there are connections.
+/// left to lockbench, never more than there are connections. A server lockbench spawns
+/// without `--pin` shares the CPUs, so its threads are left to it: a client with a thread
+/// on every CPU as well kept more threads busy than there were CPUs, and what it measured
+/// was how the kernel shared them out (ping-pong at 50 connections woke the client 2.6
+/// times as often per reply with lockd as with Redis, and each wake-up preempted the
+/// server). Under `--pin` lockbench may already use only the CPUs left to it.
 fn client_threads(args: &Args) -> usize {
-    let n = args
-        .client_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server_threads = match args.protocol {
+        Protocol::Redis => 1,
+        _ => args.lockd_threads,
+    };
+    let n = args.client_threads.unwrap_or(if args.spawn && !args.pin {
+        cpus.saturating_sub(server_threads)
+    } else {
+        cpus
+    });
     n.clamp(1, args.connections.max(1))
 }
 
-struct TaskResult {
-    hist: Histogram<u64>,
-    extra: Histogram<u64>,
+/// One client thread's histograms, shared by its connections. A set per connection
+/// (three histograms of 136 KB each) cost 4 GB at 10,000 connections, and allocating them
+/// when the run started kept the client busy for seconds while the server waited.
+struct Recorder {
+    hist: RefCell<Histogram<u64>>,
+    extra: RefCell<Histogram<u64>>,
     /// Fairness: how long SH holders actually held the key.
-    holds: Histogram<u64>,
+    holds: RefCell<Histogram<u64>>,
+}
+
+/// What one connection did; made before the run starts.
+struct TaskResult {
+    rec: Rc<Recorder>,
+    ops: u64,
     grants: u64,
     refusals: u64,
     errors: u64,
 }
 
 impl TaskResult {
-    fn new() -> TaskResult {
+    fn new(rec: Rc<Recorder>) -> TaskResult {
         TaskResult {
-            hist: histogram(),
-            extra: histogram(),
-            holds: histogram(),
+            rec,
+            ops: 0,
             grants: 0,
             refusals: 0,
             errors: 0,
         }
     }
+
+    /// `n` operations that took `us` each.
+    fn done(&mut self, us: u64, n: u64) {
+        self.ops += n;
+        self.rec.hist.borrow_mut().saturating_record_n(us, n);
+    }
+
+    fn extra(&self, us: u64) {
+        self.rec.extra.borrow_mut().saturating_record(us);
+    }
+
+    fn held(&self, us: u64) {
+        self.rec.holds.borrow_mut().saturating_record(us);
+    }
+}
+
+/// A connection's counts, and a thread's histograms, sent back from a client thread.
+struct Counts {
+    ops: u64,
+    grants: u64,
+    refusals: u64,
+    errors: u64,
 }
 
 fn pick_mode(mode: LockMode, rng: &mut impl Rng) -> LockMode {
@@ -113,7 +157,7 @@ async fn drive<F, Fut>(
     body: F,
 ) -> anyhow::Result<(Report, Histogram<u64>, Histogram<u64>)>
 where
-    F: Fn(usize, Client, Arc<Shadow>, Instant) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, Client, Arc<Shadow>, Instant, TaskResult) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = TaskResult> + 'static,
 {
     let threads = client_threads(args);
@@ -136,6 +180,13 @@ where
                     let clients = connect_ids(&a, &addr, &ids).await;
                     connected.wait().await;
                     let clients = clients?;
+                    let rec = Rc::new(Recorder {
+                        hist: RefCell::new(histogram()),
+                        extra: RefCell::new(histogram()),
+                        holds: RefCell::new(histogram()),
+                    });
+                    let results: Vec<TaskResult> =
+                        ids.iter().map(|_| TaskResult::new(rec.clone())).collect();
                     let deadline = loop {
                         if let Some(d) = *deadline_rx.borrow_and_update() {
                             break d;
@@ -145,15 +196,23 @@ where
                     let tasks: Vec<_> = ids
                         .into_iter()
                         .zip(clients)
-                        .map(|(i, c)| {
-                            tokio::task::spawn_local(body(i, c, shadow.clone(), deadline))
+                        .zip(results)
+                        .map(|((i, c), r)| {
+                            tokio::task::spawn_local(body(i, c, shadow.clone(), deadline, r))
                         })
                         .collect();
-                    let mut results = Vec::with_capacity(tasks.len());
+                    let mut counts = Vec::with_capacity(tasks.len());
                     for task in tasks {
-                        results.push(task.await?);
+                        let r = task.await?;
+                        counts.push(Counts {
+                            ops: r.ops,
+                            grants: r.grants,
+                            refusals: r.refusals,
+                            errors: r.errors,
+                        });
                     }
-                    anyhow::Ok(results)
+                    let hists = [&rec.hist, &rec.extra, &rec.holds].map(|h| h.borrow().clone());
+                    anyhow::Ok((counts, hists))
                 };
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -176,18 +235,18 @@ where
     let mut per_conn = Vec::with_capacity(args.connections);
     let mut first_error = None;
     for h in handles {
-        let results = match h.await.context("a client thread died") {
+        let (counts, [h_lat, h_extra, h_holds]) = match h.await.context("a client thread died") {
             Ok(Ok(r)) => r,
             Ok(Err(e)) | Err(e) => {
                 first_error.get_or_insert(e);
                 continue;
             }
         };
-        for r in results {
-            per_conn.push(r.hist.len());
-            hist.add(&r.hist).expect("same-shaped histograms");
-            extra.add(&r.extra).expect("same-shaped histograms");
-            holds.add(&r.holds).expect("same-shaped histograms");
+        hist.add(&h_lat).expect("same-shaped histograms");
+        extra.add(&h_extra).expect("same-shaped histograms");
+        holds.add(&h_holds).expect("same-shaped histograms");
+        for r in counts {
+            per_conn.push(r.ops);
             report.grants += r.grants;
             report.refusals += r.refusals;
             report.errors += r.errors;
@@ -220,8 +279,7 @@ async fn pingpong(
         addr,
         server,
         duration,
-        move |i, mut c, shadow, deadline| async move {
-            let mut r = TaskResult::new();
+        move |i, mut c, shadow, deadline, mut r| async move {
             let mut rng = rand::rngs::SmallRng::from_entropy();
             let session = i as u32;
             // Reused for every batch: the client must cost less than the server it measures.
@@ -251,7 +309,7 @@ async fn pingpong(
                     break;
                 }
                 let rtt = t0.elapsed().as_micros() as u64;
-                r.hist.saturating_record_n(rtt, depth as u64);
+                r.done(rtt, depth as u64);
                 held.clear();
                 for (j, o) in outcomes.iter().enumerate() {
                     if *o == Outcome::Granted {
@@ -291,7 +349,7 @@ async fn pingpong(
                     break;
                 }
                 let rtt = t1.elapsed().as_micros() as u64;
-                r.hist.saturating_record_n(rtt, reqs.len() as u64);
+                r.done(rtt, reqs.len() as u64);
             }
             r
         },
@@ -315,10 +373,9 @@ async fn hotkey(
         addr,
         server,
         duration,
-        move |i, mut c, shadow, deadline| {
+        move |i, mut c, shadow, deadline, mut r| {
             let released_at = released_at.clone();
             async move {
-                let mut r = TaskResult::new();
                 let session = i as u32;
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
@@ -327,9 +384,9 @@ async fn hotkey(
                             let now_ns = epoch.elapsed().as_nanos() as u64;
                             let rel = released_at.load(Ordering::SeqCst);
                             if rel > 0 && now_ns > rel {
-                                r.extra.saturating_record((now_ns - rel) / 1000);
+                                r.extra((now_ns - rel) / 1000);
                             }
-                            r.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                            r.done(t0.elapsed().as_micros() as u64, 1);
                             r.grants += 1;
                             shadow.granted(0, session, LockMode::Ex);
                         }
@@ -373,8 +430,7 @@ async fn fairness(
         addr,
         server,
         duration,
-        move |i, mut c, shadow, deadline| async move {
-            let mut r = TaskResult::new();
+        move |i, mut c, shadow, deadline, mut r| async move {
             let session = i as u32;
             // Connection 0 asks for EX now and then; the others keep SH on the key.
             let ex = i == 0;
@@ -392,9 +448,9 @@ async fn fairness(
                 match c.acquire_one(0, mode, WAIT_MS).await {
                     Ok(true) => {
                         let waited = t0.elapsed().as_micros() as u64;
-                        r.hist.saturating_record(waited);
+                        r.done(waited, 1);
                         if ex {
-                            r.extra.saturating_record(waited);
+                            r.extra(waited);
                         }
                         r.grants += 1;
                         shadow.granted(0, session, mode);
@@ -411,7 +467,7 @@ async fn fairness(
                 if !ex {
                     let held = Instant::now();
                     tokio::time::sleep(hold).await;
-                    r.holds.saturating_record(held.elapsed().as_micros() as u64);
+                    r.held(held.elapsed().as_micros() as u64);
                 }
                 shadow.releasing(0, session, mode);
                 if c.release_one(0, mode).await.is_err() {
