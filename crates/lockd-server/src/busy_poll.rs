@@ -1,13 +1,15 @@
-//! `--busy-poll-us`: after a request, keep the thread polling for the next one for a
-//! while instead of going to sleep, trading CPU for wake-up latency.
+//! `--busy-poll-us`: while a lock is being handed down a queue, keep the thread polling
+//! for the next request instead of going to sleep, trading CPU for hand-off latency.
 //!
 //! A server thread that sleeps between requests pays the kernel's wake-up for each one;
 //! on a virtual machine that is tens of microseconds, more than the work itself. When
-//! clients hand a lock on in a chain (a hot key with a queue), every hand-off pays it.
-//! While the window is open, a task yields in a loop: a yielded task makes the runtime
-//! poll the kernel for I/O without blocking, then run it again, so the thread never
-//! sleeps and a new request is seen at once. Off by default: it burns a core while
-//! requests keep coming.
+//! clients hand a lock on in a chain (a hot key with a queue), every hand-off pays it: the
+//! new holder's RELEASE arrives after the server has gone to sleep. So when a queued
+//! request is granted, a window opens: a task yields in a loop, and a yielded task makes
+//! the runtime poll the kernel for I/O without blocking before running it again, so the
+//! thread does not sleep and the next request is seen at once. Every request that arrives
+//! keeps the window open; it closes when none came for the window's length. Traffic
+//! without queues never opens it, so an uncontended server costs nothing more.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// What connections tell the poller: that a request came, and to start when it sleeps.
+/// What the server tells the poller: that a queued request was granted (opening the
+/// window), and that requests keep coming (keeping it open).
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     enabled: AtomicBool,
@@ -25,10 +28,16 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// Called for every read that brought bytes: two relaxed loads when the poller is off
-    /// or already spinning.
+    /// Called for every read that brought bytes: at most two relaxed loads and a store.
     #[inline]
     pub fn request(&self) {
+        if self.enabled.load(Relaxed) && !self.asleep.load(Relaxed) {
+            self.seen.store(true, Relaxed);
+        }
+    }
+
+    /// Called when queued requests were granted.
+    pub fn handoff(&self) {
         if !self.enabled.load(Relaxed) {
             return;
         }
@@ -39,7 +48,7 @@ impl Activity {
     }
 }
 
-/// Polls for `window` after each request, until shutdown.
+/// Polls for `window` after each hand-off and the requests that follow it, until shutdown.
 pub(crate) async fn run(activity: &Activity, window: Duration, shutdown: CancellationToken) {
     activity.enabled.store(true, Relaxed);
     loop {
@@ -74,7 +83,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn polls_after_a_request_then_sleeps_again() {
+    async fn polls_after_a_handoff_then_sleeps_again() {
         let a = Arc::new(Activity::default());
         let stop = CancellationToken::new();
         let poller = {
@@ -85,7 +94,13 @@ mod tests {
         assert!(a.asleep.load(Relaxed), "idle: the poller must sleep");
         a.request();
         settle().await;
-        assert!(!a.asleep.load(Relaxed), "after a request it polls");
+        assert!(
+            a.asleep.load(Relaxed),
+            "a request without a queue opens no window"
+        );
+        a.handoff();
+        settle().await;
+        assert!(!a.asleep.load(Relaxed), "after a hand-off it polls");
         // A request inside the window keeps it open.
         tokio::time::advance(Duration::from_micros(400)).await;
         a.request();
@@ -110,6 +125,7 @@ mod tests {
     fn requests_cost_nothing_while_off() {
         let a = Activity::default();
         a.request();
+        a.handoff();
         assert!(!a.seen.load(Relaxed));
     }
 }

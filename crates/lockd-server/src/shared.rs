@@ -138,13 +138,16 @@ impl Shared {
             Vec::new()
         };
         let r = f(&mut core, now);
-        core.deliver_wakeups();
+        let handed_on = core.deliver_wakeups();
         if self.reserving
             && core.table.next_token() + crate::tokens::RESERVE / 2 > core.table.token_limit()
         {
             self.tokens_low.notify_one();
         }
         drop(core);
+        if handed_on {
+            self.activity.handoff();
+        }
         log_expired(&expired);
         r
     }
@@ -207,8 +210,10 @@ impl Shared {
 }
 
 impl Core {
-    fn deliver_wakeups(&mut self) {
+    /// Hands granted queued requests to their waiters; true if there were any.
+    fn deliver_wakeups(&mut self) -> bool {
         self.table.take_wakeups(&mut self.wakeups);
+        let any = !self.wakeups.is_empty();
         for w in self.wakeups.drain(..) {
             if let Some(tx) = self.waits.remove(&w.wait) {
                 // A waiter that is gone had its wait cancelled under this same lock, so a
@@ -216,6 +221,7 @@ impl Core {
                 let _ = tx.send(w.token);
             }
         }
+        any
     }
 }
 

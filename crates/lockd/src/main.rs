@@ -90,6 +90,7 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
             data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
             tls = config.tls_cert.is_some(),
             tls_required = config.tls_required,
+            busy_poll_us = config.busy_poll.map_or(0, |d| d.as_micros() as u64),
             threads,
             "lockd listening"
         );
