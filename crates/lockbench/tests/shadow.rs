@@ -1,5 +1,7 @@
-//! lockbench's safety check must catch a server that grants one lock to two: run it
-//! against a fake server that answers ACQUIRED to everything, and against a real lockd.
+//! lockbench run as a program: its safety check must catch a server that grants one lock
+//! to two (a fake server answering ACQUIRED to everything) and pass a real lockd; its
+//! connections, shared over client threads, must all run; bad option combinations are
+//! refused.
 
 use std::process::Command;
 
@@ -78,4 +80,40 @@ async fn lockd_passes_the_same_run() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["violations"], 0);
     assert!(r["grants"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_shared_over_client_threads_all_run() {
+    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    let server = lockd_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lockbench"))
+            .args(["--addr", &addr, "--protocol", "native", "-c", "7"])
+            .args(["--client-threads", "3", "-d", "1", "--keys", "20", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["connections"], 7);
+    assert!(
+        r["conn_ops_min"].as_u64().unwrap() > 0,
+        "a connection never ran: {r}"
+    );
+    assert!(r["conn_ops_max"].as_u64().unwrap() >= r["conn_ops_min"].as_u64().unwrap());
+    assert_eq!(r["violations"], 0);
+}
+
+#[test]
+fn pin_without_a_spawned_server_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockbench"))
+        .args(["--pin", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spawn"));
 }
