@@ -145,7 +145,6 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
         if !shared.ready.load(Relaxed) && shutdown.is_cancelled() {
             return "shutdown";
         }
-        let had_output = !output.is_empty();
         if !input.is_empty() && pending.is_none() && !closing {
             let p = protocol.get_or_insert_with(|| {
                 let (p, gauge) = if input[0] == b'*' {
@@ -179,14 +178,6 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     Stop::Close => closing = true,
                 },
             }
-        }
-        // New replies wait until the other ready connections have had their turn, then go
-        // out together, as Redis writes its replies in one burst before it sleeps. Written
-        // at once, each reply woke its client while the server still had work, and on a
-        // busy machine the client then took the server's CPU: ping-pong at 50 connections
-        // with two client threads went from 166-169k to 203k ops/s (BENCHMARKS.md).
-        if !had_output && !output.is_empty() {
-            tokio::task::yield_now().await;
         }
         if output.len() > max_output {
             tracing::warn!(
