@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use crate::key::Key;
 use crate::table::{LockTable, Waiter};
-use crate::types::{Millis, Mode, SessionId, WaitId, Wakeup};
+use crate::types::{Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 /// How an ACQUIRE ended, when it returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,15 +228,29 @@ impl LockTable {
         true
     }
 
-    /// Grants, in queue order, every request queued on `k` that can be granted now.
+    /// Grants, in queue order, every request queued on `k` that can be granted now. One
+    /// whose turn came without room under `max_locks` is refused; that can let requests
+    /// behind it on its other keys through, so those keys are looked at too.
     pub(crate) fn grant_waiters(&mut self, k: u32, now: Millis) {
+        let mut work: SmallVec<[u32; 4]> = SmallVec::new();
+        self.grant_waiters_on(k, now, &mut work);
+        while let Some(k2) = work.pop() {
+            self.grant_waiters_on(k2, now, &mut work);
+            // `k` is the caller's to free; keys reached through a refusal are ours.
+            if k2 != k {
+                self.release_key_if_unused(k2);
+            }
+        }
+    }
+
+    fn grant_waiters_on(&mut self, k: u32, now: Millis, revisit: &mut SmallVec<[u32; 4]>) {
         let mut i = 0;
         let mut ahead_any = false;
         let mut ahead_ex = false;
         while let Some(&w) = self.keys[k as usize].queue.as_ref().and_then(|q| q.get(i)) {
-            let (s, mode) = {
+            let (s, mode, new_locks) = {
                 let x = &self.waiters[&w];
-                (x.session, x.mode)
+                (x.session, x.mode, x.keys.len() as u64)
             };
             let jumps = self.session_holds_key(s, k);
             let blocked_here = !jumps && (ahead_ex || (mode == Mode::Ex && ahead_any));
@@ -245,8 +259,15 @@ impl LockTable {
                 // from here on is behind a queued EX.
                 break;
             }
-            if !blocked_here && self.waiter_grantable(w) && self.grant_waiter(w, now) {
-                continue;
+            if !blocked_here && self.waiter_grantable(w) {
+                // Room under max_locks, each key counted as a new lock, as on arrival.
+                if self.locks_held.saturating_add(new_locks) > self.config.max_locks {
+                    self.refuse_waiter(w, k, revisit);
+                    continue;
+                }
+                if self.grant_waiter(w, now) {
+                    continue;
+                }
             }
             ahead_any = true;
             ahead_ex |= mode == Mode::Ex;
@@ -259,6 +280,26 @@ impl LockTable {
         x.keys
             .iter()
             .all(|&k| self.grantable_on(x.session, x.mode, k, Some(w)))
+    }
+
+    /// Takes `w` out of its queues with a TooManyLocks answer; its keys other than `k`
+    /// (whose queue is being walked) go on `revisit`.
+    fn refuse_waiter(&mut self, w: WaitId, k: u32, revisit: &mut SmallVec<[u32; 4]>) {
+        let x = self.waiters.remove(&w).expect("queued waiter");
+        for &k2 in &x.keys {
+            if let Some(q) = self.keys[k2 as usize].queue.as_mut() {
+                q.remove(w, x.mode);
+            }
+            if k2 != k && !revisit.contains(&k2) {
+                revisit.push(k2);
+            }
+        }
+        self.session_mut(x.session).wait = None;
+        self.counters.too_many_locks += 1;
+        self.wakeups.push(Wakeup {
+            wait: w,
+            outcome: Woken::TooManyLocks,
+        });
     }
 
     fn grant_waiter(&mut self, w: WaitId, now: Millis) -> bool {
@@ -274,7 +315,10 @@ impl LockTable {
         }
         self.session_mut(x.session).wait = None;
         self.counters.grants += 1;
-        self.wakeups.push(Wakeup { wait: w, token });
+        self.wakeups.push(Wakeup {
+            wait: w,
+            outcome: Woken::Granted(token),
+        });
         true
     }
 

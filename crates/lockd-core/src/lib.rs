@@ -27,7 +27,7 @@ pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, Waite
 pub use key::{Key, MAX_KEY_LEN};
 pub use sessions::{ResumeError, SessionState};
 pub use table::{Config, Counters, LockTable};
-pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
+pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 #[cfg(test)]
 mod tests;

@@ -265,12 +265,18 @@ impl LockTable {
         if !e.is_unused() {
             return;
         }
+        let h = self.hash_key(self.keys[idx as usize].key.as_bytes());
+        // Idempotent: a slot already freed is no longer indexed, and must not go on the
+        // free list twice (two keys would then share it).
+        match self.key_index.find_entry(h, |&i| i == idx) {
+            Ok(found) => {
+                found.remove();
+            }
+            Err(_) => return,
+        }
+        let e = &mut self.keys[idx as usize];
         e.queue = None;
         e.holders = SmallVec::new();
-        let h = self.hash_key(self.keys[idx as usize].key.as_bytes());
-        if let Ok(found) = self.key_index.find_entry(h, |&i| i == idx) {
-            found.remove();
-        }
         // Drop a long key's heap buffer now rather than when the slot is reused.
         if self.keys[idx as usize].key.as_bytes().len() > 31 {
             self.keys[idx as usize].key = Key::new(b"-").expect("valid placeholder");

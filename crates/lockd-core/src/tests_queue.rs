@@ -226,6 +226,87 @@ fn disconnect_cancels_the_wait() {
 }
 
 #[test]
+fn a_queued_request_never_takes_the_table_past_max_locks() {
+    let mut t = LockTable::new(Config {
+        max_locks: 3,
+        ..Config::default()
+    });
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    // 1 held + 2 asked = 3: room on arrival, so it queues behind session 0.
+    let w = queued(acq(&mut t, 1, Mode::Ex, &[1, 2], Wait::Queue));
+    // Session 2 fills the table meanwhile.
+    assert!(matches!(
+        acq(&mut t, 2, Mode::Ex, &[3, 4], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert_eq!(t.locks_held(), 3);
+    // Its turn comes with 2 held: granting would make 4.
+    t.release(sid(0), Mode::Ex, &[key(1)], 0);
+    let mut woken = Vec::new();
+    t.take_wakeups(&mut woken);
+    assert_eq!(
+        woken,
+        vec![Wakeup {
+            wait: w,
+            outcome: Woken::TooManyLocks
+        }]
+    );
+    assert_eq!(t.locks_held(), 2);
+    assert_eq!(t.waiter_count(), 0);
+    assert!(!t.session_state(&sid(1)).unwrap().waiting);
+    // Nothing of the refused request is left behind: its keys are free.
+    assert_eq!(t.key_count(), 2);
+    assert!(matches!(
+        acq(&mut t, 3, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert_eq!(t.counters().too_many_locks, 1);
+}
+
+#[test]
+fn a_refused_waiter_lets_the_requests_behind_it_on_other_keys_through() {
+    let mut t = LockTable::new(Config {
+        max_locks: 4,
+        ..Config::default()
+    });
+    assert!(matches!(
+        acq(&mut t, 0, Mode::Ex, &[1], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert!(matches!(
+        acq(&mut t, 4, Mode::Sh, &[2], Wait::No),
+        Acquired::Granted(_)
+    ));
+    // Session 1 waits for 1 and 2 (EX); session 2 queues behind it on 2 (SH).
+    queued(acq(&mut t, 1, Mode::Ex, &[1, 2], Wait::Queue));
+    let w2 = queued(acq(&mut t, 2, Mode::Sh, &[2], Wait::Queue));
+    // The table fills up; session 4 lets 2 go, then session 0 lets 1 go.
+    assert!(matches!(
+        acq(&mut t, 3, Mode::Ex, &[5], Wait::No),
+        Acquired::Granted(_)
+    ));
+    t.release(sid(4), Mode::Sh, &[key(2)], 0);
+    assert!(matches!(
+        acq(&mut t, 3, Mode::Ex, &[6, 7], Wait::No),
+        Acquired::Granted(_)
+    ));
+    assert_eq!(t.locks_held(), 4);
+    t.release(sid(0), Mode::Ex, &[key(1)], 0);
+    // Session 1 would make 3 + 2 = 5: refused. Session 2's SH on key 2 (3 + 1 = 4) fits and
+    // is no longer behind a queued EX.
+    let mut woken = Vec::new();
+    t.take_wakeups(&mut woken);
+    assert_eq!(woken.len(), 2, "{woken:?}");
+    assert_eq!(woken[0].outcome, Woken::TooManyLocks);
+    assert_eq!(woken[1].wait, w2);
+    assert!(matches!(woken[1].outcome, Woken::Granted(_)));
+    assert_eq!(t.locks_held(), 4);
+}
+
+#[test]
 fn queue_limits_are_enforced() {
     let mut t = LockTable::new(Config {
         max_waiters_per_key: 2,
@@ -375,12 +456,17 @@ proptest! {
         std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
     ))]
     #[test]
-    fn queues_stay_fair_safe_and_deadlock_free(ops in prop::collection::vec(op(), 1..60)) {
-        let mut t = t();
+    fn queues_stay_fair_safe_and_deadlock_free(
+        ops in prop::collection::vec(op(), 1..60),
+        // Mostly roomy; sometimes so tight that queued requests are refused for room.
+        max_locks in prop_oneof![3 => Just(1000u64), 1 => 2u64..8],
+    ) {
+        let mut t = LockTable::new(Config { max_locks, grace_ms: 100, ..Config::default() });
         // Which session each pending wait belongs to, and its keys.
         let mut waits: BTreeMap<WaitId, (SessionId, Vec<u32>)> = BTreeMap::new();
         for op in ops {
             let before = queues(&t);
+            let disconnect = matches!(op, Op::Disconnect { .. });
             let held_before: BTreeMap<u32, Vec<SessionId>> = (0..KEYS)
                 .map(|k| (k, t.inspect(key(k).as_bytes(), 0).holders.into_iter().map(|h| h.session).collect()))
                 .collect();
@@ -432,6 +518,13 @@ proptest! {
             let after = queues(&t);
             for w in &woken {
                 let (s, keys) = waits.remove(&w.wait).expect("woken wait was pending");
+                if w.outcome == Woken::TooManyLocks {
+                    // Only grants follow a refusal within a step (a disconnect's expiry
+                    // also releases), so the room it lacked is still lacking.
+                    prop_assert!(disconnect || t.locks_held() + keys.len() as u64 > max_locks,
+                        "{:?} refused for room with room to spare", s);
+                    continue;
+                }
                 for k in keys {
                     let q = &before[&k];
                     let Some(pos) = q.iter().position(|(x, _)| *x == s) else { continue };
@@ -445,6 +538,7 @@ proptest! {
                     }
                 }
             }
+            prop_assert!(t.locks_held() <= max_locks, "{} locks held, max {}", t.locks_held(), max_locks);
             // Safety: no conflicting holders.
             for k in 0..KEYS {
                 let h = t.inspect(key(k).as_bytes(), 0).holders;

@@ -57,10 +57,21 @@ pub struct ConnId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WaitId(pub u64);
 
-/// A queued request that the table granted after the command that queued it returned.
+/// A queued request that the table answered after the command that queued it returned.
 /// The server hands each one to the connection that waits on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wakeup {
     pub wait: WaitId,
-    pub token: u64,
+    pub outcome: Woken,
+}
+
+/// How a queued request ended, other than by its timeout or its connection closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// Granted, with this fencing token.
+    Granted(u64),
+    /// Its turn came, but granting it would have taken the table past `max_locks`: it is
+    /// refused as it would have been on arrival, rather than left waiting for room that
+    /// other waiters may be holding on to.
+    TooManyLocks,
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use lockd_core::{Config, ConnId, Counters, LockTable, Millis, SessionId, WaitId, Wakeup};
+use lockd_core::{Config, ConnId, Counters, LockTable, Millis, SessionId, WaitId, Wakeup, Woken};
 use lockd_proto::legacy::Signer;
 use std::collections::HashMap;
 use tokio::sync::{oneshot, Notify};
@@ -15,7 +15,7 @@ use crate::config::ServerConfig;
 pub(crate) struct Core {
     pub table: LockTable,
     /// Where to send the fencing token when a queued request is granted.
-    pub waits: HashMap<WaitId, oneshot::Sender<u64>>,
+    pub waits: HashMap<WaitId, oneshot::Sender<Woken>>,
     wakeups: Vec<Wakeup>,
 }
 
@@ -218,7 +218,7 @@ impl Core {
             if let Some(tx) = self.waits.remove(&w.wait) {
                 // A waiter that is gone had its wait cancelled under this same lock, so a
                 // failed send cannot strand a grant; ignore it.
-                let _ = tx.send(w.token);
+                let _ = tx.send(w.outcome);
             }
         }
         any

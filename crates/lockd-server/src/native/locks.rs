@@ -62,10 +62,9 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
                     since: now,
                 })
             }
-            Acquired::TooManyLocks => Outcome::Reply(Value::error(format!(
-                "TOOMANYLOCKS the server holds its maximum of {} locks",
-                core.table.config().max_locks
-            ))),
+            Acquired::TooManyLocks => {
+                Outcome::Reply(too_many_locks_reply(core.table.config().max_locks))
+            }
             Acquired::Deadlock(other) => Outcome::Reply(Value::error(format!(
                 "DEADLOCK waiting would close a cycle of waits with session {}",
                 String::from_utf8_lossy(&other.0)
@@ -101,4 +100,15 @@ pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply 
     let session = n.session;
     let released = shared.with_at(n.now, |core, now| core.table.release_all(session, now));
     Ok(Value::Integer(released as i64))
+}
+
+fn too_many_locks_reply(max_locks: u64) -> Value {
+    Value::error(format!(
+        "TOOMANYLOCKS the server holds its maximum of {max_locks} locks"
+    ))
+}
+
+/// The answer to a queued ACQUIRE refused when its turn came (see `lockd_core::Woken`).
+pub(super) fn too_many_locks(shared: &Shared) -> Value {
+    too_many_locks_reply(shared.config.max_locks)
 }

@@ -24,7 +24,7 @@ pub(crate) use args::Args;
 /// until it ends.
 pub(crate) struct PendingWait {
     pub id: WaitId,
-    pub rx: oneshot::Receiver<u64>,
+    pub rx: oneshot::Receiver<lockd_core::Woken>,
     pub deadline: Millis,
     /// When it was queued, for the wait-time histogram.
     pub since: Millis,
@@ -166,12 +166,12 @@ impl Native {
         &mut self,
         shared: &Shared,
         mut wait: PendingWait,
-        granted: Option<u64>,
+        woken: Option<lockd_core::Woken>,
         out: &mut BytesMut,
     ) {
         let waited = shared.clock.now().saturating_sub(wait.since);
         shared.metrics.wait_seconds.observe(waited as f64 / 1000.0);
-        let token = granted.or_else(|| {
+        let outcome = woken.or_else(|| {
             shared.with(|core, now| {
                 core.waits.remove(&wait.id);
                 if core.table.time_out(wait.id, now) {
@@ -182,8 +182,9 @@ impl Native {
                 }
             })
         });
-        match token {
-            Some(t) => Value::Integer(t as i64),
+        match outcome {
+            Some(lockd_core::Woken::Granted(t)) => Value::Integer(t as i64),
+            Some(lockd_core::Woken::TooManyLocks) => locks::too_many_locks(shared),
             None => Value::Null,
         }
         .encode(self.proto, out);

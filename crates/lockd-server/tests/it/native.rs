@@ -608,3 +608,24 @@ async fn shutdown_closes_a_connection_that_never_stops_sending() {
     assert!(answered > 0);
     writer.abort();
 }
+
+#[tokio::test]
+async fn a_queued_acquire_whose_turn_comes_without_room_gets_toomanylocks() {
+    let srv = TestServer::start_with(|c| c.max_locks = 3).await;
+    let mut a = Resp::authed(srv.addr).await;
+    let mut b = Resp::authed(srv.addr).await;
+    let mut c = Resp::authed(srv.addr).await;
+    a.call(&["ACQUIRE", "EX", "0", "k1"]).await.int();
+    b.send(&["ACQUIRE", "EX", "60000", "k1", "k2"]).await;
+    srv.eventually("b queued", |s| s.waiters == 1).await;
+    c.call(&["ACQUIRE", "EX", "0", "k3", "k4"]).await.int();
+    assert_eq!(a.call(&["RELEASE", "EX", "k1"]).await.int(), 1);
+    assert!(
+        b.recv().await.err().starts_with("TOOMANYLOCKS"),
+        "granting b would hold 4 locks, max 3"
+    );
+    let s = srv.snapshot();
+    assert_eq!((s.locks_held, s.waiters), (2, 0));
+    // b's connection is usable again, and a request that fits is granted.
+    assert!(b.call(&["ACQUIRE", "EX", "0", "k1"]).await.int() > 0);
+}
