@@ -1,6 +1,8 @@
 //! The admin HTTP server (`--http-address`): Prometheus metrics, health and readiness,
 //! JSON introspection and a live status page. On a loopback address it is open; on any
-//! other it needs `Authorization: Bearer <auth key>`.
+//! other it needs the auth key: `Authorization: Bearer <auth key>` for tools, or HTTP Basic
+//! with the key as the password (any user name), which a browser asks for by itself, so
+//! the status page can be opened from another machine.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lockd_core::{HolderInfo, Key, KeyInfo, WaiterInfo};
@@ -47,22 +49,50 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
 
 async fn authorize(State(st): State<AdminState>, req: Request, next: Next) -> Response {
     if st.need_token {
-        let expected = format!("Bearer {}", st.shared.config.auth_key);
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if !bool::from(expected.as_bytes().ct_eq(given)) {
+        if !key_given(given, st.shared.config.auth_key.as_bytes()) {
             return (
                 StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "this admin address needs Authorization: Bearer <auth key>\n",
+                // Basic first: a browser answering it shows its login prompt. Appended, as
+                // a plain header list would keep only the last of the two.
+                AppendHeaders([
+                    (
+                        header::WWW_AUTHENTICATE,
+                        r#"Basic realm="lockd", charset="UTF-8""#,
+                    ),
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                ]),
+                "this admin address needs the auth key: Authorization: Bearer <auth key>, \
+                 or Basic with the key as the password\n",
             )
                 .into_response();
         }
     }
     next.run(req).await
+}
+
+/// Whether an Authorization header carries `key`, as a bearer token or as a Basic
+/// password. Compared in constant time.
+fn key_given(authorization: &[u8], key: &[u8]) -> bool {
+    use base64::Engine;
+    if let Some(token) = authorization.strip_prefix(b"Bearer ") {
+        return bool::from(token.ct_eq(key));
+    }
+    if let Some(encoded) = authorization.strip_prefix(b"Basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii())
+        else {
+            return false;
+        };
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        return bool::from(decoded[colon + 1..].ct_eq(key));
+    }
+    false
 }
 
 async fn page() -> Html<&'static str> {
@@ -251,4 +281,25 @@ async fn status(State(st): State<AdminState>) -> Json<StatusJson> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_given;
+
+    #[test]
+    fn the_key_is_taken_as_bearer_or_basic_password() {
+        assert!(key_given(b"Bearer s3cret", b"s3cret"));
+        assert!(!key_given(b"Bearer s3cre", b"s3cret"));
+        assert!(!key_given(b"bearer s3cret", b"s3cret"));
+        // "admin:s3cret" and ":s3cret"; the user name does not matter.
+        assert!(key_given(b"Basic YWRtaW46czNjcmV0", b"s3cret"));
+        assert!(key_given(b"Basic OnMzY3JldA==", b"s3cret"));
+        // "admin:wrong", "s3cret" without a colon, and not base64 at all.
+        assert!(!key_given(b"Basic YWRtaW46d3Jvbmc=", b"s3cret"));
+        assert!(!key_given(b"Basic czNjcmV0", b"s3cret"));
+        assert!(!key_given(b"Basic !!!", b"s3cret"));
+        assert!(!key_given(b"", b"s3cret"));
+        assert!(!key_given(b"s3cret", b"s3cret"));
+    }
 }

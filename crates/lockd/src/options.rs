@@ -111,7 +111,8 @@ pub struct Cli {
 
     /// Serve metrics (/metrics), health (/healthz, /readyz), JSON introspection (/v1/...)
     /// and a status page (/) over HTTP here: ADDRESS:PORT, or a port for loopback. A
-    /// non-loopback address requires the auth key as a bearer token [default: off]
+    /// non-loopback address requires the auth key, as a bearer token or as the password of
+    /// HTTP Basic (which a browser prompts for) [default: off]
     #[arg(long = "http-address", env = "LOCKD_HTTP_ADDRESS")]
     pub http_address: Option<String>,
 

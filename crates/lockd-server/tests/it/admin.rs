@@ -118,6 +118,31 @@ async fn a_non_loopback_admin_address_needs_the_key() {
     assert_eq!(http_get(admin, "/healthz", Some("wrong")).await.0, 401);
     assert_eq!(http_get(admin, "/healthz", Some(AUTH_KEY)).await.0, 200);
     assert_eq!(http_get(admin, "/metrics", Some(AUTH_KEY)).await.0, 200);
+    // A browser is asked for the key (HTTP Basic, any user name) and can open the page.
+    let (code, head, _) = http_get_with(admin, "/", None).await;
+    assert_eq!(code, 401);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"lockd\""),
+        "{head}"
+    );
+    use base64::Engine;
+    let basic = |user_pass: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    };
+    let ok = basic(&format!("operator:{AUTH_KEY}"));
+    let (code, _, page) = http_get_with(admin, "/", Some(&ok)).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>lockd status</title>"));
+    assert_eq!(http_get_with(admin, "/v1/status", Some(&ok)).await.0, 200);
+    let wrong = basic("operator:wrong");
+    assert_eq!(
+        http_get_with(admin, "/v1/status", Some(&wrong)).await.0,
+        401
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -305,15 +305,26 @@ impl Resp {
     }
 }
 
-/// A plain HTTP/1.1 GET; returns (status, body).
+/// A plain HTTP/1.1 GET with a bearer token; returns (status, body).
 pub async fn http_get(
     addr: std::net::SocketAddr,
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let (status, _, body) = http_get_with(addr, path, auth.as_deref()).await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 GET with this Authorization header; returns (status, head, body).
+pub async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     let req = format!("GET {path} HTTP/1.1\r\nHost: lockd\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
@@ -343,5 +354,5 @@ pub async fn http_get(
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
