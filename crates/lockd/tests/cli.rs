@@ -257,3 +257,38 @@ fn the_shipped_sample_config_is_valid() {
         assert!(unit.contains(flag), "the unit runs {flag}");
     }
 }
+
+#[test]
+fn the_shipped_systemd_unit_passes_systemd_analyze() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        assert!(
+            std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+            "systemd-analyze is required (LOCKD_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("skipping: systemd-analyze is not available");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dist/lockd.service"
+    ))
+    .unwrap();
+    // verify checks that the commands exist: point them at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockd.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/lockd", env!("CARGO_BIN_EXE_lockd")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    // It exits 0 even for unknown keys and bad values, but names each one.
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
