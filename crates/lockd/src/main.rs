@@ -6,6 +6,7 @@ mod options;
 use anyhow::Context;
 use clap::Parser;
 use lockd_server::CancellationToken;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
     let cli = options::Cli::parse();
@@ -74,6 +75,9 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
     let threads = settings.threads;
     rt.block_on(async move {
+        // Before the port opens: a SIGTERM that comes as soon as clients can connect must
+        // stop lockd gracefully, not kill it with the default action.
+        let signals = Signals::install();
         let config = settings.server;
         let server = lockd_server::Server::bind(config.clone()).await?;
         if let Some(a) = server.admin_addr() {
@@ -95,21 +99,49 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
             "lockd listening"
         );
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        tokio::spawn(on_hangup(server.handle()));
+        let Signals { term, int, hup } = signals;
+        tokio::spawn(on_signal(term, int, shutdown.clone()));
+        tokio::spawn(on_hangup(hup, server.handle()));
         server.run(shutdown).await;
         anyhow::Ok(())
     })
 }
 
 /// SIGHUP: read the TLS certificate and key again.
-async fn on_hangup(handle: lockd_server::ServerHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler");
-        return;
-    };
-    while hup.recv().await.is_some() {
+/// The signals lockd handles, installed once at start.
+struct Signals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+    hup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the {name} handler");
+                None
+            }
+        };
+        Signals {
+            term: install(SignalKind::terminate(), "SIGTERM"),
+            int: install(SignalKind::interrupt(), "SIGINT"),
+            hup: install(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+}
+
+/// Waits for the next delivery of `s`; never, if it could not be installed.
+async fn next(s: &mut Option<Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn on_hangup(mut hup: Option<Signal>, handle: lockd_server::ServerHandle) {
+    while next(&mut hup).await.is_some() {
         match handle.reload_tls() {
             Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
             Ok(false) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
@@ -120,18 +152,10 @@ async fn on_hangup(handle: lockd_server::ServerHandle) {
     }
 }
 
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn on_signal(mut term: Option<Signal>, mut int: Option<Signal>, shutdown: CancellationToken) {
     let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        _ = next(&mut term) => "SIGTERM",
+        _ = next(&mut int) => "SIGINT",
     };
     tracing::info!(
         signal = name,
