@@ -66,6 +66,9 @@ for name in ("conns10k-native", "conns10k-redis", "hold-native", "hold-legacy", 
         if r.get("hold_us_max") is not None:
             held = r["hold_us_max"]
             extra += f"; longest SH hold {held:,} µs"
+        if r.get("ex_after_release_us"):
+            p50, p99, mx, n = r["ex_after_release_us"]
+            extra += f"; EX granted after the last SH ahead let go {p50:,}/{p99:,}/{mx:,} ({n})"
     print(
         f"| {name} | {r['ops_per_sec']:,.0f} | {f('latency_us_p50')} | {f('latency_us_p99')} | "
         f"{f('latency_us_p999')} | {f('latency_us_max')} | "

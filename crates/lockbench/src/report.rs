@@ -46,6 +46,9 @@ pub struct Report {
     pub conn_ops_min: Option<u64>,
     pub conn_ops_p50: Option<u64>,
     pub conn_ops_max: Option<u64>,
+    /// Fairness: how long after the last SH holder ahead of it let go each EX was granted
+    /// (p50, p99, max in µs, and how many EX grants had holders ahead).
+    pub ex_after_release_us: Option<[u64; 4]>,
     /// `--pin`: the CPU the server ran on alone (lockbench ran on the others).
     pub server_cpu: Option<usize>,
 }
@@ -82,6 +85,7 @@ impl Report {
             extra_count: None,
             hold_us: None,
             hold_us_max: None,
+            ex_after_release_us: None,
             conn_ops_min: None,
             conn_ops_p50: None,
             conn_ops_max: None,
@@ -170,6 +174,12 @@ impl Report {
                 opt(self.extra_us_p50),
                 opt(self.extra_us_p99),
                 opt(self.extra_us_max)
+            );
+        }
+        if let Some([p50, p99, max, n]) = self.ex_after_release_us {
+            let _ = writeln!(
+                s,
+                "EX granted   after the last SH ahead let go: n {n}  p50 {p50} us  p99 {p99} us  max {max} us"
             );
         }
         if let Some(h) = self.hold_us {

@@ -1,6 +1,7 @@
 //! The workloads. Each returns a [`Report`].
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -425,64 +426,123 @@ async fn fairness(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     let hold = Duration::from_micros(args.hold_us.max(1000));
+    let board = Arc::new(std::sync::Mutex::new(Board::default()));
+    let after_release = Arc::new(std::sync::Mutex::new(histogram()));
+    let (board2, after2) = (board.clone(), after_release.clone());
     let (mut report, ex_waits, holds) = drive(
         args,
         addr,
         server,
         duration,
-        move |i, mut c, shadow, deadline, mut r| async move {
-            let session = i as u32;
-            // Connection 0 asks for EX now and then; the others keep SH on the key.
-            let ex = i == 0;
-            let mode = if ex { LockMode::Ex } else { LockMode::Sh };
-            let mut rng = rand::rngs::SmallRng::from_entropy();
-            if !ex {
-                // Spread the SH holders' phases so the key is never free.
-                tokio::time::sleep(hold.mul_f64(rng.gen_range(0.0..1.0))).await;
-            }
-            while Instant::now() < deadline {
-                if ex {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        move |i, mut c, shadow, deadline, mut r| {
+            let (board, after_release) = (board2.clone(), after2.clone());
+            async move {
+                let session = i as u32;
+                // Connection 0 asks for EX now and then; the others keep SH on the key.
+                let ex = i == 0;
+                let mode = if ex { LockMode::Ex } else { LockMode::Sh };
+                let mut rng = rand::rngs::SmallRng::from_entropy();
+                if !ex {
+                    // Spread the SH holders' phases so the key is never free.
+                    tokio::time::sleep(hold.mul_f64(rng.gen_range(0.0..1.0))).await;
                 }
-                let t0 = Instant::now();
-                match c.acquire_one(0, mode, WAIT_MS).await {
-                    Ok(true) => {
-                        let waited = t0.elapsed().as_micros() as u64;
-                        r.done(waited, 1);
+                while Instant::now() < deadline {
+                    if ex {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let t0 = Instant::now();
+                    // The EX notes the SH requests already sent; each SH notes when it sent its
+                    // request and when it let go.
+                    let ahead = {
+                        let mut b = board.lock().expect("board");
                         if ex {
-                            r.extra(waited);
+                            b.active.clone()
+                        } else {
+                            b.active.insert(session, t0);
+                            HashMap::new()
                         }
-                        r.grants += 1;
-                        shadow.granted(0, session, mode);
+                    };
+                    match c.acquire_one(0, mode, WAIT_MS).await {
+                        Ok(true) => {
+                            let granted = Instant::now();
+                            let waited = (granted - t0).as_micros() as u64;
+                            r.done(waited, 1);
+                            if ex {
+                                r.extra(waited);
+                                let b = board.lock().expect("board");
+                                // Of those, the ones that held the key ahead of the EX have
+                                // released it since (the others queued behind the EX).
+                                let last = ahead
+                                    .iter()
+                                    .filter_map(|(s, sent)| {
+                                        b.released
+                                            .get(s)
+                                            .filter(|(x, _)| x == sent)
+                                            .map(|(_, at)| *at)
+                                    })
+                                    .max();
+                                if let Some(last) = last {
+                                    after_release.lock().expect("histogram").saturating_record(
+                                        granted.saturating_duration_since(last).as_micros() as u64,
+                                    );
+                                }
+                            }
+                            r.grants += 1;
+                            shadow.granted(0, session, mode);
+                        }
+                        Ok(false) => {
+                            r.refusals += 1;
+                            continue;
+                        }
+                        Err(_) => {
+                            r.errors += 1;
+                            break;
+                        }
                     }
-                    Ok(false) => {
-                        r.refusals += 1;
-                        continue;
+                    if !ex {
+                        let held = Instant::now();
+                        tokio::time::sleep(hold).await;
+                        r.held(held.elapsed().as_micros() as u64);
                     }
-                    Err(_) => {
+                    shadow.releasing(0, session, mode);
+                    if !ex {
+                        let mut b = board.lock().expect("board");
+                        if let Some(sent) = b.active.remove(&session) {
+                            b.released.insert(session, (sent, Instant::now()));
+                        }
+                    }
+                    if c.release_one(0, mode).await.is_err() {
                         r.errors += 1;
                         break;
                     }
                 }
-                if !ex {
-                    let held = Instant::now();
-                    tokio::time::sleep(hold).await;
-                    r.held(held.elapsed().as_micros() as u64);
-                }
-                shadow.releasing(0, session, mode);
-                if c.release_one(0, mode).await.is_err() {
-                    r.errors += 1;
-                    break;
-                }
+                r
             }
-            r
         },
     )
     .await?;
     report.set_extra("ex_wait", &ex_waits);
+    let after = after_release.lock().expect("histogram");
+    if !after.is_empty() {
+        report.ex_after_release_us = Some([
+            after.value_at_quantile(0.5),
+            after.value_at_quantile(0.99),
+            after.max(),
+            after.len(),
+        ]);
+    }
     report.hold_us = Some(hold.as_micros() as u64);
     report.hold_us_max = Some(holds.max());
     Ok(report)
+}
+
+/// Fairness: which SH requests are out, and when each SH holder last let go.
+#[derive(Default)]
+struct Board {
+    /// SH sessions with a request sent and not yet released: when it was sent.
+    active: HashMap<u32, Instant>,
+    /// Each SH session's last release: when its request had been sent, and when it let go.
+    released: HashMap<u32, (Instant, Instant)>,
 }
 
 async fn hold(args: &Args, addr: &str, server: Option<&Spawned>) -> anyhow::Result<Report> {

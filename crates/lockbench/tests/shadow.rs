@@ -117,3 +117,37 @@ fn pin_without_a_spawned_server_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--spawn"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fairness_reports_when_each_ex_came_after_the_holders_ahead() {
+    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    let server = lockd_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lockbench"))
+            .args([
+                "--addr",
+                &addr,
+                "--protocol",
+                "native",
+                "--workload",
+                "fairness",
+            ])
+            .args(["-c", "5", "--hold-us", "2000", "-d", "1", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["violations"], 0);
+    // No timing is asserted: only that EX grants were seen and each was matched with the
+    // SH holders that were ahead of it.
+    let ex_grants = r["extra_count"].as_u64().unwrap();
+    let after = r["ex_after_release_us"].as_array().expect("measured");
+    assert!(ex_grants > 0);
+    let matched = after[3].as_u64().unwrap();
+    assert!(matched > 0 && matched <= ex_grants, "{r}");
+}
