@@ -35,6 +35,34 @@ async fn broken_server() -> String {
     addr
 }
 
+/// A real lockd in this process, serving lockbench's default key; its address.
+async fn lockd() -> String {
+    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    let server = lockd_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
+    addr
+}
+
+/// Runs lockbench with `args` (blocking, off the runtime's threads).
+async fn run_lockbench(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lockbench"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `--addr addr` and the space-separated `args`.
+fn with_addr(addr: &str, args: &str) -> Vec<String> {
+    let mut v = vec!["--addr".to_string(), addr.to_string()];
+    v.extend(args.split_whitespace().map(String::from));
+    v
+}
+
 fn lockbench(addr: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lockbench"))
         .args([
@@ -69,10 +97,7 @@ async fn a_server_granting_everything_is_caught() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lockd_passes_the_same_run() {
-    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
-    let server = lockd_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
+    let addr = lockd().await;
     let out = tokio::task::spawn_blocking(move || lockbench(&addr))
         .await
         .unwrap();
@@ -84,19 +109,9 @@ async fn lockd_passes_the_same_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_shared_over_client_threads_all_run() {
-    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
-    let server = lockd_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lockbench"))
-            .args(["--addr", &addr, "--protocol", "native", "-c", "7"])
-            .args(["--client-threads", "3", "-d", "1", "--keys", "20", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let addr = lockd().await;
+    let args = "--protocol native -c 7 --client-threads 3 -d 1 --keys 20 --json";
+    let out = run_lockbench(with_addr(&addr, args)).await;
     assert!(out.status.success(), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["connections"], 7);
@@ -120,26 +135,9 @@ fn pin_without_a_spawned_server_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fairness_reports_when_each_ex_came_after_the_holders_ahead() {
-    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
-    let server = lockd_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    tokio::spawn(server.run(lockd_server::CancellationToken::new()));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lockbench"))
-            .args([
-                "--addr",
-                &addr,
-                "--protocol",
-                "native",
-                "--workload",
-                "fairness",
-            ])
-            .args(["-c", "5", "--hold-us", "2000", "-d", "1", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let addr = lockd().await;
+    let args = "--protocol native --workload fairness -c 5 --hold-us 2000 -d 1 --json";
+    let out = run_lockbench(with_addr(&addr, args)).await;
     assert!(out.status.success(), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["violations"], 0);
