@@ -1,6 +1,7 @@
 //! Random command sequences on the lock table, four bytes a command: after every step no
-//! key has conflicting holders, the lock count matches the holders, grants are reported
-//! exactly once, and every queued session is marked waiting.
+//! key has conflicting holders, the lock count matches the holders and never passes
+//! max_locks (queued requests included), grants are reported exactly once, and every
+//! queued session is marked waiting.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -78,5 +79,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert_eq!(held, t.locks_held());
+        assert!(t.locks_held() <= 20, "max_locks passed: {}", t.locks_held());
+        assert!(t.key_count() <= KEYS as usize, "more keys indexed than exist");
     }
 });
