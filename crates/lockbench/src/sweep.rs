@@ -104,6 +104,8 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .configure_mesh()
         .x_desc("connections")
         .y_desc("ops/s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let throughput = results.iter().map(|(p, reports)| {
         let pts = reports
@@ -112,7 +114,8 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
             .collect();
         (*p, pts)
     });
-    draw_lines(&mut chart, throughput)?;
+    // The lines peak in the middle and fall to the right: the legend goes below the peak.
+    draw_lines(&mut chart, throughput, SeriesLabelPosition::LowerMiddle)?;
 
     // Latency percentiles at the largest connection count of each protocol.
     let quantiles = [("p50", 0usize), ("p99", 1), ("p99.9", 2)];
@@ -122,6 +125,14 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .filter_map(|r| r.latency_us_p999)
         .max()
         .unwrap_or(1) as f64;
+    // From a decade below the smallest p50, so the lines do not sit in a corner.
+    let min_lat = results
+        .iter()
+        .filter_map(|(_, r)| r.last())
+        .filter_map(|r| r.latency_us_p50)
+        .min()
+        .unwrap_or(1)
+        .max(1) as f64;
     let mut chart = ChartBuilder::on(&right)
         .caption(
             format!("latency (us) at {} connections", max_c as usize),
@@ -130,7 +141,10 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..2.2, (1f64..max_lat * 2.0).log_scale())?;
+        .build_cartesian_2d(
+            0f64..2.2,
+            ((min_lat / 10.0).max(1.0)..max_lat * 2.0).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_labels(3)
@@ -141,6 +155,8 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
                 .map_or(String::new(), |q| q.0.to_string())
         })
         .y_desc("microseconds")
+        .y_labels(5)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let latency = results.iter().filter_map(|(p, reports)| {
         let r = reports.last()?;
@@ -152,7 +168,7 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
             .collect();
         Some((*p, pts))
     });
-    draw_lines(&mut chart, latency)?;
+    draw_lines(&mut chart, latency, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -161,6 +177,7 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
 fn draw_lines<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     lines: impl Iterator<Item = (Protocol, Vec<(f64, f64)>)>,
+    legend: SeriesLabelPosition,
 ) -> anyhow::Result<()>
 where
     DB: DrawingBackend + 'a,
@@ -181,6 +198,7 @@ where
     }
     chart
         .configure_series_labels()
+        .position(legend)
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()
