@@ -125,14 +125,6 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .filter_map(|r| r.latency_us_p999)
         .max()
         .unwrap_or(1) as f64;
-    // From a decade below the smallest p50, so the lines do not sit in a corner.
-    let min_lat = results
-        .iter()
-        .filter_map(|(_, r)| r.last())
-        .filter_map(|r| r.latency_us_p50)
-        .min()
-        .unwrap_or(1)
-        .max(1) as f64;
     let mut chart = ChartBuilder::on(&right)
         .caption(
             format!("latency (us) at {} connections", max_c as usize),
@@ -141,10 +133,8 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            0f64..2.2,
-            ((min_lat / 10.0).max(1.0)..max_lat * 2.0).log_scale(),
-        )?;
+        // Linear: three points per line, and a log axis crowded its labels.
+        .build_cartesian_2d(0f64..2.2, 0f64..max_lat * 1.15)?;
     chart
         .configure_mesh()
         .x_labels(3)
@@ -155,7 +145,6 @@ fn plot(path: &std::path::Path, results: &[(Protocol, Vec<Report>)]) -> anyhow::
                 .map_or(String::new(), |q| q.0.to_string())
         })
         .y_desc("microseconds")
-        .y_labels(5)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let latency = results.iter().filter_map(|(p, reports)| {
