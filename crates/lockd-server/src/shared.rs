@@ -138,7 +138,9 @@ impl Shared {
             Vec::new()
         };
         let r = f(&mut core, now);
-        let handed_on = core.deliver_wakeups();
+        // A grant from a queue that still has waiters is likely followed by another: the
+        // new holder's release hands the lock on again. Only then is busy polling worth it.
+        let handed_on = core.deliver_wakeups() && core.table.waiter_count() > 0;
         if self.reserving
             && core.table.next_token() + crate::tokens::RESERVE / 2 > core.table.token_limit()
         {
