@@ -5,11 +5,12 @@
 //! on a virtual machine that is tens of microseconds, more than the work itself. When
 //! clients hand a lock on in a chain (a hot key with a queue), every hand-off pays it: the
 //! new holder's RELEASE arrives after the server has gone to sleep. So when a queued
-//! request is granted, a window opens: a task yields in a loop, and a yielded task makes
-//! the runtime poll the kernel for I/O without blocking before running it again, so the
-//! thread does not sleep and the next request is seen at once. Every request that arrives
-//! keeps the window open; it closes when none came for the window's length. Traffic
-//! without queues never opens it, so an uncontended server costs nothing more.
+//! request is granted and others still wait (the chain goes on), a window opens: a task
+//! yields in a loop, and a yielded task makes the runtime poll the kernel for I/O without
+//! blocking before running it again, so the thread does not sleep and the next request is
+//! seen at once. Every request that arrives keeps the window open; it closes when none
+//! came for the window's length. Traffic without queues never opens it, so an uncontended
+//! server costs nothing more.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;

@@ -79,8 +79,8 @@ pub struct Cli {
     #[arg(long = "idle-timeout", env = "LOCKD_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
 
-    /// When a queued request is granted, keep polling for the next request instead of
-    /// sleeping until none came for this many microseconds: faster hand-offs down a queue,
+    /// When a queued request is granted and others still wait, keep polling for the next
+    /// request instead of sleeping until none came for this many microseconds: faster hand-offs down a queue,
     /// for CPU while they go on; traffic without queues is unaffected; 0 is off
     /// [default: 50]
     #[arg(long = "busy-poll-us", env = "LOCKD_BUSY_POLL_US")]
