@@ -49,6 +49,18 @@ impl Activity {
     }
 }
 
+#[cfg(test)]
+impl Activity {
+    pub(crate) fn enable(&self) {
+        self.enabled.store(true, Relaxed);
+    }
+
+    /// Whether a hand-off or request was noted since the last call.
+    pub(crate) fn take_seen(&self) -> bool {
+        self.seen.swap(false, Relaxed)
+    }
+}
+
 /// Polls for `window` after each hand-off and the requests that follow it, until shutdown.
 pub(crate) async fn run(activity: &Activity, window: Duration, shutdown: CancellationToken) {
     activity.enabled.store(true, Relaxed);

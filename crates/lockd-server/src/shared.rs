@@ -232,3 +232,37 @@ pub(crate) fn log_expired(expired: &[(SessionId, u32)]) {
         tracing::info!(session = ?id, locks = n, "dead session expired: its locks are released");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lockd_core::{ConnId, Key, Mode, SessionId, Wait};
+
+    use super::*;
+
+    #[test]
+    fn busy_polling_is_asked_for_only_while_a_queue_goes_on() {
+        let shared = Shared::new(
+            crate::ServerConfig::new("127.0.0.1", 0, "k"),
+            Clock::Manual(crate::clock::ManualClock::new()),
+        );
+        shared.activity.enable();
+        let k = [Key::new(b"k").unwrap()];
+        let s = |c: u8| SessionId([c; 32]);
+        shared.with(|core, now| {
+            for (i, c) in [b'a', b'b', b'c'].into_iter().enumerate() {
+                core.table.use_session(s(c), ConnId(i as u64));
+                core.table.acquire(s(c), Mode::Ex, &k, Wait::Queue, now);
+            }
+        });
+        assert!(!shared.activity.take_seen(), "nothing was handed on yet");
+        // a lets go: b is granted, c still waits.
+        shared.with(|core, now| core.table.release(s(b'a'), Mode::Ex, &k, now));
+        assert!(shared.activity.take_seen(), "the queue goes on: poll");
+        // b lets go: c is granted, and nobody is left waiting.
+        shared.with(|core, now| core.table.release(s(b'b'), Mode::Ex, &k, now));
+        assert!(
+            !shared.activity.take_seen(),
+            "the queue is empty: no window"
+        );
+    }
+}
