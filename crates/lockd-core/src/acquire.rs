@@ -199,15 +199,9 @@ impl LockTable {
     /// longer queued: a grant is reported through the wakeups, so a cancel that comes after
     /// it finds nothing.
     pub fn cancel_wait(&mut self, w: WaitId, now: Millis) -> bool {
-        let Some(waiter) = self.waiters.remove(&w) else {
+        let Some(waiter) = self.dequeue(w) else {
             return false;
         };
-        for &k in &waiter.keys {
-            if let Some(q) = self.keys[k as usize].queue.as_mut() {
-                q.remove(w, waiter.mode);
-            }
-        }
-        self.session_mut(waiter.session).wait = None;
         for &k in &waiter.keys {
             self.grant_waiters(k, now);
             self.release_key_if_unused(k);
@@ -285,16 +279,12 @@ impl LockTable {
     /// Takes `w` out of its queues with a TooManyLocks answer; its keys other than `k`
     /// (whose queue is being walked) go on `revisit`.
     fn refuse_waiter(&mut self, w: WaitId, k: u32, revisit: &mut SmallVec<[u32; 4]>) {
-        let x = self.waiters.remove(&w).expect("queued waiter");
+        let x = self.dequeue(w).expect("queued waiter");
         for &k2 in &x.keys {
-            if let Some(q) = self.keys[k2 as usize].queue.as_mut() {
-                q.remove(w, x.mode);
-            }
             if k2 != k && !revisit.contains(&k2) {
                 revisit.push(k2);
             }
         }
-        self.session_mut(x.session).wait = None;
         self.counters.too_many_locks += 1;
         self.wakeups.push(Wakeup {
             wait: w,
@@ -306,20 +296,29 @@ impl LockTable {
         let Some(token) = self.issue_token() else {
             return false;
         };
-        let x = self.waiters.remove(&w).expect("queued waiter");
+        let x = self.dequeue(w).expect("queued waiter");
         for &k in &x.keys {
-            if let Some(q) = self.keys[k as usize].queue.as_mut() {
-                q.remove(w, x.mode);
-            }
             self.add_holder(k, x.session, x.mode, token, now);
         }
-        self.session_mut(x.session).wait = None;
         self.counters.grants += 1;
         self.wakeups.push(Wakeup {
             wait: w,
             outcome: Woken::Granted(token),
         });
         true
+    }
+
+    /// Takes queued request `w` out of the waiters and of its keys' queues, and marks its
+    /// session as no longer waiting. Wakes nobody and frees no key: the caller decides.
+    fn dequeue(&mut self, w: WaitId) -> Option<Waiter> {
+        let x = self.waiters.remove(&w)?;
+        for &k in &x.keys {
+            if let Some(q) = self.keys[k as usize].queue.as_mut() {
+                q.remove(w, x.mode);
+            }
+        }
+        self.session_mut(x.session).wait = None;
+        Some(x)
     }
 
     /// Forgets a session that is unbound and has nothing left (made by a request that did
