@@ -22,10 +22,7 @@ impl Clock {
     }
 
     pub fn now(&self) -> Millis {
-        match self {
-            Clock::Real(start) => start.elapsed().as_millis() as Millis,
-            Clock::Manual(m) => m.now(),
-        }
+        self.at(Instant::now())
     }
 
     /// What [`Clock::now`] would have said at `at`, an instant the caller read anyway (to

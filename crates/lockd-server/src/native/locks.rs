@@ -62,9 +62,7 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
                     since: now,
                 })
             }
-            Acquired::TooManyLocks => {
-                Outcome::Reply(too_many_locks_reply(core.table.config().max_locks))
-            }
+            Acquired::TooManyLocks => Outcome::Reply(too_many_locks(shared)),
             Acquired::Deadlock(other) => Outcome::Reply(Value::error(format!(
                 "DEADLOCK waiting would close a cycle of waits with session {}",
                 String::from_utf8_lossy(&other.0)
@@ -102,13 +100,11 @@ pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply 
     Ok(Value::Integer(released as i64))
 }
 
-fn too_many_locks_reply(max_locks: u64) -> Value {
-    Value::error(format!(
-        "TOOMANYLOCKS the server holds its maximum of {max_locks} locks"
-    ))
-}
-
-/// The answer to a queued ACQUIRE refused when its turn came (see `lockd_core::Woken`).
+/// The answer to an ACQUIRE that would take the locks held past `--max-locks`: on arrival,
+/// or when a queued one's turn came (see `lockd_core::Woken`).
 pub(super) fn too_many_locks(shared: &Shared) -> Value {
-    too_many_locks_reply(shared.config.max_locks)
+    Value::error(format!(
+        "TOOMANYLOCKS the server holds its maximum of {} locks",
+        shared.config.max_locks
+    ))
 }
