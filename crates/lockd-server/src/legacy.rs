@@ -7,6 +7,7 @@ use lockd_proto::legacy::{parse, BadRequest, Command, Reply};
 use lockd_proto::line::{next_line, LineTooLong, MAX_LINE};
 use lockd_proto::LockType;
 
+use crate::clock::Laps;
 use crate::shared::Shared;
 use crate::sys;
 
@@ -32,19 +33,10 @@ impl Legacy {
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), LineTooLong> {
-        // One clock read per batch for the table and the first request's start, one per
-        // request for the latency histogram (each request's time runs from the end of the
-        // one before).
-        let mut last = tokio::time::Instant::now();
-        let now = shared.clock.at(last);
+        let (mut laps, now) = Laps::start(&shared.clock);
         while let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? {
             self.answer(shared, &line, now).write_to(out);
-            let done = tokio::time::Instant::now();
-            shared
-                .metrics
-                .legacy_request_seconds
-                .observe((done - last).as_secs_f64());
-            last = done;
+            laps.lap(&shared.metrics.legacy_request_seconds);
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ use lockd_core::{ConnId, Millis, SessionId, WaitId};
 use lockd_proto::resp::{parse_spans, Limits, Value};
 use tokio::sync::oneshot;
 
+use crate::clock::Laps;
 use crate::shared::Shared;
 
 pub(crate) use args::Args;
@@ -81,8 +82,8 @@ impl Native {
 
     /// Answers requests from `input` until it is used up or one must wait.
     pub fn process(&mut self, shared: &Shared, input: &mut BytesMut, out: &mut BytesMut) -> Stop {
-        let mut last = tokio::time::Instant::now();
-        self.now = shared.clock.at(last);
+        let (mut laps, now) = Laps::start(&shared.clock);
+        self.now = now;
         loop {
             // Arguments are borrowed from `input` while the request runs, then consumed.
             let (used, spans) = match parse_spans(input, &self.limits) {
@@ -111,13 +112,7 @@ impl Native {
                 )
             };
             input.advance(used);
-            // Each request's time runs from the end of the one before: one clock read each.
-            let done = tokio::time::Instant::now();
-            shared
-                .metrics
-                .native_request_seconds
-                .observe((done - last).as_secs_f64());
-            last = done;
+            laps.lap(&shared.metrics.native_request_seconds);
             match outcome {
                 Outcome::Reply(Value::Error(e)) => {
                     shared
