@@ -19,26 +19,13 @@ pub struct Split {
 /// Splits the CPUs this process may use: the last one for the server, the rest for the
 /// client. Needs at least two.
 pub fn split() -> anyhow::Result<Split> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the size passed is the size of the set we pass.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
-    if rc != 0 {
-        bail!(
-            "cannot read this process's CPUs: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: the index is below CPU_SETSIZE.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
-        .collect();
+    let cpus = current().map_err(|e| anyhow::anyhow!("cannot read this process's CPUs: {e}"))?;
     let Some((&server_cpu, client_cpus)) = cpus.split_last().filter(|(_, rest)| !rest.is_empty())
     else {
         bail!("--pin needs at least two CPUs; this process may use {cpus:?}");
     };
-    // SAFETY: as above, all-zero is the empty set, and every index is below CPU_SETSIZE.
+    // SAFETY: cpu_set_t is plain data, all-zero is the empty set; every index is below
+    // CPU_SETSIZE.
     let (client, server) = unsafe {
         let mut client: libc::cpu_set_t = std::mem::zeroed();
         let mut server: libc::cpu_set_t = std::mem::zeroed();
@@ -89,15 +76,17 @@ pub fn restrict(set: &libc::cpu_set_t) -> std::io::Result<()> {
 }
 
 /// The CPUs the calling thread may run on.
-#[cfg(test)]
-fn current() -> Vec<usize> {
-    // SAFETY: as in `split`.
+fn current() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data (all-zero is the empty set); the size passed is the
+    // size of the set passed; every index tested is below CPU_SETSIZE.
     unsafe {
         let mut s: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut s);
-        (0..libc::CPU_SETSIZE as usize)
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut s) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
             .filter(|&c| libc::CPU_ISSET(c, &s))
-            .collect()
+            .collect())
     }
 }
 
@@ -107,7 +96,7 @@ mod tests {
 
     #[test]
     fn the_server_gets_a_cpu_the_client_does_not() {
-        let all = current();
+        let all = current().unwrap();
         let Ok(split) = split() else {
             assert!(all.len() < 2, "split failed with CPUs {all:?}");
             return;
@@ -115,11 +104,11 @@ mod tests {
         // In a thread of its own, so the test harness's affinity is left alone.
         std::thread::spawn(move || {
             restrict(&split.client).unwrap();
-            let client = current();
+            let client = current().unwrap();
             assert!(!client.contains(&split.server_cpu));
             assert_eq!(client.len(), all.len() - 1);
             restrict(&split.server).unwrap();
-            assert_eq!(current(), vec![split.server_cpu]);
+            assert_eq!(current().unwrap(), vec![split.server_cpu]);
         })
         .join()
         .unwrap();
