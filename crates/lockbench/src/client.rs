@@ -207,12 +207,9 @@ impl Client {
                 }
             }
             (Protocol::Redis, Req::Acquire { keys, mode, .. }) => {
-                let [k] = keys else {
+                let ([k], LockMode::Ex) = (keys, mode) else {
                     bail!("the Redis lock takes one key, exclusively");
                 };
-                if mode != LockMode::Ex {
-                    bail!("the Redis lock takes one key, exclusively");
-                }
                 encode_array_header(6, &mut self.out);
                 encode_bulk(b"SET", &mut self.out);
                 encode_bulk(&key_name(*k), &mut self.out);

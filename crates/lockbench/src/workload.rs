@@ -116,6 +116,23 @@ impl TaskResult {
         self.rec.hist.borrow_mut().saturating_record_n(us, n);
     }
 
+    /// Sends `reqs` as one batch and records each request as taking the batch's round
+    /// trip; false (and an error counted) if the connection failed.
+    async fn timed_batch(
+        &mut self,
+        c: &mut Client,
+        reqs: &[Req<'_>],
+        outcomes: &mut Vec<Outcome>,
+    ) -> bool {
+        let t0 = Instant::now();
+        if c.batch(reqs, outcomes).await.is_err() {
+            self.errors += 1;
+            return false;
+        }
+        self.done(t0.elapsed().as_micros() as u64, reqs.len() as u64);
+        true
+    }
+
     fn extra(&self, us: u64) {
         self.rec.extra.borrow_mut().saturating_record(us);
     }
@@ -304,13 +321,9 @@ async fn pingpong(
                         timeout_ms: 0,
                     })
                     .collect();
-                let t0 = Instant::now();
-                if c.batch(&reqs, &mut outcomes).await.is_err() {
-                    r.errors += 1;
+                if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                     break;
                 }
-                let rtt = t0.elapsed().as_micros() as u64;
-                r.done(rtt, depth as u64);
                 held.clear();
                 for (j, o) in outcomes.iter().enumerate() {
                     if *o == Outcome::Granted {
@@ -344,13 +357,9 @@ async fn pingpong(
                         mode: modes[j],
                     })
                     .collect();
-                let t1 = Instant::now();
-                if c.batch(&reqs, &mut outcomes).await.is_err() {
-                    r.errors += 1;
+                if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                     break;
                 }
-                let rtt = t1.elapsed().as_micros() as u64;
-                r.done(rtt, reqs.len() as u64);
             }
             r
         },
