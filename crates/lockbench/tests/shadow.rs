@@ -63,33 +63,13 @@ fn with_addr(addr: &str, args: &str) -> Vec<String> {
     v
 }
 
-fn lockbench(addr: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lockbench"))
-        .args([
-            "--addr",
-            addr,
-            "--protocol",
-            "legacy",
-            "-c",
-            "8",
-            "--keys",
-            "2",
-            "-d",
-            "1",
-            "--json",
-        ])
-        // Each grant is held 1 ms: eight clients on two keys must overlap.
-        .args(["--hold-us", "1000"])
-        .output()
-        .unwrap()
-}
+/// The safety run: each grant is held 1 ms, so eight clients on two keys must overlap.
+const SAFETY_RUN: &str = "--protocol legacy -c 8 --keys 2 -d 1 --json --hold-us 1000";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_granting_everything_is_caught() {
     let addr = broken_server().await;
-    let out = tokio::task::spawn_blocking(move || lockbench(&addr))
-        .await
-        .unwrap();
+    let out = run_lockbench(with_addr(&addr, SAFETY_RUN)).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["violations"].as_u64().unwrap() > 0, "{r}");
@@ -98,9 +78,7 @@ async fn a_server_granting_everything_is_caught() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lockd_passes_the_same_run() {
     let addr = lockd().await;
-    let out = tokio::task::spawn_blocking(move || lockbench(&addr))
-        .await
-        .unwrap();
+    let out = run_lockbench(with_addr(&addr, SAFETY_RUN)).await;
     assert!(out.status.success(), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["violations"], 0);
