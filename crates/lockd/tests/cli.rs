@@ -103,6 +103,21 @@ fn start(args: &[&str], home: &std::path::Path) -> (std::process::Child, u16) {
     (child, port)
 }
 
+/// Stops lockd with SIGTERM, checks it exits 0, and returns what it logged.
+fn stop(mut child: std::process::Child) -> String {
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
 fn sigterm(child: &std::process::Child) {
     // SAFETY: kill(2) with a pid we own.
     unsafe {
@@ -140,16 +155,7 @@ fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
     BufReader::new(&conn).read_line(&mut reply).unwrap();
     assert_eq!(reply, "ACQUIRED\n");
 
-    sigterm(&child);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stop(child);
     assert!(err.contains("lockd listening"), "{err}");
     assert!(!err.contains(&key), "the key is never logged");
 }
@@ -157,19 +163,11 @@ fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
 #[test]
 fn given_key_is_not_logged() {
     let home = tempfile::tempdir().unwrap();
-    let (mut child, _port) = start(
+    let (child, _port) = start(
         &["--authKey=supersecretvalue", "--address=127.0.0.1"],
         home.path(),
     );
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stop(child);
     assert!(err.contains("lockd listening"));
     assert!(!err.contains("supersecretvalue"));
     assert!(
@@ -219,16 +217,8 @@ fn check_config_validates_and_exits() {
 #[test]
 fn json_logs_are_json() {
     let home = tempfile::tempdir().unwrap();
-    let (mut child, _port) = start(&["--auth-key", "k", "--log-format", "json"], home.path());
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (child, _port) = start(&["--auth-key", "k", "--log-format", "json"], home.path());
+    let err = stop(child);
     let first = err.lines().next().expect("a log line");
     assert!(
         first.starts_with('{') && first.contains("\"lockd listening\""),
@@ -300,9 +290,7 @@ fn sigterm_as_soon_as_the_port_opens_stops_gracefully() {
     // narrow, so without the fix this loop fails only now and then: a guard, not a proof.
     for _ in 0..20 {
         let home = tempfile::tempdir().unwrap();
-        let (mut child, _port) = start(&["--auth-key", "k"], home.path());
-        sigterm(&child);
-        let status = child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
+        let (child, _port) = start(&["--auth-key", "k"], home.path());
+        stop(child);
     }
 }
