@@ -93,26 +93,20 @@ struct Recorder {
 /// What one connection did; made before the run starts.
 struct TaskResult {
     rec: Rc<Recorder>,
-    ops: u64,
-    grants: u64,
-    refusals: u64,
-    errors: u64,
+    counts: Counts,
 }
 
 impl TaskResult {
     fn new(rec: Rc<Recorder>) -> TaskResult {
         TaskResult {
             rec,
-            ops: 0,
-            grants: 0,
-            refusals: 0,
-            errors: 0,
+            counts: Counts::default(),
         }
     }
 
     /// `n` operations that took `us` each.
     fn done(&mut self, us: u64, n: u64) {
-        self.ops += n;
+        self.counts.ops += n;
         self.rec.hist.borrow_mut().saturating_record_n(us, n);
     }
 
@@ -126,7 +120,7 @@ impl TaskResult {
     ) -> bool {
         let t0 = Instant::now();
         if c.batch(reqs, outcomes).await.is_err() {
-            self.errors += 1;
+            self.counts.errors += 1;
             return false;
         }
         self.done(t0.elapsed().as_micros() as u64, reqs.len() as u64);
@@ -142,7 +136,9 @@ impl TaskResult {
     }
 }
 
-/// A connection's counts, and a thread's histograms, sent back from a client thread.
+/// A connection's counts, sent back from its client thread (the histograms are the
+/// thread's).
+#[derive(Default)]
 struct Counts {
     ops: u64,
     grants: u64,
@@ -221,13 +217,7 @@ where
                         .collect();
                     let mut counts = Vec::with_capacity(tasks.len());
                     for task in tasks {
-                        let r = task.await?;
-                        counts.push(Counts {
-                            ops: r.ops,
-                            grants: r.grants,
-                            refusals: r.refusals,
-                            errors: r.errors,
-                        });
+                        counts.push(task.await?.counts);
                     }
                     let hists = [&rec.hist, &rec.extra, &rec.holds].map(|h| h.borrow().clone());
                     anyhow::Ok((counts, hists))
@@ -327,13 +317,13 @@ async fn pingpong(
                 held.clear();
                 for (j, o) in outcomes.iter().enumerate() {
                     if *o == Outcome::Granted {
-                        r.grants += 1;
+                        r.counts.grants += 1;
                         for &key in &keys_buf[j * per..(j + 1) * per] {
                             shadow.granted(key, session, modes[j]);
                         }
                         held.push(j);
                     } else {
-                        r.refusals += 1;
+                        r.counts.refusals += 1;
                     }
                 }
                 if held.is_empty() {
@@ -397,15 +387,15 @@ async fn hotkey(
                                 r.extra((now_ns - rel) / 1000);
                             }
                             r.done(t0.elapsed().as_micros() as u64, 1);
-                            r.grants += 1;
+                            r.counts.grants += 1;
                             shadow.granted(0, session, LockMode::Ex);
                         }
                         Ok(false) => {
-                            r.refusals += 1;
+                            r.counts.refusals += 1;
                             continue;
                         }
                         Err(_) => {
-                            r.errors += 1;
+                            r.counts.errors += 1;
                             break;
                         }
                     }
@@ -415,7 +405,7 @@ async fn hotkey(
                     shadow.releasing(0, session, LockMode::Ex);
                     released_at.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
                     if c.release_one(0, LockMode::Ex).await.is_err() {
-                        r.errors += 1;
+                        r.counts.errors += 1;
                         break;
                     }
                 }
@@ -496,15 +486,15 @@ async fn fairness(
                                     );
                                 }
                             }
-                            r.grants += 1;
+                            r.counts.grants += 1;
                             shadow.granted(0, session, mode);
                         }
                         Ok(false) => {
-                            r.refusals += 1;
+                            r.counts.refusals += 1;
                             continue;
                         }
                         Err(_) => {
-                            r.errors += 1;
+                            r.counts.errors += 1;
                             break;
                         }
                     }
@@ -521,7 +511,7 @@ async fn fairness(
                         }
                     }
                     if c.release_one(0, mode).await.is_err() {
-                        r.errors += 1;
+                        r.counts.errors += 1;
                         break;
                     }
                 }
