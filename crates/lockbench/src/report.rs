@@ -96,11 +96,16 @@ impl Report {
     pub fn set_extra(&mut self, name: &str, h: &Histogram<u64>) {
         self.extra_name = Some(name.to_string());
         self.extra_count = Some(h.len());
-        if !h.is_empty() {
-            self.extra_us_p50 = Some(h.value_at_quantile(0.5));
-            self.extra_us_p99 = Some(h.value_at_quantile(0.99));
-            self.extra_us_max = Some(h.max());
+        if let Some([p50, p99, max, _]) = summary(h) {
+            self.extra_us_p50 = Some(p50);
+            self.extra_us_p99 = Some(p99);
+            self.extra_us_max = Some(max);
         }
+    }
+
+    /// Fairness: how long after the last SH holder ahead of it each EX was granted.
+    pub fn set_ex_after_release(&mut self, h: &Histogram<u64>) {
+        self.ex_after_release_us = summary(h);
     }
 
     /// Records how many operations each connection completed.
@@ -203,4 +208,16 @@ impl Report {
         }
         s
     }
+}
+
+/// p50, p99, max and count of a histogram that is not empty.
+fn summary(h: &Histogram<u64>) -> Option<[u64; 4]> {
+    (!h.is_empty()).then(|| {
+        [
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len(),
+        ]
+    })
 }

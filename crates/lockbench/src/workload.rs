@@ -521,15 +521,7 @@ async fn fairness(
     )
     .await?;
     report.set_extra("ex_wait", &ex_waits);
-    let after = after_release.lock().expect("histogram");
-    if !after.is_empty() {
-        report.ex_after_release_us = Some([
-            after.value_at_quantile(0.5),
-            after.value_at_quantile(0.99),
-            after.max(),
-            after.len(),
-        ]);
-    }
+    report.set_ex_after_release(&after_release.lock().expect("histogram"));
     report.hold_us = Some(hold.as_micros() as u64);
     report.hold_us_max = Some(holds.max());
     Ok(report)
