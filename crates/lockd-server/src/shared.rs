@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 
 pub(crate) struct Core {
     pub table: LockTable,
-    /// Where to send the fencing token when a queued request is granted.
+    /// Where to send how a queued request ended: its fencing token, or a refusal.
     pub waits: HashMap<WaitId, oneshot::Sender<Woken>>,
     wakeups: Vec<Wakeup>,
 }
