@@ -19,7 +19,7 @@ fn key(k: u8) -> Key {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut t = LockTable::new(Config { max_locks: 20, grace_ms: 100, max_waiters: 8, max_waiters_per_key: 4 });
+    let mut t = LockTable::new(Config { max_locks: 20, grace_ms: 100, max_waiters: 8, max_waiters_per_key: 4, ..Config::default() });
     let mut now = 0u64;
     let mut waits: Vec<(WaitId, u8)> = Vec::new();
     let mut woken = Vec::new();

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use lockd_proto::resp::{encode_request, parse_request, Limits};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_args: 64, max_bulk: 4096 };
+    let limits = Limits { max_args: 64, keep_args: 32, max_bulk: 4096, max_request: 64 * 1024 };
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();

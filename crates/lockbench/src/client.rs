@@ -155,6 +155,22 @@ impl Client {
         self.batch(&[req], &mut Vec::with_capacity(1)).await
     }
 
+    /// Sends one request and does not wait for its reply (it may wait in a queue).
+    pub async fn send(&mut self, r: &Req<'_>) -> anyhow::Result<()> {
+        self.encode(r)?;
+        self.flush().await
+    }
+
+    /// Sends one request and returns its reply line as it is (`None` if the connection
+    /// closed).
+    pub async fn acquire_reply(&mut self, r: &Req<'_>) -> anyhow::Result<Option<Vec<u8>>> {
+        self.send(r).await?;
+        match self.read_line().await {
+            Ok(l) => Ok(Some(l)),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Sends the batch at once, then reads every reply, in order, into `outcomes`
     /// (cleared first).
     pub async fn batch(

@@ -42,6 +42,22 @@ pub enum Workload {
     Hold,
     /// Open --connections idle connections, then report the server's memory per connection.
     Idle,
+    /// The wait graph's worst case (native): one session holds EX on min(--keys, 4094)
+    /// keys, --connections sessions queue EX on all of them, and a further request is
+    /// repeated for --duration (see --requester), while another connection PINGs: reports
+    /// the further request's latency, and the PINGs' as the extra figure.
+    Waitgraph,
+}
+
+/// Who repeats the further request in the waitgraph workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requester {
+    /// The holder of the crowded keys asks for them again and for a key another session
+    /// holds, waiting 1 ms.
+    Holder,
+    /// A session that holds a key someone waits on asks for the crowded keys, waiting 1 ms.
+    Other,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -135,6 +151,9 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Waitgraph: who repeats the further request.
+    #[arg(long, value_enum, default_value = "holder")]
+    pub requester: Requester,
 }
 
 fn main() -> std::process::ExitCode {

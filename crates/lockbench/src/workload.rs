@@ -15,7 +15,7 @@ use crate::client::{Client, Outcome, Req};
 use crate::report::Report;
 use crate::server::Spawned;
 use crate::shadow::Shadow;
-use crate::{Args, LockMode, Protocol, Workload};
+use crate::{Args, LockMode, Protocol, Requester, Workload};
 
 /// Keys per request when taking many locks (a legacy line holds at most 65,535 bytes).
 const BATCH: usize = 1000;
@@ -38,6 +38,7 @@ pub async fn run(
         Workload::Fairness => fairness(args, addr, server, duration).await,
         Workload::Hold => hold(args, addr, server).await,
         Workload::Idle => idle(args, addr, server).await,
+        Workload::Waitgraph => waitgraph(args, addr, duration).await,
     }
 }
 
@@ -604,4 +605,132 @@ async fn idle(args: &Args, addr: &str, server: Option<&Spawned>) -> anyhow::Resu
     }
     drop(clients);
     Ok(report)
+}
+
+/// Keys one holder takes in the waitgraph workload: a request of 4,094 keys, its command,
+/// mode and timeout, and one more key stays within the 4,096-key limit.
+const WAITGRAPH_KEYS: u64 = 4094;
+
+async fn waitgraph(args: &Args, addr: &str, duration: Duration) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.protocol == Protocol::Native,
+        "the waitgraph workload needs --protocol native"
+    );
+    let crowded: Vec<u64> = (0..args.keys.min(WAITGRAPH_KEYS)).collect();
+    let (other_key, waited_key) = (WAITGRAPH_KEYS + 1, WAITGRAPH_KEYS + 2);
+    let connect = |id: u32| Client::connect(addr, Protocol::Native, &args.auth_key, id);
+    let ex = |keys, timeout_ms| Req::Acquire {
+        keys,
+        mode: LockMode::Ex,
+        timeout_ms,
+    };
+    let (other_keys, waited_keys) = ([other_key], [waited_key]);
+    // The holder of the crowded keys; a holder of `other_key`, and the requester of the
+    // `other` variant, who holds `waited_key` with someone queued on it.
+    let mut holder = connect(0).await?;
+    granted(&mut holder, &crowded).await?;
+    let mut other = connect(1).await?;
+    granted(&mut other, &other_keys).await?;
+    let mut requester = match args.requester {
+        Requester::Holder => holder,
+        Requester::Other => {
+            let mut z = connect(2).await?;
+            granted(&mut z, &waited_keys).await?;
+            let mut y = connect(3).await?;
+            y.send(&ex(&waited_keys, WAIT_MS)).await?;
+            drop(holder_keepalive(holder));
+            drop(holder_keepalive(y));
+            z
+        }
+    };
+    let mut waiters = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let mut c = connect(10 + i as u32).await?;
+        c.send(&ex(&crowded[..], WAIT_MS)).await?;
+        waiters.push(c);
+    }
+    let probe = lockd_client::Client::connect(addr, &args.auth_key).await?;
+    let expected = args.connections as i64 + (args.requester == Requester::Other) as i64;
+    let queued = async {
+        loop {
+            let stats = probe.stats().await?;
+            if stats.iter().any(|(k, v)| k == "waiters" && *v >= expected) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), queued)
+        .await
+        .context("the waiters were not all queued within 120 s")??;
+    // The further request, repeated; meanwhile PINGs on another connection.
+    let further: Vec<u64> = match args.requester {
+        Requester::Holder => crowded.iter().copied().chain([other_key]).collect(),
+        Requester::Other => crowded.clone(),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pinger = connect(4).await?;
+    let ping_stop = stop.clone();
+    let pings = tokio::spawn(async move {
+        let mut h = histogram();
+        while !ping_stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            pinger.ping().await?;
+            h.saturating_record(t.elapsed().as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        anyhow::Ok(h)
+    });
+    let mut report = Report::new(args);
+    let mut h = histogram();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        match requester.acquire_reply(&ex(&further[..], 1)).await? {
+            // Timed out after 1 ms, or refused as a (possible) deadlock.
+            Some(reply) if reply.starts_with(b"-DEADLOCK") || reply == b"$-1" => {
+                report.refusals += 1
+            }
+            Some(reply) => {
+                eprintln!(
+                    "lockbench: unexpected reply {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                report.errors += 1;
+            }
+            None => report.errors += 1,
+        }
+        h.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let pings = pings.await??;
+    report.set_latency(&h, elapsed);
+    report.set_extra("ping_us", &pings);
+    drop(waiters);
+    Ok(report)
+}
+
+/// Takes EX on `keys` at once, or fails the run.
+async fn granted(c: &mut Client, keys: &[u64]) -> anyhow::Result<()> {
+    let req = Req::Acquire {
+        keys,
+        mode: LockMode::Ex,
+        timeout_ms: 0,
+    };
+    let mut out = Vec::with_capacity(1);
+    c.batch(&[req], &mut out).await?;
+    anyhow::ensure!(
+        out == [Outcome::Granted],
+        "the setup's locks were not granted"
+    );
+    Ok(())
+}
+
+/// Keeps a connection (and so its session's locks and wait) open until the run ends.
+fn holder_keepalive(c: Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        drop(c);
+    })
 }

@@ -7,8 +7,9 @@
 
 use smallvec::SmallVec;
 
+use crate::deadlock::Search;
 use crate::key::Key;
-use crate::table::{LockTable, Waiter};
+use crate::table::{LockTable, QEntry, Waiter};
 use crate::types::{Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 /// How an ACQUIRE ended, when it returned.
@@ -24,6 +25,9 @@ pub enum Acquired {
     Queued(WaitId),
     /// Waiting would close a cycle of waits; the named session is on that cycle.
     Deadlock(SessionId),
+    /// Whether waiting would close a cycle could not be decided within the search's step
+    /// budget (a wait graph of millions of edges); refused as a deadlock would be.
+    DeadlockUnsearchable,
     /// The queue limits (per key or in total) are reached.
     TooManyWaiters,
     /// This session already has a queued request.
@@ -118,9 +122,17 @@ impl LockTable {
         {
             return Acquired::TooManyWaiters;
         }
-        if let Some(other) = self.find_deadlock(s, mode, &idx) {
-            self.counters.deadlocks += 1;
-            return Acquired::Deadlock(self.session(other).id);
+        match self.find_deadlock(s, mode, &idx) {
+            Search::Clear => {}
+            Search::Cycle(other) => {
+                self.counters.deadlocks += 1;
+                return Acquired::Deadlock(self.session(other).id);
+            }
+            Search::TooLarge => {
+                self.counters.deadlocks += 1;
+                self.counters.deadlock_searches_too_large += 1;
+                return Acquired::DeadlockUnsearchable;
+            }
         }
         let mut kidx: SmallVec<[u32; 2]> = SmallVec::new();
         for key in keys {
@@ -134,19 +146,16 @@ impl LockTable {
         for &k in &kidx {
             // A holder of this key goes ahead of every request that waits on its own lock,
             // behind other holders' requests that went ahead before.
-            let pos = if self.session_holds_key(s, k) {
-                self.keys[k as usize].queue.as_deref().map_or(0, |q| {
-                    q.iter()
-                        .position(|x| !self.session_holds_key(self.waiters[x].session, k))
-                        .unwrap_or(q.len())
-                })
-            } else {
-                usize::MAX
+            let jumper = self.session_holds_key(s, k);
+            let entry = QEntry {
+                wait: w,
+                session: s,
+                mode,
             };
             self.keys[k as usize]
                 .queue
                 .get_or_insert_with(Default::default)
-                .insert(pos, w, mode);
+                .push(entry, jumper);
         }
         self.waiters.insert(
             w,
@@ -183,12 +192,11 @@ impl LockTable {
             // request is another session's.
             return !q.conflicts_with(mode);
         }
-        for w in q.iter() {
-            if Some(*w) == before {
+        for e in q.iter() {
+            if Some(e.wait) == before {
                 break;
             }
-            let other = &self.waiters[w];
-            if other.session != s && mode.conflicts(other.mode) {
+            if e.session != s && mode.conflicts(e.mode) {
                 return false;
             }
         }
@@ -241,7 +249,12 @@ impl LockTable {
         let mut i = 0;
         let mut ahead_any = false;
         let mut ahead_ex = false;
-        while let Some(&w) = self.keys[k as usize].queue.as_ref().and_then(|q| q.get(i)) {
+        while let Some(w) = self.keys[k as usize]
+            .queue
+            .as_ref()
+            .and_then(|q| q.get(i))
+            .map(|e| e.wait)
+        {
             let (s, mode, new_locks) = {
                 let x = &self.waiters[&w];
                 (x.session, x.mode, x.keys.len() as u64)
@@ -314,7 +327,7 @@ impl LockTable {
         let x = self.waiters.remove(&w)?;
         for &k in &x.keys {
             if let Some(q) = self.keys[k as usize].queue.as_mut() {
-                q.remove(w, x.mode);
+                q.remove(w);
             }
         }
         self.session_mut(x.session).wait = None;

@@ -79,13 +79,10 @@ impl LockTable {
             .queue
             .iter()
             .flat_map(|q| q.iter())
-            .map(|w| {
-                let x = &self.waiters[w];
-                WaiterInfo {
-                    session: self.session(x.session).id,
-                    mode: x.mode,
-                    waited_ms: now.saturating_sub(x.since),
-                }
+            .map(|e| WaiterInfo {
+                session: self.session(e.session).id,
+                mode: e.mode,
+                waited_ms: now.saturating_sub(self.waiters[&e.wait].since),
             })
             .collect();
         KeyInfo { holders, waiters }

@@ -22,6 +22,7 @@ mod table;
 mod types;
 
 pub use acquire::{Acquired, Wait};
+pub use deadlock::SEARCH_BUDGET as DEADLOCK_SEARCH_BUDGET;
 pub use error::KeyError;
 pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, WaiterInfo};
 pub use key::{Key, MAX_KEY_LEN};

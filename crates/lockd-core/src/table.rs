@@ -24,6 +24,9 @@ pub struct Config {
     pub max_waiters: usize,
     /// Most queued requests on one key.
     pub max_waiters_per_key: usize,
+    /// Most steps one deadlock search may take before the request is refused as a
+    /// possible deadlock (see `deadlock`).
+    pub deadlock_search_budget: u64,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             grace_ms: 60_000,
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
+            deadlock_search_budget: crate::deadlock::SEARCH_BUDGET,
         }
     }
 }
@@ -53,36 +57,95 @@ pub(crate) struct KeyEntry {
     pub queue: Option<Box<Queue>>,
 }
 
+/// One queued request on a key, with what the walks down a queue need (so that they read
+/// the queue alone, not the waiters map).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QEntry {
+    pub wait: WaitId,
+    pub session: u32,
+    pub mode: Mode,
+}
+
 /// The requests waiting on a key, in queue order, and how many of them are EX (so that a
 /// new request's compatibility with the whole queue is known without walking it).
+///
+/// The queue is two runs, each in the order of its [`WaitId`]s (which are issued in
+/// increasing order): first the requests of sessions that held the key when they queued
+/// (they go ahead of the others, see `acquire`), then everyone else's, appended at the
+/// back. So a request's position is found by binary search, not by a walk.
 #[derive(Default)]
 pub(crate) struct Queue {
-    entries: VecDeque<WaitId>,
+    entries: VecDeque<QEntry>,
     ex: u32,
+    /// How many entries at the front are holders' requests.
+    jumpers: u32,
+    /// Scratch for the deadlock search (see `deadlock`): what of this queue the current
+    /// search has walked already. Valid only while its epoch is the search's.
+    pub memo: std::cell::Cell<SearchMemo>,
+}
+
+/// What one deadlock search has done with one key (see `deadlock`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SearchMemo {
+    pub epoch: u32,
+    /// The holders were walked for an SH request (bit 0) or an EX one (bit 1).
+    pub holders: u8,
+    /// Every entry before this position was followed.
+    pub all: u32,
+    /// Every EX entry before this position was followed.
+    pub ex: u32,
 }
 
 impl std::ops::Deref for Queue {
-    type Target = VecDeque<WaitId>;
-    fn deref(&self) -> &VecDeque<WaitId> {
+    type Target = VecDeque<QEntry>;
+    fn deref(&self) -> &VecDeque<QEntry> {
         &self.entries
     }
 }
 
 impl Queue {
-    /// Inserts at `pos` (the back when past it).
-    pub fn insert(&mut self, pos: usize, w: WaitId, mode: Mode) {
-        if pos >= self.entries.len() {
-            self.entries.push_back(w);
+    /// Queues a request: behind the holders' requests already queued if `jumper` (its
+    /// session holds the key), else at the back.
+    pub fn push(&mut self, e: QEntry, jumper: bool) {
+        if jumper {
+            self.entries.insert(self.jumpers as usize, e);
+            self.jumpers += 1;
         } else {
-            self.entries.insert(pos, w);
+            self.entries.push_back(e);
         }
-        self.ex += (mode == Mode::Ex) as u32;
+        self.ex += (e.mode == Mode::Ex) as u32;
     }
 
-    pub fn remove(&mut self, w: WaitId, mode: Mode) {
-        if let Some(pos) = self.entries.iter().position(|x| *x == w) {
-            self.entries.remove(pos);
-            self.ex -= (mode == Mode::Ex) as u32;
+    /// Where request `w` is, in O(log n).
+    pub fn position(&self, w: WaitId) -> Option<usize> {
+        let j = self.jumpers as usize;
+        let (front, back) = self.entries.as_slices();
+        let find = |lo: usize, hi: usize| -> Option<usize> {
+            // Binary search over entries lo..hi of the ring buffer.
+            let (mut lo, mut hi) = (lo, hi);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let at = if mid < front.len() {
+                    front[mid].wait
+                } else {
+                    back[mid - front.len()].wait
+                };
+                match at.cmp(&w) {
+                    std::cmp::Ordering::Equal => return Some(mid),
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                }
+            }
+            None
+        };
+        find(0, j).or_else(|| find(j, self.entries.len()))
+    }
+
+    pub fn remove(&mut self, w: WaitId) {
+        if let Some(pos) = self.position(w) {
+            let e = self.entries.remove(pos).expect("position is in range");
+            self.ex -= (e.mode == Mode::Ex) as u32;
+            self.jumpers -= (pos < self.jumpers as usize) as u32;
         }
     }
 
@@ -135,6 +198,11 @@ pub struct Counters {
     pub deadlocks: u64,
     pub expired_sessions: u64,
     pub too_many_locks: u64,
+    /// Requests refused because their deadlock search passed its step budget.
+    pub deadlock_searches_too_large: u64,
+    /// Steps taken by deadlock searches (holders, queue entries and waiters' keys looked
+    /// at): what the search costs, for tests and metrics.
+    pub deadlock_search_steps: u64,
 }
 
 /// The lock table: a deterministic state machine. It does no I/O and reads no clock.
@@ -159,6 +227,10 @@ pub struct LockTable {
     pub(crate) dead_sessions: usize,
     pub(crate) counters: Counters,
     pub(crate) wakeups: Vec<Wakeup>,
+    /// Deadlock search scratch: which sessions the current search has reached (by slab
+    /// index, holding the search's epoch), and that epoch.
+    pub(crate) search_seen: Vec<u32>,
+    pub(crate) search_epoch: u32,
 }
 
 /// The sessions bound to one connection.
@@ -199,6 +271,8 @@ impl LockTable {
             dead_sessions: 0,
             counters: Counters::default(),
             wakeups: Vec::new(),
+            search_seen: Vec::new(),
+            search_epoch: 0,
         }
     }
 

@@ -430,25 +430,93 @@ fn queues(t: &LockTable) -> Queues {
         .collect()
 }
 
-/// Sessions a waiter of `s` for `mode` at position `pos` of key `k`'s queue waits on.
-fn waits_on(t: &LockTable, k: u32, s: SessionId, mode: Mode, pos: usize) -> Vec<SessionId> {
-    let info = t.inspect(key(k).as_bytes(), 0);
-    let mut out: Vec<SessionId> = info
-        .holders
-        .iter()
-        .filter(|h| h.session != s && conflicts(mode, h.mode))
-        .map(|h| h.session)
-        .collect();
-    let holds_here = info.holders.iter().any(|h| h.session == s);
-    if !holds_here {
-        out.extend(
-            info.waiters[..pos]
-                .iter()
-                .filter(|w| w.session != s && conflicts(mode, w.mode))
-                .map(|w| w.session),
-        );
+type Holders = BTreeMap<u32, Vec<(SessionId, Mode)>>;
+
+fn holders(t: &LockTable) -> Holders {
+    (0..KEYS)
+        .map(|k| {
+            let h = t.inspect(key(k).as_bytes(), 0).holders;
+            (k, h.into_iter().map(|h| (h.session, h.mode)).collect())
+        })
+        .collect()
+}
+
+/// The wait-for graph of the model: a request of `s` at position `pos` of key `k`'s queue
+/// waits on the other sessions holding `k` in a conflicting mode and, unless `s` holds
+/// `k`, on the conflicting requests queued before it.
+fn wait_graph(holders: &Holders, queues: &Queues) -> BTreeMap<SessionId, BTreeSet<SessionId>> {
+    let mut edges: BTreeMap<SessionId, BTreeSet<SessionId>> = BTreeMap::new();
+    for (k, q) in queues {
+        let h = &holders[k];
+        for (pos, &(s, mode)) in q.iter().enumerate() {
+            let e = edges.entry(s).or_default();
+            e.extend(
+                h.iter()
+                    .filter(|(x, m)| *x != s && conflicts(mode, *m))
+                    .map(|(x, _)| *x),
+            );
+            if !h.iter().any(|(x, _)| *x == s) {
+                e.extend(
+                    q[..pos]
+                        .iter()
+                        .filter(|(x, m)| *x != s && conflicts(mode, *m))
+                        .map(|(x, _)| *x),
+                );
+            }
+        }
     }
-    out
+    edges
+}
+
+/// Kahn's algorithm: a graph is acyclic iff every node can be removed; what is left
+/// is on or behind a cycle.
+fn cyclic_part(
+    edges: &BTreeMap<SessionId, BTreeSet<SessionId>>,
+) -> BTreeMap<SessionId, BTreeSet<SessionId>> {
+    let mut g = edges.clone();
+    loop {
+        let leaves: Vec<SessionId> = g
+            .iter()
+            .filter(|(_, ts)| ts.iter().all(|t| !g.contains_key(t)))
+            .map(|(s, _)| *s)
+            .collect();
+        if leaves.is_empty() {
+            return g;
+        }
+        for l in leaves {
+            g.remove(&l);
+        }
+    }
+}
+
+/// The queues as they would be with `s`'s request for `mode` on `keys` queued: behind the
+/// other holders' requests where `s` holds the key, else at the back.
+fn with_request(
+    holders: &Holders,
+    queues: &Queues,
+    s: SessionId,
+    mode: Mode,
+    keys: &[u32],
+) -> Queues {
+    let mut q = queues.clone();
+    let mut keys = keys.to_vec();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let h = &holders[&k];
+        let holds = |x: &SessionId| h.iter().any(|(y, _)| y == x);
+        let entries = q.get_mut(&k).unwrap();
+        let pos = if holds(&s) {
+            entries
+                .iter()
+                .position(|(x, _)| !holds(x))
+                .unwrap_or(entries.len())
+        } else {
+            entries.len()
+        };
+        entries.insert(pos, (s, mode));
+    }
+    q
 }
 
 proptest! {
@@ -490,7 +558,18 @@ proptest! {
                                 }
                             }
                         }
-                        Acquired::Deadlock(other) => prop_assert_ne!(other, sid(s)),
+                        Acquired::Deadlock(other) => {
+                            prop_assert_ne!(other, sid(s));
+                            // The refusal was needed: queued, the request closes a cycle
+                            // through `s` and the session named.
+                            let h = holders(&t);
+                            let g = wait_graph(&h, &with_request(&h, &before, sid(s), mode, &keys));
+                            let cyc = cyclic_part(&g);
+                            prop_assert!(cyc.contains_key(&sid(s)) && cyc.contains_key(&other),
+                                "deadlock reported for {:?} via {:?}, but queuing it closes no such cycle: {:?}",
+                                sid(s), other, g);
+                        }
+                        Acquired::DeadlockUnsearchable => prop_assert!(false, "a tiny search ran out of budget"),
                         _ => {}
                     }
                 }
@@ -550,24 +629,11 @@ proptest! {
                 }
             }
             // Liveness: every waiter waits on somebody; and the wait-for graph is acyclic.
-            let mut edges: BTreeMap<SessionId, BTreeSet<SessionId>> = BTreeMap::new();
-            for (k, q) in &after {
-                for (pos, (s, mode)) in q.iter().enumerate() {
-                    edges.entry(*s).or_default().extend(waits_on(&t, *k, *s, *mode, pos));
-                }
-            }
+            let edges = wait_graph(&holders(&t), &after);
             for (s, targets) in &edges {
                 prop_assert!(!targets.is_empty(), "{:?} waits though it could be granted", s);
             }
-            // Kahn's algorithm: a graph is acyclic iff every node can be removed.
-            let mut g = edges.clone();
-            loop {
-                let leaves: Vec<SessionId> = g.iter()
-                    .filter(|(_, ts)| ts.iter().all(|t| !g.contains_key(t)))
-                    .map(|(s, _)| *s).collect();
-                if leaves.is_empty() { break; }
-                for l in leaves { g.remove(&l); }
-            }
+            let g = cyclic_part(&edges);
             prop_assert!(g.is_empty(), "cycle of waits among {:?}", g.keys().collect::<Vec<_>>());
             prop_assert_eq!(t.waiter_count(), waits.len());
         }

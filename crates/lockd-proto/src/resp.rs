@@ -5,21 +5,51 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-/// Limits on one request, so that no client can make the server buffer without bound.
+/// Limits on one request, so that no client can make the server buffer without bound. A
+/// request is refused as soon as its headers announce more than the limits allow, before
+/// its bytes arrive.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Most elements in a request array.
+    /// Most elements in a request array; more is a protocol error.
     pub max_args: usize,
+    /// Most elements whose spans are kept: a request with more (up to `max_args`) is
+    /// parsed to its end and reported with [`Frame::args`] > `spans.len()`, so the server
+    /// can refuse it and go on with the next request.
+    pub keep_args: usize,
     /// Longest bulk string.
     pub max_bulk: usize,
+    /// Most bytes in one request, framing included.
+    pub max_request: usize,
+}
+
+/// The largest request lockd serves: 4,096 keys of 1,024 bytes, each framed as
+/// `$1024\r\n...\r\n` (1,033 bytes), plus 4 KiB for the array header, the command, its
+/// mode and timeout.
+pub const MAX_REQUEST: usize = 4096 * 1033 + 4096;
+
+impl Limits {
+    /// For an authenticated connection: one maximal request ([`MAX_REQUEST`]); arguments
+    /// past the 4,099 that an ACQUIRE of 4,096 keys has are counted, not kept.
+    pub const AUTHENTICATED: Limits = Limits {
+        max_args: MAX_REQUEST / 6,
+        keep_args: 4099,
+        max_bulk: 64 * 1024,
+        max_request: MAX_REQUEST,
+    };
+
+    /// Before authentication: enough for `HELLO 3 AUTH user password SETNAME name`, and
+    /// no more, as Redis bounds its unauthenticated clients.
+    pub const UNAUTHENTICATED: Limits = Limits {
+        max_args: 16,
+        keep_args: 16,
+        max_bulk: 4096,
+        max_request: 4096,
+    };
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_args: 4097,
-            max_bulk: 64 * 1024,
-        }
+        Limits::AUTHENTICATED
     }
 }
 
@@ -37,19 +67,34 @@ pub enum ProtocolError {
     TooManyArgs(usize),
     #[error("Protocol error: bulk string longer than {0} bytes")]
     BulkTooLong(usize),
+    #[error("Protocol error: request larger than {0} bytes")]
+    RequestTooLarge(usize),
     #[error("Protocol error: line too long")]
     LineTooLong,
 }
 
 const MAX_HEADER_LINE: usize = 32;
+/// The fewest bytes one argument takes: `$0\r\n\r\n`.
+const MIN_ARG_BYTES: usize = 6;
 
 /// Where a request's arguments are in the buffer it was parsed from: (start, length) each.
 pub type Spans = smallvec::SmallVec<[(usize, usize); 8]>;
 
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Bytes it takes at the front of the buffer.
+    pub len: usize,
+    /// Its first `keep_args` arguments.
+    pub spans: Spans,
+    /// How many arguments it has (more than `spans.len()` when some were not kept).
+    pub args: usize,
+}
+
 /// Parses one request at the front of `buf` without copying or consuming anything: how
 /// many bytes it takes, and where its arguments are. `Ok(None)` means more bytes are
 /// needed. An empty array (`*0`, `*-1`) is a request with no arguments.
-pub fn parse_spans(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Spans)>, ProtocolError> {
+pub fn parse_spans(buf: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolError> {
     let mut pos = 0;
     let Some(n) = header(buf, &mut pos, b'*')? else {
         return Ok(None);
@@ -58,14 +103,21 @@ pub fn parse_spans(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Spans)>
         if n < -1 {
             return Err(ProtocolError::BadArrayLen);
         }
-        return Ok(Some((pos, Spans::new())));
+        return Ok(Some(Frame {
+            len: pos,
+            spans: Spans::new(),
+            args: 0,
+        }));
     }
     let n = n as usize;
     if n > limits.max_args {
         return Err(ProtocolError::TooManyArgs(limits.max_args));
     }
-    let mut spans = Spans::with_capacity(n);
-    for _ in 0..n {
+    if n.saturating_mul(MIN_ARG_BYTES) > limits.max_request.saturating_sub(pos) {
+        return Err(ProtocolError::RequestTooLarge(limits.max_request));
+    }
+    let mut spans = Spans::with_capacity(n.min(limits.keep_args));
+    for i in 0..n {
         let Some(len) = header(buf, &mut pos, b'$')? else {
             return Ok(None);
         };
@@ -76,16 +128,27 @@ pub fn parse_spans(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Spans)>
         if len > limits.max_bulk {
             return Err(ProtocolError::BulkTooLong(limits.max_bulk));
         }
+        // What this argument and the smallest possible rest would take.
+        let need = pos + len + 2 + (n - i - 1) * MIN_ARG_BYTES;
+        if need > limits.max_request {
+            return Err(ProtocolError::RequestTooLarge(limits.max_request));
+        }
         if buf.len() < pos + len + 2 {
             return Ok(None);
         }
         if &buf[pos + len..pos + len + 2] != b"\r\n" {
             return Err(ProtocolError::BadBulkLen);
         }
-        spans.push((pos, len));
+        if spans.len() < limits.keep_args {
+            spans.push((pos, len));
+        }
         pos += len + 2;
     }
-    Ok(Some((pos, spans)))
+    Ok(Some(Frame {
+        len: pos,
+        spans,
+        args: n,
+    }))
 }
 
 /// Parses one request off the front of `buf` into owned arguments. `Ok(None)` means more
@@ -94,12 +157,12 @@ pub fn parse_request(
     buf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some((used, spans)) = parse_spans(buf, limits)? else {
+    let Some(f) = parse_spans(buf, limits)? else {
         return Ok(None);
     };
-    let frame = buf.split_to(used).freeze();
+    let frame = buf.split_to(f.len).freeze();
     Ok(Some(
-        spans
+        f.spans
             .into_iter()
             .map(|(p, l)| frame.slice(p..p + l))
             .collect(),
@@ -312,9 +375,21 @@ mod tests {
             Err(ProtocolError::BadBulkLen)
         );
         assert_eq!(
-            parse_all(b"*99999\r\n"),
-            Err(ProtocolError::TooManyArgs(4097))
+            parse_all(b"*99999999\r\n"),
+            Err(ProtocolError::TooManyArgs(Limits::AUTHENTICATED.max_args))
         );
+        // A count whose smallest possible encoding passes the byte limit is refused at once.
+        let tight = Limits {
+            max_args: 1000,
+            keep_args: 10,
+            max_bulk: 100,
+            max_request: 600,
+        };
+        assert_eq!(
+            parse_spans(b"*200\r\n", &tight),
+            Err(ProtocolError::RequestTooLarge(600))
+        );
+        assert_eq!(parse_spans(b"*99\r\n", &tight), Ok(None));
         assert_eq!(
             parse_all(b"*1\r\n$999999\r\n"),
             Err(ProtocolError::BulkTooLong(65536))
@@ -376,6 +451,47 @@ mod tests {
         let mut exact = BytesMut::new();
         encode_request(&["SET", "k", ""], &mut exact);
         assert_eq!(&exact[..], b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_request_is_refused_when_its_headers_announce_too_much() {
+        let u = Limits::UNAUTHENTICATED;
+        let p = |b: &[u8]| parse_spans(b, &u);
+        assert_eq!(p(b"*17\r\n"), Err(ProtocolError::TooManyArgs(16)));
+        assert_eq!(
+            p(b"*2\r\n$4\r\nAUTH\r\n$4097\r\n"),
+            Err(ProtocolError::BulkTooLong(4096))
+        );
+        // Two bulks of 3,000 bytes pass the bulk limit, not the request limit: refused at
+        // the second header, before its bytes are sent.
+        let mut b = b"*2\r\n$3000\r\n".to_vec();
+        b.extend(std::iter::repeat_n(b'x', 3000));
+        b.extend_from_slice(b"\r\n$3000\r\n");
+        assert_eq!(p(&b), Err(ProtocolError::RequestTooLarge(4096)));
+        // The largest valid request fits after authentication.
+        let key = vec![b'k'; 1024];
+        let mut args: Vec<&[u8]> = vec![b"ACQUIRE", b"EX", b"4294967295"];
+        args.extend(std::iter::repeat_n(&key[..], 4096));
+        let mut buf = BytesMut::new();
+        encode_request(&args, &mut buf);
+        assert!(buf.len() <= MAX_REQUEST, "{} > {MAX_REQUEST}", buf.len());
+        let f = parse_spans(&buf, &Limits::AUTHENTICATED).unwrap().unwrap();
+        assert_eq!((f.len, f.args, f.spans.len()), (buf.len(), 4099, 4099));
+    }
+
+    #[test]
+    fn arguments_past_keep_args_are_counted_and_skipped() {
+        let mut buf = BytesMut::new();
+        let args: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        encode_request(&args, &mut buf);
+        buf.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let f = parse_spans(&buf, &Limits::AUTHENTICATED).unwrap().unwrap();
+        assert_eq!((f.args, f.spans.len()), (5000, 4099));
+        assert_eq!(
+            &buf[f.len..],
+            b"*1\r\n$4\r\nPING\r\n",
+            "the next request follows"
+        );
     }
 
     proptest::proptest! {

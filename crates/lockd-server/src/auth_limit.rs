@@ -1,7 +1,10 @@
 //! Per-peer limits on authentication failures. After [`MAX_FAILURES`] failures within
-//! [`WINDOW_MS`], a peer address is refused without its key being checked for
-//! [`BLOCK_MS`], so guessing the key costs time; failures are logged at most once per
-//! window per peer, with a count of those left out, so a guesser cannot flood the log.
+//! [`WINDOW_MS`], a peer address is past the limit for [`BLOCK_MS`]: its failing native
+//! connections are closed at their next failure, so guessing the key costs a connection
+//! per guess. Correct keys and signatures are always served (one misconfigured process on
+//! a shared host must not lock out the correct ones, and legacy replies must stay the
+//! original daemon's). Failures are logged at most once per window per peer, with a count
+//! of those left out, so a guesser cannot flood the log.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,7 +46,7 @@ pub(crate) struct Failure {
 }
 
 impl AuthLimiter {
-    /// Whether the peer is refused for now.
+    /// Whether the peer is past the failure limit for now.
     pub fn blocked(&self, ip: IpAddr, now: Millis) -> bool {
         if self.blocks_end.load(Ordering::Relaxed) <= now {
             return false;

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// After each request, keep polling for the next one this long instead of sleeping
     /// (see the `busy_poll` module); `None`: off.
     pub busy_poll: Option<Duration>,
+    /// The longest grace period a client may ask for with `SESSION GRACE`; longer asks
+    /// are capped to it, so no client can keep its locks past what the operator allows.
+    pub max_grace: Duration,
 }
 
 impl ServerConfig {
@@ -66,6 +69,7 @@ impl ServerConfig {
             tls_required: false,
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
+            max_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -24,7 +24,8 @@ use crate::shared::Shared;
 
 const READ_CHUNK: usize = 4 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// While a request waits, input is still read (to see the client leave) up to this much.
+/// While a request waits, input is still read (to see the client leave, by closing or by a
+/// QUIT) up to this much.
 const MAX_INPUT_WHILE_WAITING: usize = 64 * 1024;
 
 enum Protocol {
@@ -167,17 +168,26 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     if l.process(shared, &mut input, &mut output).is_err() {
                         tracing::warn!(
                             conn = conn.0,
-                            "request line longer than 65535 bytes: closing the connection"
+                            "request line longer than {} bytes: closing the connection",
+                            lockd_proto::line::MAX_LINE
                         );
                         return "line too long";
                     }
                 }
                 Protocol::Native(n) => match n.process(shared, &mut input, &mut output) {
                     Stop::Drained => {}
+                    // A QUIT that came in the same read withdraws the wait at once.
+                    Stop::Wait(w) if n.quit_behind(&input) => {
+                        n.finish_wait(shared, w, None, &mut output)
+                    }
                     Stop::Wait(w) => *pending = Some(w),
                     Stop::Close => closing = true,
                 },
             }
+        }
+        if output.len() > crate::shared::PEAK_OUTPUT_FLOOR {
+            let c = &shared.counters.peak_output;
+            c.fetch_max(output.len() as u64, Relaxed);
         }
         if output.len() > max_output {
             tracing::warn!(
@@ -268,11 +278,22 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     output.advance(n);
                     unflushed = !flushed;
                 }
-                // A client that leaves while waiting gives up its wait; otherwise what it
-                // sent before closing its side is answered, then the connection closes.
-                Io::Read(0) if pending.is_some() => return "closed by peer while waiting",
-                Io::Read(0) => eof = true,
-                Io::Read(_) => shared.activity.request(),
+                // A client that leaves gives up its wait: it is answered (null, or the
+                // token if it was granted first), then what it sent behind it, then the
+                // connection closes. Leaving is closing its side, or a QUIT behind the
+                // wait.
+                Io::Read(n) => {
+                    eof = n == 0;
+                    if n > 0 {
+                        shared.activity.request();
+                    }
+                    if let (Some(Protocol::Native(nat)), true) = (protocol.as_mut(), pending.is_some()) {
+                        if eof || nat.quit_behind(&input) {
+                            let w = pending.take().expect("a wait was pending");
+                            nat.finish_wait(shared, w, None, &mut output);
+                        }
+                    }
+                }
                 Io::Failed(why) => return why,
             },
             // Made only when polled: select! builds every branch's future, disabled or not,

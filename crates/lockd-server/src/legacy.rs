@@ -34,7 +34,12 @@ impl Legacy {
         out: &mut BytesMut,
     ) -> Result<(), LineTooLong> {
         let (mut laps, now) = Laps::start(&shared.clock);
-        while let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? {
+        // Checked after every reply: a batch stops once the bound is passed.
+        let max_output = shared.config.max_pending_output;
+        while out.len() <= max_output {
+            let Some(line) = next_line(input, &mut self.scanned, MAX_LINE)? else {
+                break;
+            };
             self.answer(shared, &line, now).write_to(out);
             laps.lap(&shared.metrics.legacy_request_seconds);
         }
@@ -44,13 +49,8 @@ impl Legacy {
     fn answer(&self, shared: &Shared, line: &[u8], now: lockd_core::Millis) -> Reply {
         use std::sync::atomic::Ordering::Relaxed;
         shared.counters.legacy_requests.fetch_add(1, Relaxed);
-        // A peer refused for repeated failures gets BAD_KEY without its signature being
-        // checked (as a request whose signature failed would).
-        if shared.auth_limit.blocked(self.peer, now) {
-            shared.counters.bad_requests.fetch_add(1, Relaxed);
-            shared.metrics.bad_request("BAD_KEY");
-            return Reply::Bad(BadRequest::Key);
-        }
+        // Every line is checked on its own, as the original does: failures from this
+        // address are counted and logged, and never refuse a correctly signed line.
         // Parsing and the signature check happen outside the table's lock.
         let req = match parse(line, &shared.signer) {
             Ok(r) => r,
@@ -58,7 +58,7 @@ impl Legacy {
                 shared.counters.bad_requests.fetch_add(1, Relaxed);
                 shared.metrics.bad_request(bad.code());
                 if bad == BadRequest::Key {
-                    shared.auth_failed(self.peer, "legacy");
+                    let _ = shared.auth_failed(self.peer, "legacy");
                 }
                 tracing::debug!(conn = self.conn.0, code = bad.code(), "bad legacy request");
                 return Reply::Bad(bad);

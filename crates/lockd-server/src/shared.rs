@@ -31,7 +31,13 @@ pub(crate) struct ServerCounters {
     pub auth_failures: AtomicU64,
     pub legacy_connections: AtomicU64,
     pub native_connections: AtomicU64,
+    /// The most reply bytes one connection has had waiting to be sent (recorded only past
+    /// [`PEAK_OUTPUT_FLOOR`], so the hot path of small replies never touches it).
+    pub peak_output: AtomicU64,
 }
+
+/// Output buffers below this size are not recorded in `peak_output`.
+pub(crate) const PEAK_OUTPUT_FLOOR: usize = 16 * 1024;
 
 pub(crate) struct Shared {
     core: Mutex<Core>,
@@ -68,6 +74,8 @@ pub struct Snapshot {
     pub auth_failures: u64,
     pub legacy_connections: u64,
     pub native_connections: u64,
+    /// The most reply bytes one connection has had waiting (0 if never past 16 KiB).
+    pub peak_output: u64,
     pub sessions: usize,
     pub dead_sessions: usize,
     pub locks_held: u64,
@@ -84,6 +92,7 @@ impl Shared {
             grace_ms: config.lock_timeout.as_millis() as Millis,
             max_waiters: config.max_waiters,
             max_waiters_per_key: config.max_waiters_per_key,
+            ..Config::default()
         });
         Shared {
             core: Mutex::new(Core {
@@ -155,14 +164,18 @@ impl Shared {
     }
 
     /// Records an authentication failure from `peer`: counted, logged (rate-limited).
-    pub fn auth_failed(&self, peer: std::net::IpAddr, protocol: &'static str) {
+    /// Returns whether `peer` is past the failure limit, so that the caller may make the
+    /// failing connection pay (close it); correct requests from `peer` are never refused.
+    pub fn auth_failed(&self, peer: std::net::IpAddr, protocol: &'static str) -> bool {
         self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-        let f = self.auth_limit.failure(peer, self.clock.now());
+        let now = self.clock.now();
+        let f = self.auth_limit.failure(peer, now);
         if f.blocked {
-            tracing::warn!(%peer, protocol, "too many authentication failures: refusing this address for {} s", crate::auth_limit::BLOCK_MS / 1000);
+            tracing::warn!(%peer, protocol, "too many authentication failures: this address's failing connections are closed for {} s", crate::auth_limit::BLOCK_MS / 1000);
         } else if f.log {
             tracing::warn!(%peer, protocol, earlier_unlogged = f.unlogged, "authentication failed");
         }
+        f.blocked || self.auth_limit.blocked(peer, now)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -181,6 +194,7 @@ impl Shared {
             auth_failures: c.auth_failures.load(Ordering::Relaxed),
             legacy_connections: c.legacy_connections.load(Ordering::Relaxed),
             native_connections: c.native_connections.load(Ordering::Relaxed),
+            peak_output: c.peak_output.load(Ordering::Relaxed),
             sessions: t.session_count(),
             dead_sessions: t.dead_session_count(),
             locks_held: t.locks_held(),
@@ -196,6 +210,24 @@ impl Shared {
         let now = self.clock.now();
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         f(&core.table, now)
+    }
+
+    /// Ends queued request `w` whose timeout passed (or that its client withdrew): `None`
+    /// if it was still queued and is now withdrawn, or how it ended if it ended first. It
+    /// may have been granted moments ago, by this very call: the expiry that `with_at`
+    /// runs first can grant it, and that grant is still in the table's wakeups. They are
+    /// delivered before the sender is dropped, so a grant is never lost and the client is
+    /// told the truth: a token when it holds the lock, null when it does not.
+    pub fn end_wait(&self, w: WaitId, mut rx: oneshot::Receiver<Woken>) -> Option<Woken> {
+        self.with(|core, now| {
+            if core.table.time_out(w, now) {
+                core.waits.remove(&w);
+                return None;
+            }
+            core.deliver_wakeups();
+            core.waits.remove(&w);
+            rx.try_recv().ok()
+        })
     }
 
     /// The connection closed: its sessions die or are forgotten, its wait (if any) is
@@ -235,9 +267,225 @@ pub(crate) fn log_expired(expired: &[(SessionId, u32)]) {
 
 #[cfg(test)]
 mod tests {
-    use lockd_core::{ConnId, Key, Mode, SessionId, Wait};
+    use lockd_core::{Acquired, ConnId, Key, Mode, SessionId, Wait};
+    use proptest::prelude::*;
 
     use super::*;
+
+    fn s(c: u8) -> SessionId {
+        SessionId([c; 32])
+    }
+
+    fn shared_with_grace(grace_ms: u64) -> (Shared, std::sync::Arc<crate::ManualClock>) {
+        let clock = crate::ManualClock::new();
+        let mut config = crate::ServerConfig::new("127.0.0.1", 0, "k");
+        config.lock_timeout = std::time::Duration::from_millis(grace_ms);
+        (Shared::new(config, Clock::Manual(clock.clone())), clock)
+    }
+
+    /// Queues an EX request of `id` on `keys` the way a native ACQUIRE does.
+    fn queue(
+        shared: &Shared,
+        id: SessionId,
+        mode: Mode,
+        keys: &[Key],
+    ) -> Result<(WaitId, oneshot::Receiver<Woken>), Acquired> {
+        shared.with(
+            |core, now| match core.table.acquire(id, mode, keys, Wait::Queue, now) {
+                Acquired::Queued(w) => {
+                    let (tx, rx) = oneshot::channel();
+                    core.waits.insert(w, tx);
+                    Ok((w, rx))
+                }
+                other => Err(other),
+            },
+        )
+    }
+
+    fn held(shared: &Shared, id: SessionId) -> usize {
+        shared.read(|t, _| t.locks_of(&id).map_or(0, |l| l.len()))
+    }
+
+    /// `a` (on connection 1, grace 1 s) holds EX on `k`; `b` waits for it.
+    fn a_holds_b_waits() -> (
+        Shared,
+        std::sync::Arc<crate::ManualClock>,
+        WaitId,
+        oneshot::Receiver<Woken>,
+    ) {
+        let (shared, clock) = shared_with_grace(1000);
+        let k = [Key::new(b"k").unwrap()];
+        shared.with(|core, now| {
+            core.table.use_session(s(b'a'), ConnId(1));
+            core.table.acquire(s(b'a'), Mode::Ex, &k, Wait::No, now);
+            core.table.use_session(s(b'b'), ConnId(2));
+        });
+        let (w, rx) = queue(&shared, s(b'b'), Mode::Ex, &k).unwrap();
+        (shared, clock, w, rx)
+    }
+
+    /// Issue 10, defect 3: the holder's grace and the waiter's timeout both passed before
+    /// either was handled, and the timeout is handled first. The expiry it runs grants the
+    /// waiter; the answer must be that token, not null.
+    #[test]
+    fn a_timeout_handled_after_the_holders_grace_ended_reports_the_grant() {
+        let (shared, clock, w, rx) = a_holds_b_waits();
+        shared.disconnect(ConnId(1), None);
+        clock.advance(3000);
+        let got = shared.end_wait(w, rx);
+        assert!(matches!(got, Some(Woken::Granted(_))), "{got:?}");
+        assert_eq!(held(&shared, s(b'b')), 1);
+    }
+
+    #[test]
+    fn a_timeout_with_nothing_granted_withdraws_the_request() {
+        let (shared, clock, w, rx) = a_holds_b_waits();
+        clock.advance(3000);
+        assert_eq!(shared.end_wait(w, rx), None);
+        assert_eq!(held(&shared, s(b'b')), 0);
+        assert_eq!(shared.read(|t, _| t.waiter_count()), 0);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Session `s` lets go of what it holds, then asks for `keys` with a timeout.
+        Acquire(u8, bool, Vec<u8>, u64),
+        Release(u8),
+        /// The connection of `s` closes (a pending wait is withdrawn); it reconnects
+        /// (revives) at its next request.
+        Disconnect(u8),
+        Advance(u64),
+        /// The expiry timer runs.
+        Expire,
+        /// Connections whose deadline passed handle their timeouts, in this rotation.
+        Timeouts(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, any::<bool>(), proptest::collection::vec(0u8..3, 1..3), 1u64..3000)
+                .prop_map(|(s, ex, k, t)| Op::Acquire(s, ex, k, t)),
+            2 => (0u8..4).prop_map(Op::Release),
+            1 => (0u8..4).prop_map(Op::Disconnect),
+            3 => (1u64..2500).prop_map(Op::Advance),
+            1 => Just(Op::Expire),
+            2 => (0usize..4).prop_map(Op::Timeouts),
+        ]
+    }
+
+    struct Pending {
+        session: u8,
+        wait: WaitId,
+        rx: oneshot::Receiver<Woken>,
+        deadline: u64,
+    }
+
+    /// A reply is the truth (issue 10): for any order of grants, releases, disconnects,
+    /// expiries and timeouts, several deadlines passing in one step included, a wait that
+    /// ends with a token holds its locks and one that ends with null holds nothing.
+    fn check_replies(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let (shared, clock) = shared_with_grace(1500);
+        let mut conn = [1u64, 2, 3, 4];
+        let mut next_conn = 5;
+        let mut pending: Vec<Pending> = Vec::new();
+        let keys: Vec<Key> = (0..3)
+            .map(|i| Key::new(&[b'k', b'0' + i]).unwrap())
+            .collect();
+        let check_answer = |id: SessionId, answer: Option<Woken>| -> Result<(), TestCaseError> {
+            let h = held(&shared, id);
+            match answer {
+                Some(Woken::Granted(_)) => prop_assert!(h > 0, "granted, holds nothing"),
+                Some(Woken::TooManyLocks) | None => prop_assert_eq!(h, 0, "null, holds {}", h),
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Acquire(x, ex, ks, timeout) => {
+                    if pending.iter().any(|p| p.session == x) {
+                        continue;
+                    }
+                    let id = s(b'a' + x);
+                    let c = ConnId(conn[x as usize]);
+                    let ks: Vec<Key> = ks.iter().map(|&i| keys[i as usize].clone()).collect();
+                    let mode = if ex { Mode::Ex } else { Mode::Sh };
+                    shared.with(|core, now| {
+                        core.table.use_session(id, c);
+                        core.table.release_all(id, now);
+                        core.table.use_session(id, c);
+                    });
+                    if let Ok((wait, rx)) = queue(&shared, id, mode, &ks) {
+                        let deadline = clock.now() + timeout;
+                        pending.push(Pending {
+                            session: x,
+                            wait,
+                            rx,
+                            deadline,
+                        });
+                    }
+                }
+                Op::Release(x) => {
+                    if !pending.iter().any(|p| p.session == x) {
+                        let c = ConnId(conn[x as usize]);
+                        shared.with(|core, now| {
+                            core.table.use_session(s(b'a' + x), c);
+                            core.table.release_all(s(b'a' + x), now)
+                        });
+                    }
+                }
+                Op::Disconnect(x) => {
+                    let wait = pending.iter().position(|p| p.session == x);
+                    let wait = wait.map(|i| pending.remove(i).wait);
+                    shared.disconnect(ConnId(conn[x as usize]), wait);
+                    conn[x as usize] = next_conn;
+                    next_conn += 1;
+                }
+                Op::Advance(ms) => clock.advance(ms),
+                Op::Expire => {
+                    shared.with(|core, now| core.table.expire(now));
+                }
+                Op::Timeouts(rot) => {
+                    let now = clock.now();
+                    let n = pending.len();
+                    for i in 0..n {
+                        let i = (i + rot) % n;
+                        if pending[i].deadline <= now {
+                            let (w, rx) = (
+                                pending[i].wait,
+                                std::mem::replace(&mut pending[i].rx, oneshot::channel().1),
+                            );
+                            let answer = shared.end_wait(w, rx);
+                            check_answer(s(b'a' + pending[i].session), answer)?;
+                            pending[i].deadline = u64::MAX;
+                        }
+                    }
+                    pending.retain(|p| p.deadline != u64::MAX);
+                }
+            }
+            // Grants delivered meanwhile are answers too.
+            let mut still = Vec::new();
+            for mut p in pending.drain(..) {
+                match p.rx.try_recv() {
+                    Ok(answer) => check_answer(s(b'a' + p.session), Some(answer))?,
+                    Err(_) => {
+                        let st = shared.read(|t, _| t.session_state(&s(b'a' + p.session)));
+                        prop_assert!(st.is_some_and(|st| st.waiting && st.locks == 0), "{:?}", st);
+                        still.push(p);
+                    }
+                }
+            }
+            pending = still;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn every_wait_is_answered_with_the_truth(ops in proptest::collection::vec(op(), 1..60)) {
+            check_replies(ops)?;
+        }
+    }
 
     #[test]
     fn busy_polling_is_asked_for_only_while_a_queue_goes_on() {

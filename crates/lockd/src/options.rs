@@ -18,6 +18,11 @@ pub const DEFAULT_PORT: u16 = 7531;
 /// chain ends.
 const DEFAULT_BUSY_POLL_US: u64 = 50;
 const DEFAULT_ADDRESS: &str = "127.0.0.1";
+/// The longest grace a client may ask for unless the operator says otherwise: an hour.
+const DEFAULT_MAX_GRACE_SECS: u64 = 3600;
+/// Durations in seconds are at most a year: far past any sane grace period, and far from
+/// overflowing when counted in milliseconds.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
 /// lockd: a lock server. Speaks MediaWiki's LockServerDaemon protocol (a drop-in
 /// replacement) and a native RESP protocol on the same port.
@@ -58,6 +63,12 @@ pub struct Cli {
         env = "LOCKD_LOCK_TIMEOUT"
     )]
     pub lock_timeout: Option<u64>,
+
+    /// Longest grace period a native client may ask for with SESSION GRACE, in seconds;
+    /// longer asks are capped to it. At least --lock-timeout [default: 3600, or
+    /// --lock-timeout if larger]
+    #[arg(long = "max-grace", alias = "maxGrace", env = "LOCKD_MAX_GRACE")]
+    pub max_grace: Option<u64>,
 
     /// Most locks held at once, over all sessions [default: 10000]
     #[arg(long = "max-locks", alias = "maxLocks", env = "LOCKD_MAX_LOCKS")]
@@ -155,6 +166,8 @@ struct FileOptions {
     auth_scheme: Option<String>,
     #[serde(alias = "lockTimeout")]
     lock_timeout: Option<u64>,
+    #[serde(alias = "maxGrace")]
+    max_grace: Option<u64>,
     #[serde(alias = "maxLocks")]
     max_locks: Option<u64>,
     #[serde(alias = "maxClients")]
@@ -213,7 +226,23 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         String::new(),
     );
     server.auth_scheme = auth_scheme;
-    server.lock_timeout = Duration::from_secs(cli.lock_timeout.or(file.lock_timeout).unwrap_or(60));
+    let lock_timeout = cli.lock_timeout.or(file.lock_timeout).unwrap_or(60);
+    if lock_timeout > MAX_SECONDS {
+        bail!("--lock-timeout must be at most {MAX_SECONDS} seconds (a year); got {lock_timeout}");
+    }
+    server.lock_timeout = Duration::from_secs(lock_timeout);
+    let max_grace = match cli.max_grace.or(file.max_grace) {
+        None => lock_timeout.max(DEFAULT_MAX_GRACE_SECS),
+        Some(g) if g > MAX_SECONDS => {
+            bail!("--max-grace must be at most {MAX_SECONDS} seconds (a year); got {g}")
+        }
+        Some(g) if g < lock_timeout => bail!(
+            "--max-grace ({g} s) must be at least --lock-timeout ({lock_timeout} s): \
+             the default grace period cannot be longer than the longest one allowed"
+        ),
+        Some(g) => g,
+    };
+    server.max_grace = Duration::from_secs(max_grace);
     server.max_locks = cli.max_locks.or(file.max_locks).unwrap_or(10_000);
     server.max_clients = max_clients;
     server.max_backlog = cli.max_backlog.or(file.max_backlog).unwrap_or(100);
@@ -371,6 +400,29 @@ mod tests {
         assert!(e.contains("--auth-scheme"), "{e}");
         let e = parse(&["--bogus"]).unwrap_err().to_string();
         assert!(e.contains("--bogus"), "{e}");
+    }
+
+    #[test]
+    fn grace_limits_are_checked_and_never_wrap() {
+        let r = |args: &[&str]| {
+            let mut a = vec!["--auth-key", "k"];
+            a.extend_from_slice(args);
+            resolve(parse(&a).unwrap())
+        };
+        let e = r(&["--lock-timeout", "18446744073709552"]).err().unwrap();
+        assert!(
+            e.to_string().contains("--lock-timeout must be at most"),
+            "{e}"
+        );
+        let e = r(&["--lock-timeout", "120", "--max-grace", "60"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("at least --lock-timeout"), "{e}");
+        let s = r(&["--lock-timeout", "7200"]).unwrap();
+        assert_eq!(s.server.max_grace, Duration::from_secs(7200));
+        let s = r(&["--max-grace", "600"]).unwrap();
+        assert_eq!(s.server.max_grace, Duration::from_secs(600));
+        assert_eq!(r(&[]).unwrap().server.max_grace, Duration::from_secs(3600));
     }
 
     #[test]

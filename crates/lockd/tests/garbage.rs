@@ -149,9 +149,11 @@ fn hostile(port: u16, seed: u64) {
             let _ = s.write_all(&bytes);
         }
         1 => {
-            // An oversize legacy line.
+            // An oversize legacy line: longer than the 131,070 bytes the original could
+            // ever answer, so lockd closes the connection.
             let mut s = connect();
-            let _ = s.write_all(&vec![b'x'; 70_000]);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&vec![b'x'; 140_000]);
             let mut buf = [0u8; 64];
             let _ = s.read(&mut buf);
         }

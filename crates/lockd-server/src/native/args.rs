@@ -55,6 +55,15 @@ impl<'a> Args<'a> {
         Ok(self.rest())
     }
 
+    /// The answer to a request of `n` arguments, more than any command takes.
+    pub fn too_many(&self, n: usize) -> Value {
+        Value::error(format!(
+            "ERR too many arguments for '{}' command ({n}; at most {} keys in one request)",
+            String::from_utf8_lossy(self.items[0]).to_ascii_lowercase(),
+            super::locks::MAX_KEYS
+        ))
+    }
+
     pub fn unknown(&self) -> Value {
         let mut msg = format!(
             "ERR unknown command '{}', with args beginning with:",

@@ -67,6 +67,11 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
                 "DEADLOCK waiting would close a cycle of waits with session {}",
                 String::from_utf8_lossy(&other.0)
             ))),
+            Acquired::DeadlockUnsearchable => Outcome::Reply(Value::error(format!(
+                "DEADLOCK possible: the waits this request would join are too many to search \
+                 (over {} steps); refused rather than risk a deadlock",
+                lockd_core::DEADLOCK_SEARCH_BUDGET
+            ))),
             Acquired::TooManyWaiters => Outcome::Reply(Value::error(
                 "ERR too many waiters on these keys or in total; try again later",
             )),

@@ -57,7 +57,11 @@ pub(crate) struct Native {
     pub name: Option<Bytes>,
     /// The time for this batch of requests (read once per batch).
     pub now: Millis,
-    limits: Limits,
+    /// Set by a command whose reply must be the connection's last (a failed AUTH from an
+    /// address past the failure limit).
+    pub close_after_reply: bool,
+    /// While a request waits: how far the input behind it was searched for a QUIT.
+    quit_scan: usize,
 }
 
 impl Native {
@@ -76,18 +80,35 @@ impl Native {
             authed: false,
             name: None,
             now: 0,
-            limits: Limits::default(),
+            close_after_reply: false,
+            quit_scan: 0,
         }
     }
 
-    /// Answers requests from `input` until it is used up or one must wait.
+    /// The limits on the next request: small until the connection has authenticated.
+    fn limits(&self) -> &'static Limits {
+        if self.authed {
+            &Limits::AUTHENTICATED
+        } else {
+            &Limits::UNAUTHENTICATED
+        }
+    }
+
+    /// Answers requests from `input` until it is used up, one must wait, or the replies
+    /// waiting to be sent pass `--max-pending-output` (checked after every reply, so one
+    /// batch cannot pile up more than one reply past the bound).
     pub fn process(&mut self, shared: &Shared, input: &mut BytesMut, out: &mut BytesMut) -> Stop {
         let (mut laps, now) = Laps::start(&shared.clock);
         self.now = now;
+        self.quit_scan = 0;
+        let max_output = shared.config.max_pending_output;
         loop {
+            if out.len() > max_output {
+                return Stop::Drained;
+            }
             // Arguments are borrowed from `input` while the request runs, then consumed.
-            let (used, spans) = match parse_spans(input, &self.limits) {
-                Ok(Some(x)) => x,
+            let frame = match parse_spans(input, self.limits()) {
+                Ok(Some(f)) => f,
                 Ok(None) => return Stop::Drained,
                 Err(e) => {
                     shared.metrics.bad_request("PROTOCOL");
@@ -96,8 +117,8 @@ impl Native {
                     return Stop::Close;
                 }
             };
-            if spans.is_empty() {
-                input.advance(used);
+            if frame.spans.is_empty() {
+                input.advance(frame.len);
                 continue;
             }
             shared
@@ -105,13 +126,15 @@ impl Native {
                 .native_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = {
-                let frame = &input[..used];
-                self.execute(
-                    shared,
-                    Args::new(spans.iter().map(|&(p, l)| &frame[p..p + l]).collect()),
-                )
+                let bytes = &input[..frame.len];
+                let args = Args::new(frame.spans.iter().map(|&(p, l)| &bytes[p..p + l]).collect());
+                if frame.args > frame.spans.len() {
+                    Outcome::Reply(args.too_many(frame.args))
+                } else {
+                    self.execute(shared, args)
+                }
             };
-            input.advance(used);
+            input.advance(frame.len);
             laps.lap(&shared.metrics.native_request_seconds);
             match outcome {
                 Outcome::Reply(Value::Error(e)) => {
@@ -127,7 +150,28 @@ impl Native {
                     return Stop::Close;
                 }
             }
+            if self.close_after_reply {
+                return Stop::Close;
+            }
         }
+    }
+
+    /// While a request waits: whether the requests sent behind it include a QUIT, which
+    /// withdraws the wait. Only what arrived since the last call is searched.
+    pub fn quit_behind(&mut self, input: &[u8]) -> bool {
+        while self.quit_scan < input.len() {
+            let Ok(Some(f)) = parse_spans(&input[self.quit_scan..], self.limits()) else {
+                return false;
+            };
+            let at = self.quit_scan;
+            self.quit_scan += f.len;
+            if let Some(&(p, l)) = f.spans.first() {
+                if input[at + p..at + p + l].eq_ignore_ascii_case(b"QUIT") {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn execute(&mut self, shared: &Shared, args: Args) -> Outcome {
@@ -156,27 +200,17 @@ impl Native {
         Outcome::Reply(reply.unwrap_or_else(|e| e))
     }
 
-    /// The wait ended: granted with a token, or timed out (`None`).
+    /// The wait ended: granted with a token, or it timed out or was withdrawn (`None`).
     pub fn finish_wait(
         &mut self,
         shared: &Shared,
-        mut wait: PendingWait,
+        wait: PendingWait,
         woken: Option<lockd_core::Woken>,
         out: &mut BytesMut,
     ) {
         let waited = shared.clock.now().saturating_sub(wait.since);
         shared.metrics.wait_seconds.observe(waited as f64 / 1000.0);
-        let outcome = woken.or_else(|| {
-            shared.with(|core, now| {
-                core.waits.remove(&wait.id);
-                if core.table.time_out(wait.id, now) {
-                    None
-                } else {
-                    // Granted just before the timeout was handled: the token is sent.
-                    wait.rx.try_recv().ok()
-                }
-            })
-        });
+        let outcome = woken.or_else(|| shared.end_wait(wait.id, wait.rx));
         match outcome {
             Some(lockd_core::Woken::Granted(t)) => Value::Integer(t as i64),
             Some(lockd_core::Woken::TooManyLocks) => locks::too_many_locks(shared),

@@ -1,4 +1,4 @@
-//! SESSION, SESSION RESUME id, SESSION GRACE ms.
+//! SESSION, SESSION RESUME id, SESSION GRACE ms (capped by `--max-grace`).
 
 use lockd_core::{ResumeError, SessionId};
 use lockd_proto::resp::Value;
@@ -33,10 +33,17 @@ pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Reply {
             Ok(Value::ok())
         }
         ("GRACE", 2) => {
-            let ms = uint(rest[1], "grace")?;
+            let asked = uint(rest[1], "grace")?;
+            // No client keeps its locks past what the operator allows (`--max-grace`).
+            let max = u64::try_from(shared.config.max_grace.as_millis()).unwrap_or(u64::MAX);
+            let ms = asked.min(max);
             let id = n.session;
             shared.with(|core, _| core.table.set_grace(id, ms));
-            Ok(Value::ok())
+            Ok(if asked > max {
+                Value::Simple(format!("OK capped at {max} ms (the server's --max-grace)"))
+            } else {
+                Value::ok()
+            })
         }
         _ => Err(Value::error(
             "ERR unknown SESSION subcommand (SESSION, SESSION RESUME id, SESSION GRACE ms)",
