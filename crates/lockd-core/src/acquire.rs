@@ -134,13 +134,14 @@ impl LockTable {
                 return Acquired::DeadlockUnsearchable;
             }
         }
-        let mut kidx: SmallVec<[u32; 2]> = SmallVec::new();
-        for key in keys {
-            let k = self.find_or_insert_key(key);
-            if !kidx.contains(&k) {
-                kidx.push(k);
-            }
-        }
+        let mut kidx: SmallVec<[u32; 2]> = keys
+            .iter()
+            .map(|key| self.find_or_insert_key(key))
+            .collect();
+        // A request may name a key twice; it waits once on it. Sorted rather than
+        // searched: a request has up to 4,096 keys.
+        kidx.sort_unstable();
+        kidx.dedup();
         let w = WaitId(self.next_wait);
         self.next_wait += 1;
         for &k in &kidx {
