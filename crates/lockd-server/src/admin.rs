@@ -1,12 +1,28 @@
 //! The admin HTTP server (`--http-address`): Prometheus metrics, health and readiness,
 //! JSON introspection and a live status page. On a loopback address it is open; on any
-//! other it needs the auth key: `Authorization: Bearer <auth key>` for tools, or HTTP Basic
-//! with the key as the password (any user name), which a browser asks for by itself, so
-//! the status page can be opened from another machine.
+//! other, everything but `/healthz` and `/readyz` (which a load balancer probes, and which
+//! tell nothing) needs the auth key: `Authorization: Bearer <auth key>` for tools, or HTTP
+//! Basic with the key as the password (any user name), which a browser asks for by
+//! itself, so the status page can be opened from another machine. Failed keys count
+//! towards the same per-address limit as the lock protocols'.
+//!
+//! Off loopback with TLS configured (`--tls-cert`), it is served over TLS with the same
+//! certificate, so the key never crosses the network in the clear. Every connection is
+//! bounded: [`MAX_CONNECTIONS`] at once (a permit is taken before accepting), its request
+//! headers within [`HEADER_TIMEOUT`], its TLS handshake within [`HANDSHAKE_TIMEOUT`], its
+//! life within [`MAX_CONNECTION_AGE`]; at shutdown, connections get [`SHUTDOWN_GRACE`] to
+//! finish, then are dropped.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -29,6 +45,95 @@ struct AdminState {
     need_token: bool,
 }
 
+/// Most admin connections at once; more wait in the listen backlog.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The peer of the connection a request came on (for the auth-failure limiter).
+#[derive(Clone, Copy)]
+struct Peer(std::net::IpAddr);
+
+/// Serves the admin HTTP API on `listener` until `shutdown`, then returns within
+/// [`SHUTDOWN_GRACE`] (plus a moment), whatever the clients do.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let tls = !loopback && shared.tls.is_some();
+    let app = router(shared.clone(), loopback);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (app, shared, stop) = (app.clone(), shared.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let acceptor = tls
+                .then(|| shared.tls.as_ref().map(|t| t.acceptor()))
+                .flatten();
+            match acceptor {
+                None => connection(stream, peer, app, stop).await,
+                Some(a) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(stream)).await {
+                    Ok(Ok(s)) => connection(s, peer, app, stop).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "admin TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "admin TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin HTTP connections still open at shutdown were dropped");
+    }
+}
+
+/// One HTTP/1.1 connection, with its bounds.
+async fn connection<S>(stream: S, peer: SocketAddr, app: Router, shutdown: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer.ip()));
+        tower::ServiceExt::oneshot(app.clone(), req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let age = tokio::time::sleep(MAX_CONNECTION_AGE);
+    tokio::pin!(age);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = shutdown.cancelled() => None,
+        _ = &mut age => None,
+    };
+    if ended.is_none() {
+        // Finish the request in flight (if any), then close; past the grace, drop it.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+    }
+}
+
 pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
     let state = AdminState {
         shared,
@@ -47,14 +152,22 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
         .with_state(state)
 }
 
+/// Paths a load balancer probes: answered without the key, as they reveal nothing.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 async fn authorize(State(st): State<AdminState>, req: Request, next: Next) -> Response {
-    if st.need_token {
+    if st.need_token && !is_probe(req.uri().path()) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !key_given(given, st.shared.config.auth_key.as_bytes()) {
+            if let Some(Peer(ip)) = req.extensions().get::<Peer>() {
+                let _ = st.shared.auth_failed(*ip, "http");
+            }
             return (
                 StatusCode::UNAUTHORIZED,
                 // Basic first: a browser answering it shows its login prompt. Appended, as

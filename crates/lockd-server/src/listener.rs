@@ -193,17 +193,7 @@ impl Server {
             tracker.spawn(tokens::reserve(shared.clone(), store, shutdown.clone()));
         }
         if let Some(l) = admin {
-            let loopback = l.local_addr().is_ok_and(|a| a.ip().is_loopback());
-            let app = crate::admin::router(shared.clone(), loopback);
-            let stop = shutdown.clone();
-            tracker.spawn(async move {
-                if let Err(e) = axum::serve(l, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "admin HTTP server failed");
-                }
-            });
+            tracker.spawn(crate::admin::serve(l, shared.clone(), shutdown.clone()));
         }
         let permits = Arc::new(Semaphore::new(shared.config.max_clients));
         shared

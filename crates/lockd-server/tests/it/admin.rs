@@ -115,8 +115,23 @@ async fn a_non_loopback_admin_address_needs_the_key() {
     let port = srv.admin.unwrap().port();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(http_get(admin, "/metrics", None).await.0, 401);
-    assert_eq!(http_get(admin, "/healthz", Some("wrong")).await.0, 401);
-    assert_eq!(http_get(admin, "/healthz", Some(AUTH_KEY)).await.0, 200);
+    // Probes are open: a load balancer has no key, and they tell nothing.
+    assert_eq!(
+        http_get(admin, "/healthz", None).await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(http_get(admin, "/readyz", None).await.0, 200);
+    assert_eq!(
+        srv.snapshot().auth_failures,
+        1,
+        "the key-less /metrics counted"
+    );
+    assert_eq!(http_get(admin, "/metrics", Some("wrong")).await.0, 401);
+    assert_eq!(
+        srv.snapshot().auth_failures,
+        2,
+        "a wrong key over HTTP is counted"
+    );
     assert_eq!(http_get(admin, "/metrics", Some(AUTH_KEY)).await.0, 200);
     // A browser is asked for the key (HTTP Basic, any user name) and can open the page.
     let (code, head, _) = http_get_with(admin, "/", None).await;
@@ -224,4 +239,56 @@ async fn status_page_renders_in_a_browser() {
         "a real screenshot"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 11, defect 5: a half-sent request does not hold shutdown.
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_shutdown() {
+    let srv = admin_server().await;
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(srv.admin.unwrap())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    srv.shutdown.cancel();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(6), srv.task).await;
+    assert!(ended.is_ok(), "shutdown waited on stalled admin requests");
+}
+
+/// Issue 11, defect 5: a connection that sends no complete request is closed after the
+/// header timeout, and connections past the limit wait for a slot rather than pile up.
+#[tokio::test]
+async fn silent_admin_connections_are_closed_and_bounded() {
+    let srv = admin_server().await;
+    let admin = srv.admin.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..70 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    // Served once the silent ones time out (5 s), not never.
+    let (code, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        http_get(admin, "/healthz", None),
+    )
+    .await
+    .expect("a request behind 70 silent connections is served after their timeout");
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "the limit held the 65th"
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut silent[0], &mut buf),
+    )
+    .await
+    .expect("a silent connection is closed by the server");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }

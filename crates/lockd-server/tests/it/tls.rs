@@ -209,3 +209,42 @@ async fn redis_cli_over_tls() {
     assert_eq!(srv.snapshot().locks_held, 1);
     let _ = std::fs::remove_dir_all(&c.dir);
 }
+
+/// Issue 10, defect 8: off loopback with TLS configured, the admin server speaks TLS with
+/// the same certificate; the key never travels in the clear.
+#[tokio::test]
+async fn a_non_loopback_admin_server_uses_tls() {
+    let c = certs("admin");
+    let (cert, key) = (c.cert.clone(), c.key.clone());
+    let srv = TestServer::start_with(move |cfg| {
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+        cfg.http_address = Some("0.0.0.0:0".into());
+    })
+    .await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", srv.admin.unwrap().port())
+        .parse()
+        .unwrap();
+    // Plain HTTP gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AUTH_KEY}\r\nConnection: close\r\n\r\n"
+    );
+    plain.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut got).await;
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "plaintext was served: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // TLS with the server's certificate is.
+    let mut s = tls_connect(admin, &c.der).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("\"locks held\""), "{got}");
+    std::fs::remove_dir_all(&c.dir).ok();
+}
