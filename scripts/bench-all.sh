@@ -36,6 +36,10 @@ run hotkey         --protocol native --workload hotkey -c 1000 -d 10
 run hotkey-nopoll  --protocol native --workload hotkey -c 1000 -d 10 --lockd-arg=--busy-poll-us=0
 run fairness       --protocol native --workload fairness -c 20 --hold-us 10000 -d 10
 run fairness-nopoll --protocol native --workload fairness -c 20 --hold-us 10000 -d 10 --lockd-arg=--busy-poll-us=0
+# The wait graph's worst case (issue 10): a further request amid 1,000 sessions queued on
+# 4,094 keys, with PINGs timed meanwhile.
+run waitgraph-holder --protocol native --workload waitgraph --keys 4094 -c 1000 -d 10
+run waitgraph-other  --protocol native --workload waitgraph --keys 4094 -c 1000 -d 10 --requester other
 echo "== sweep"
 $b --spawn --sweep 1,10,50,200,1000,10000 --protocols native,legacy,redis -d 5 --plot "$out/pingpong.svg" > "$out/pingpong-sweep.txt"
 cat "$out/pingpong-sweep.txt"

@@ -50,7 +50,8 @@ print()
 print("| run | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | ops/conn min/p50/max | CPU µs/op | RSS | per lock | per conn | extra p50/p99/max µs (n) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name in ("conns10k-native", "conns10k-redis", "hold-native", "hold-legacy", "idle-native",
-             "idle-legacy", "idle-redis", "hotkey", "hotkey-nopoll", "fairness", "fairness-nopoll"):
+             "idle-legacy", "idle-redis", "hotkey", "hotkey-nopoll", "fairness", "fairness-nopoll",
+             "waitgraph-holder", "waitgraph-other"):
     if not (out / f"{name}.json").exists():
         continue
     r = load(name)

@@ -13,6 +13,9 @@ use smallvec::SmallVec;
 use crate::key::Key;
 use crate::types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
 
+/// The largest fencing token: tokens travel as RESP integers, which are signed 64-bit.
+pub const MAX_TOKEN: u64 = i64::MAX as u64;
+
 /// Limits and defaults of a table.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -265,7 +268,7 @@ impl LockTable {
             next_wait: 1,
             expiries: BTreeSet::new(),
             next_token: 1,
-            token_limit: u64::MAX,
+            token_limit: MAX_TOKEN,
             locks_held: 0,
             locks_sh: 0,
             dead_sessions: 0,
@@ -501,7 +504,7 @@ impl LockTable {
     }
 
     pub(crate) fn issue_token(&mut self) -> Option<u64> {
-        if self.next_token > self.token_limit {
+        if self.next_token > self.token_limit.min(MAX_TOKEN) {
             return None;
         }
         let t = self.next_token;

@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// The longest grace period a client may ask for with `SESSION GRACE`; longer asks
     /// are capped to it, so no client can keep its locks past what the operator allows.
     pub max_grace: Duration,
+    /// A connection must be logged in within this long of connecting (native: a correct
+    /// AUTH; legacy: a correctly signed line), or it is closed, so that a client without
+    /// the key holds a connection slot this long at most. The TLS handshake counts.
+    /// `None`: never closed for this.
+    pub login_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -70,6 +75,7 @@ impl ServerConfig {
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
             max_grace: Duration::from_secs(3600),
+            login_timeout: Some(Duration::from_secs(10)),
         }
     }
 }

@@ -46,29 +46,56 @@ pub(crate) async fn serve(
     shared.counters.connections.fetch_add(1, Relaxed);
     shared.counters.connections_total.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
-    let mut pending = None;
-    let mut counted: Option<&AtomicU64> = None;
+    // Runs the disconnect on every way out of this task, a panic included: otherwise the
+    // connection's sessions would never die and their locks never be released.
+    let mut left = Leave {
+        shared: &shared,
+        conn,
+        pending: None,
+        counted: None,
+    };
     let (sh, ip) = (&*shared, peer.ip());
+    let deadline = shared
+        .config
+        .login_timeout
+        .map(|t| tokio::time::Instant::now() + t);
     let transport = match &shared.tls {
         None => Transport::Plain(stream),
         // Boxed: the handshake's state is large, and plain connections should not carry it.
-        Some(tls) => Box::pin(start_tls(stream, peer, tls, &shutdown)).await,
+        Some(tls) => Box::pin(start_tls(stream, peer, tls, &shutdown, deadline)).await,
     };
+    let Leave {
+        pending, counted, ..
+    } = &mut left;
     let why = match transport {
         Transport::Plain(mut s) => {
-            drive(&mut s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
+            drive(&mut s, sh, conn, ip, &shutdown, deadline, pending, counted).await
         }
         Transport::Tls(mut s) => {
-            drive(&mut *s, sh, conn, ip, &shutdown, &mut pending, &mut counted).await
+            drive(&mut *s, sh, conn, ip, &shutdown, deadline, pending, counted).await
         }
         Transport::Closed(why) => why,
     };
-    if let Some(c) = counted {
-        c.fetch_sub(1, Relaxed);
-    }
     tracing::debug!(conn = conn.0, %peer, reason = why, "connection closed");
-    shared.disconnect(conn, pending.map(|p: PendingWait| p.id));
-    shared.counters.connections.fetch_sub(1, Relaxed);
+}
+
+/// A connection's bookkeeping when it ends, however it ends.
+struct Leave<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+    pending: Option<PendingWait>,
+    counted: Option<&'a AtomicU64>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.counted {
+            c.fetch_sub(1, Relaxed);
+        }
+        self.shared
+            .disconnect(self.conn, self.pending.take().map(|p| p.id));
+        self.shared.counters.connections.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What a connection turned out to be.
@@ -86,15 +113,27 @@ async fn start_tls(
     peer: SocketAddr,
     tls: &crate::tls::Tls,
     shutdown: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 ) -> Transport {
     let mut first = [0u8; 1];
+    // The first byte, like the whole login, must come before the login deadline.
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
     let n = tokio::select! {
         r = stream.peek(&mut first) => r.unwrap_or(0),
         _ = shutdown.cancelled() => 0,
+        _ = until => return Transport::Closed("login timeout: nothing sent"),
     };
     if n == 1 && first[0] == crate::tls::HANDSHAKE {
         let handshake = tls.acceptor().accept(stream);
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        let bound = deadline.map_or(TLS_HANDSHAKE_TIMEOUT, |d| {
+            TLS_HANDSHAKE_TIMEOUT.min(d.saturating_duration_since(tokio::time::Instant::now()))
+        });
+        match tokio::time::timeout(bound, handshake).await {
             Ok(Ok(s)) => Transport::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -129,6 +168,7 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
     conn: ConnId,
     peer: std::net::IpAddr,
     shutdown: &CancellationToken,
+    login_deadline: Option<tokio::time::Instant>,
     pending: &mut Option<PendingWait>,
     counted: &mut Option<&'a AtomicU64>,
 ) -> &'static str {
@@ -219,6 +259,12 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             .config
             .idle_timeout
             .filter(|_| output.is_empty() && pending.is_none());
+        let logged_in = match &protocol {
+            None => false,
+            Some(Protocol::Legacy(l)) => l.authed,
+            Some(Protocol::Native(n)) => n.authed,
+        };
+        let login = login_deadline.filter(|_| !logged_in);
         let wait = async {
             match pending.as_mut() {
                 Some(p) => tokio::select! {
@@ -311,6 +357,10 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             // Made only when polled: select! builds every branch's future, disabled or not,
             // and a sleep reads the clock when made.
             _ = async { tokio::time::sleep(idle.unwrap_or_default()).await }, if idle.is_some() => return "idle timeout",
+            _ = async { tokio::time::sleep_until(login.expect("enabled only when set")).await }, if login.is_some() => {
+                tracing::debug!(conn = conn.0, "not logged in within the login timeout: closing");
+                return "login timeout";
+            }
             _ = &mut cancelled => return "shutdown",
         }
     }
@@ -336,6 +386,7 @@ mod tests {
             ConnId(1),
             "127.0.0.1".parse().unwrap(),
             &shutdown,
+            None,
             &mut pending,
             &mut counted,
         );

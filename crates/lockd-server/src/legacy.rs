@@ -15,6 +15,8 @@ pub(crate) struct Legacy {
     conn: ConnId,
     peer: std::net::IpAddr,
     scanned: usize,
+    /// A correctly signed line came on this connection (it has logged in).
+    pub authed: bool,
 }
 
 impl Legacy {
@@ -23,6 +25,7 @@ impl Legacy {
             conn,
             peer,
             scanned: 0,
+            authed: false,
         }
     }
 
@@ -46,7 +49,7 @@ impl Legacy {
         Ok(())
     }
 
-    fn answer(&self, shared: &Shared, line: &[u8], now: lockd_core::Millis) -> Reply {
+    fn answer(&mut self, shared: &Shared, line: &[u8], now: lockd_core::Millis) -> Reply {
         use std::sync::atomic::Ordering::Relaxed;
         shared.counters.legacy_requests.fetch_add(1, Relaxed);
         // Every line is checked on its own, as the original does: failures from this
@@ -64,6 +67,7 @@ impl Legacy {
                 return Reply::Bad(bad);
             }
         };
+        self.authed = true;
         let Some(sid) = SessionId::from_bytes(req.session) else {
             // parse() guarantees 32 bytes; answer as the original would if it did not.
             return Reply::Bad(BadRequest::Session);

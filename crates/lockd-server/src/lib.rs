@@ -12,6 +12,7 @@
 //! - `clock`: the server's notion of time (real, or manual in tests).
 //! - `admin`, `metrics`: the admin HTTP server: Prometheus metrics, health, JSON views, status page.
 //! - `sys`: process-level details (open-files limit, resident memory).
+//! - `logging`: a log writer that never fails (so logging can never panic lockd).
 
 mod admin;
 mod auth_limit;
@@ -22,6 +23,7 @@ mod conn;
 mod expiry;
 mod legacy;
 mod listener;
+pub mod logging;
 mod metrics;
 mod native;
 mod shared;
@@ -31,7 +33,7 @@ mod tokens;
 
 pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;
-pub use listener::{Server, ServerError, ServerHandle};
+pub use listener::{admin_address, check_data_dir, check_tls, Server, ServerError, ServerHandle};
 pub use shared::Snapshot;
 pub use tls::TlsError;
 pub use tokio_util::sync::CancellationToken;

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::shared::{Shared, Snapshot};
-use crate::tokens::{TokenStore, RESERVE};
+use crate::tokens::TokenStore;
 use crate::{busy_poll, conn, expiry, tokens};
 
 /// What a client past `maxClients` is told before the connection closes.
@@ -22,6 +22,8 @@ const REFUSED: &[u8] = b"-ERR max number of clients reached\r\n";
 
 #[derive(Debug, Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Tokens(#[from] crate::tokens::NoRoom),
     #[error("cannot resolve listen address {address}: {source}")]
     Resolve {
         address: String,
@@ -77,6 +79,37 @@ impl ServerHandle {
     }
 }
 
+/// The admin address `--http-address` names: a bare port means loopback.
+pub fn admin_address(a: &str) -> String {
+    if a.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{a}")
+    } else {
+        a.to_string()
+    }
+}
+
+/// Loads the TLS certificate and key as a start would (for `--check-config`).
+pub fn check_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), crate::tls::TlsError> {
+    crate::tls::Tls::load(cert, key, false).map(|_| ())
+}
+
+/// Checks a data directory as a start would use it (for `--check-config`): it can be
+/// made, written and fsynced, and its token record leaves room for the next tokens.
+pub fn check_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    let err = |source| ServerError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let (store, recorded) = TokenStore::open(dir).map_err(err)?;
+    let file = dir.join(crate::tokens::FILE);
+    crate::tokens::first_and_limit(recorded, crate::tokens::clock_floor(), &file)?;
+    store.probe().map_err(err)?;
+    Ok(())
+}
+
 impl Server {
     /// Binds the listener with the real clock.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
@@ -108,12 +141,7 @@ impl Server {
         .map_err(|source| ServerError::Bind { addr, source })?;
         let admin = match &config.http_address {
             Some(a) => {
-                // A bare port means loopback.
-                let a = if a.parse::<u16>().is_ok() {
-                    format!("127.0.0.1:{a}")
-                } else {
-                    a.clone()
-                };
+                let a = admin_address(a);
                 let l = TcpListener::bind(&a)
                     .await
                     .map_err(|source| ServerError::Admin {
@@ -139,8 +167,9 @@ impl Server {
                     source,
                 };
                 let (store, recorded) = TokenStore::open(&dir).map_err(err)?;
-                let first = recorded + 1;
-                let limit = first + RESERVE;
+                let file = dir.join(crate::tokens::FILE);
+                let (first, limit) =
+                    crate::tokens::first_and_limit(recorded, crate::tokens::clock_floor(), &file)?;
                 store.persist(limit).map_err(err)?;
                 shared.init_tokens(first, Some(limit));
                 Some(store)
@@ -184,7 +213,21 @@ impl Server {
             token_store,
         } = self;
         let tracker = TaskTracker::new();
-        tracker.spawn(expiry::run(shared.clone(), shutdown.clone()));
+        {
+            // The expiry timer is what releases dead sessions' locks: if it ever ended
+            // other than by shutdown (a panic), start it again.
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                loop {
+                    let task = tokio::spawn(expiry::run(shared.clone(), shutdown.clone()));
+                    let ended = task.await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tracing::error!(error = ?ended.err(), "the expiry timer stopped: restarting it");
+                }
+            });
+        }
         if let Some(window) = shared.config.busy_poll {
             let (shared, stop) = (shared.clone(), shutdown.clone());
             tracker.spawn(async move { busy_poll::run(&shared.activity, window, stop).await });

@@ -132,8 +132,13 @@ impl Metrics {
             ),
             (
                 "auth_failures",
-                "Failed native authentications",
+                "Failed authentications: native AUTH, legacy signatures, admin HTTP keys",
                 s.auth_failures,
+            ),
+            (
+                "log_lines_dropped",
+                "Log lines that could not be written (standard error closed or full)",
+                crate::logging::dropped_lines(),
             ),
             (
                 "refused_clients",

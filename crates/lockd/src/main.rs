@@ -3,6 +3,8 @@
 
 mod options;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use lockd_server::CancellationToken;
@@ -14,38 +16,62 @@ fn main() -> std::process::ExitCode {
     let settings = match options::resolve(cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("lockd: {e:#}");
+            let _ = writeln!(std::io::stderr(), "lockd: {}", error_text(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
     if check {
-        let c = &settings.server;
-        println!(
-            "lockd: configuration is valid: listen {}:{}, lock timeout {} s, max locks {}, max clients {}",
-            c.address,
-            c.port,
-            c.lock_timeout.as_secs(),
-            c.max_locks,
-            c.max_clients
-        );
-        return std::process::ExitCode::SUCCESS;
+        return match options::check(&settings) {
+            Ok(notes) => {
+                for n in notes {
+                    lockd_server::logging::say(&format!("lockd: note: {n}"));
+                }
+                lockd_server::logging::say(&format!(
+                    "lockd: configuration is valid: {}",
+                    options::describe(&settings.server, settings.threads)
+                ));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lockd: {}", error_text(&e));
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     init_logging(settings.json_logs);
     match run(settings) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lockd: {e:#}");
+            let _ = writeln!(std::io::stderr(), "lockd: {}", error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes, each said once: an OS error is often both a cause and part of
+/// the message that wraps it ("Address already in use (os error 98): Address already in
+/// use (os error 98)").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
+}
+
 fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Never fails, so logging can never panic lockd (see lockd_server::logging); colour
+    // only for a person at a terminal, not in files or the journal.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| lockd_server::logging::QuietStderr);
     if json {
         fmt.json().init();
     } else {
@@ -54,9 +80,20 @@ fn init_logging(json: bool) {
 }
 
 fn run(settings: options::Settings) -> anyhow::Result<()> {
-    if let Some(generated) = &settings.generated_key {
-        println!("lockd: no auth key given; generated one: {}", generated.key);
-        println!("lockd: auth key written to {}", generated.path.display());
+    use lockd_server::logging::say;
+    match &settings.key_source {
+        options::KeySource::Given => {}
+        options::KeySource::Generated(path) => {
+            say(&format!(
+                "lockd: no auth key given; generated one: {}",
+                settings.server.auth_key
+            ));
+            say(&format!("lockd: auth key written to {}", path.display()));
+        }
+        options::KeySource::File(path) => say(&format!(
+            "lockd: no auth key given; using the one in {}",
+            path.display()
+        )),
     }
     match lockd_server::sys::raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
@@ -85,17 +122,7 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
         }
         tracing::info!(
             address = %server.local_addr(),
-            lock_timeout_s = config.lock_timeout.as_secs(),
-            max_locks = config.max_locks,
-            max_clients = config.max_clients,
-            max_backlog = config.max_backlog,
-            auth_scheme = ?config.auth_scheme,
-            idle_timeout_s = config.idle_timeout.map(|d| d.as_secs()),
-            data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
-            tls = config.tls_cert.is_some(),
-            tls_required = config.tls_required,
-            busy_poll_us = config.busy_poll.map_or(0, |d| d.as_micros() as u64),
-            threads,
+            options = %options::describe(&config, threads),
             "lockd listening"
         );
         let shutdown = CancellationToken::new();
@@ -152,6 +179,9 @@ async fn on_hangup(mut hup: Option<Signal>, handle: lockd_server::ServerHandle) 
     }
 }
 
+/// How long a graceful shutdown may take before lockd exits anyway.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn on_signal(mut term: Option<Signal>, mut int: Option<Signal>, shutdown: CancellationToken) {
     let name = tokio::select! {
         _ = next(&mut term) => "SIGTERM",
@@ -162,4 +192,12 @@ async fn on_signal(mut term: Option<Signal>, mut int: Option<Signal>, shutdown: 
         "shutting down: no new connections, closing the open ones"
     );
     shutdown.cancel();
+    // Graceful, within a bound; a second signal forces it.
+    let why = tokio::select! {
+        _ = next(&mut term) => "a second signal (SIGTERM)",
+        _ = next(&mut int) => "a second signal (SIGINT)",
+        _ = tokio::time::sleep(SHUTDOWN_BOUND) => "the shutdown bound (10 s)",
+    };
+    tracing::warn!("{why}: exiting now");
+    std::process::exit(1);
 }

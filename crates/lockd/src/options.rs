@@ -83,18 +83,30 @@ pub struct Cli {
     pub max_backlog: Option<u32>,
 
     /// Close a connection whose unread replies pass this many bytes [default: 1048576]
-    #[arg(long = "max-pending-output", env = "LOCKD_MAX_PENDING_OUTPUT")]
+    #[arg(
+        long = "max-pending-output",
+        alias = "maxPendingOutput",
+        env = "LOCKD_MAX_PENDING_OUTPUT"
+    )]
     pub max_pending_output: Option<usize>,
 
     /// Close connections idle this many seconds; 0 never does [default: 0]
-    #[arg(long = "idle-timeout", env = "LOCKD_IDLE_TIMEOUT")]
+    #[arg(
+        long = "idle-timeout",
+        alias = "idleTimeout",
+        env = "LOCKD_IDLE_TIMEOUT"
+    )]
     pub idle_timeout: Option<u64>,
 
     /// When a queued request is granted and others still wait, keep polling for the next
     /// request instead of sleeping until none came for this many microseconds: faster hand-offs down a queue,
     /// for CPU while they go on; traffic without queues is unaffected; 0 is off
     /// [default: 50]
-    #[arg(long = "busy-poll-us", env = "LOCKD_BUSY_POLL_US")]
+    #[arg(
+        long = "busy-poll-us",
+        alias = "busyPollUs",
+        env = "LOCKD_BUSY_POLL_US"
+    )]
     pub busy_poll_us: Option<u64>,
 
     /// Directory for durable state: the fencing-token high-water mark, so tokens keep
@@ -103,11 +115,15 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Most queued (waiting) native ACQUIREs at once [default: 100000]
-    #[arg(long = "max-waiters", env = "LOCKD_MAX_WAITERS")]
+    #[arg(long = "max-waiters", alias = "maxWaiters", env = "LOCKD_MAX_WAITERS")]
     pub max_waiters: Option<usize>,
 
     /// Most queued native ACQUIREs on one key [default: 10000]
-    #[arg(long = "max-waiters-per-key", env = "LOCKD_MAX_WAITERS_PER_KEY")]
+    #[arg(
+        long = "max-waiters-per-key",
+        alias = "maxWaitersPerKey",
+        env = "LOCKD_MAX_WAITERS_PER_KEY"
+    )]
     pub max_waiters_per_key: Option<usize>,
 
     /// Worker threads; 1 runs everything on one thread, which costs the least CPU per
@@ -117,35 +133,53 @@ pub struct Cli {
 
     /// Where a generated auth key is written [default:
     /// $XDG_STATE_HOME/lockd/auth-key or ~/.local/state/lockd/auth-key]
-    #[arg(long = "key-file", env = "LOCKD_KEY_FILE")]
+    #[arg(long = "key-file", alias = "keyFile", env = "LOCKD_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
     /// Serve metrics (/metrics), health (/healthz, /readyz), JSON introspection (/v1/...)
     /// and a status page (/) over HTTP here: ADDRESS:PORT, or a port for loopback. A
     /// non-loopback address requires the auth key, as a bearer token or as the password of
     /// HTTP Basic (which a browser prompts for) [default: off]
-    #[arg(long = "http-address", env = "LOCKD_HTTP_ADDRESS")]
+    #[arg(
+        long = "http-address",
+        alias = "httpAddress",
+        env = "LOCKD_HTTP_ADDRESS"
+    )]
     pub http_address: Option<String>,
 
     /// TLS certificate chain (PEM). With --tls-key, TLS clients are served on the same port
     /// (detected by their first byte); reloaded on SIGHUP
-    #[arg(long = "tls-cert", env = "LOCKD_TLS_CERT")]
+    #[arg(long = "tls-cert", alias = "tlsCert", env = "LOCKD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// TLS private key (PEM)
-    #[arg(long = "tls-key", env = "LOCKD_TLS_KEY")]
+    #[arg(long = "tls-key", alias = "tlsKey", env = "LOCKD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Refuse clients that do not use TLS
-    #[arg(long = "tls-required", env = "LOCKD_TLS_REQUIRED")]
+    #[arg(
+        long = "tls-required",
+        alias = "tlsRequired",
+        env = "LOCKD_TLS_REQUIRED"
+    )]
     pub tls_required: bool,
 
+    /// Seconds a new connection has to log in (a correct native AUTH, or a correctly
+    /// signed legacy line) before it is closed, TLS handshake included; 0 never closes
+    /// [default: 10]
+    #[arg(
+        long = "login-timeout",
+        alias = "loginTimeout",
+        env = "LOCKD_LOGIN_TIMEOUT"
+    )]
+    pub login_timeout: Option<u64>,
+
     /// Log format: text or json [default: text]
-    #[arg(long = "log-format", env = "LOCKD_LOG_FORMAT", value_parser = ["text", "json"])]
+    #[arg(long = "log-format", alias = "logFormat", env = "LOCKD_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
 
     /// Check the options (and the config file) and exit: 0 if they are valid
-    #[arg(long = "check-config")]
+    #[arg(long = "check-config", alias = "checkConfig")]
     pub check_config: bool,
 
     /// TOML file with any of these options (kebab-case or camelCase names); flags and
@@ -168,39 +202,61 @@ struct FileOptions {
     lock_timeout: Option<u64>,
     #[serde(alias = "maxGrace")]
     max_grace: Option<u64>,
+    #[serde(alias = "loginTimeout")]
+    login_timeout: Option<u64>,
     #[serde(alias = "maxLocks")]
     max_locks: Option<u64>,
     #[serde(alias = "maxClients")]
     max_clients: Option<usize>,
     #[serde(alias = "maxBacklog")]
     max_backlog: Option<u32>,
+    #[serde(alias = "maxPendingOutput")]
     max_pending_output: Option<usize>,
+    #[serde(alias = "idleTimeout")]
     idle_timeout: Option<u64>,
+    #[serde(alias = "busyPollUs")]
     busy_poll_us: Option<u64>,
+    #[serde(alias = "keyFile")]
     key_file: Option<PathBuf>,
     threads: Option<usize>,
+    #[serde(alias = "logFormat")]
     log_format: Option<String>,
+    #[serde(alias = "httpAddress")]
     http_address: Option<String>,
+    #[serde(alias = "tlsCert")]
     tls_cert: Option<PathBuf>,
+    #[serde(alias = "tlsKey")]
     tls_key: Option<PathBuf>,
+    #[serde(alias = "tlsRequired")]
     tls_required: Option<bool>,
     #[serde(alias = "dataDir")]
     data_dir: Option<PathBuf>,
+    #[serde(alias = "maxWaiters")]
     max_waiters: Option<usize>,
+    #[serde(alias = "maxWaitersPerKey")]
     max_waiters_per_key: Option<usize>,
 }
 
-pub struct GeneratedKey {
-    pub key: String,
-    pub path: PathBuf,
+/// Where the auth key came from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// A flag, the environment or the config file.
+    Given,
+    /// Generated at this start and written to this file (there was none).
+    Generated(PathBuf),
+    /// Read from this key file, written by an earlier start.
+    File(PathBuf),
 }
 
 pub struct Settings {
     pub server: ServerConfig,
     pub threads: usize,
     pub json_logs: bool,
-    pub generated_key: Option<GeneratedKey>,
+    pub key_source: KeySource,
 }
+
+/// The sample config's placeholder key: refused off loopback.
+const PLACEHOLDER_KEY_PREFIX: &str = "change-me";
 
 pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
     let file = match &cli.config {
@@ -287,26 +343,42 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         Some("json") => true,
         Some(other) => bail!("log-format {other:?} in the config file: expected text or json"),
     };
-    let mut generated_key = None;
-    server.auth_key = match cli.auth_key.or(file.auth_key) {
+    server.login_timeout = match cli.login_timeout.or(file.login_timeout).unwrap_or(10) {
+        0 => None,
+        s if s > MAX_SECONDS => bail!("--login-timeout must be at most {MAX_SECONDS} seconds"),
+        s => Some(Duration::from_secs(s)),
+    };
+    if let Some(s) = cli
+        .idle_timeout
+        .or(file.idle_timeout)
+        .filter(|&s| s > MAX_SECONDS)
+    {
+        bail!("--idle-timeout must be at most {MAX_SECONDS} seconds; got {s}");
+    }
+    let (auth_key, key_source) = match cli.auth_key.or(file.auth_key) {
         Some(k) if k.is_empty() => bail!("--auth-key must not be empty"),
-        Some(k) => k,
-        // Checking a configuration must not write a key file.
-        None if cli.check_config => String::from("(generated at start)"),
+        Some(k) => (k, KeySource::Given),
         None => {
             let path = cli
                 .key_file
                 .or(file.key_file)
                 .unwrap_or_else(lockd_client::default_key_file);
-            let key = generate_key();
-            write_key_file(&path, &key)?;
-            generated_key = Some(GeneratedKey {
-                key: key.clone(),
-                path,
-            });
-            key
+            // Checking a configuration reads an existing key file, and writes none.
+            match read_key_file(&path, !cli.check_config)? {
+                Some(k) => (k, KeySource::File(path)),
+                None if cli.check_config => (
+                    String::from("(generated at start)"),
+                    KeySource::Generated(path),
+                ),
+                None => {
+                    let key = generate_key();
+                    write_key_file(&path, &key)?;
+                    (key, KeySource::Generated(path))
+                }
+            }
         }
     };
+    server.auth_key = auth_key;
     let threads = cli.threads.or(file.threads).unwrap_or(1);
     if threads == 0 {
         bail!("--threads must be at least 1");
@@ -315,8 +387,105 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         server,
         threads,
         json_logs,
-        generated_key,
+        key_source,
     })
+}
+
+/// Every effective option but the key, for the start-up line and `--check-config`.
+pub fn describe(c: &ServerConfig, threads: usize) -> String {
+    let secs = |d: Option<Duration>| d.map_or("off".to_string(), |d| format!("{} s", d.as_secs()));
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string())
+    };
+    format!(
+        "address {}:{}, auth-scheme {:?}, lock-timeout {} s, max-grace {} s, max-locks {}, \
+         max-clients {}, max-backlog {}, max-pending-output {} B, idle-timeout {}, \
+         login-timeout {}, max-waiters {}, max-waiters-per-key {}, busy-poll-us {}, \
+         data-dir {}, http-address {}, tls-cert {}, tls-key {}, tls-required {}, threads {}",
+        c.address,
+        c.port,
+        c.auth_scheme,
+        c.lock_timeout.as_secs(),
+        c.max_grace.as_secs(),
+        c.max_locks,
+        c.max_clients,
+        c.max_backlog,
+        c.max_pending_output,
+        secs(c.idle_timeout),
+        secs(c.login_timeout),
+        c.max_waiters,
+        c.max_waiters_per_key,
+        c.busy_poll.map_or(0, |d| d.as_micros()),
+        path(&c.data_dir),
+        c.http_address.as_deref().unwrap_or("off"),
+        path(&c.tls_cert),
+        path(&c.tls_key),
+        c.tls_required,
+        threads
+    )
+}
+
+/// What a real start would check beyond parsing, for `--check-config`: the addresses, the
+/// TLS files, the data directory, the key. Returns notes that are not errors (a port in
+/// use, perhaps by the running lockd that this check precedes).
+pub fn check(s: &Settings) -> anyhow::Result<Vec<String>> {
+    let c = &s.server;
+    let mut notes = Vec::new();
+    let listen = check_address("--address", &c.address, c.port)?;
+    bind_check(listen, "--address/--port", &mut notes)?;
+    if let Some(h) = &c.http_address {
+        let a = lockd_server::admin_address(h);
+        let addr: std::net::SocketAddr = a
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--http-address {h:?}: expected a port, or IP:PORT"))?;
+        bind_check(addr, "--http-address", &mut notes)?;
+    }
+    if let (Some(cert), Some(key)) = (&c.tls_cert, &c.tls_key) {
+        lockd_server::check_tls(cert, key)?;
+    }
+    if let Some(dir) = &c.data_dir {
+        lockd_server::check_data_dir(dir)?;
+    }
+    if c.auth_key.starts_with(PLACEHOLDER_KEY_PREFIX) && !listen.ip().is_loopback() {
+        bail!(
+            "the auth key is the sample config's placeholder ({PLACEHOLDER_KEY_PREFIX}...) and \
+             lockd would listen on {}: set a long random key (auth-key in the config file)",
+            listen.ip()
+        );
+    }
+    Ok(notes)
+}
+
+/// The listen address: an IP address or a host name, without a port (the port is its own
+/// option).
+fn check_address(what: &str, address: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        bail!("{what} {address:?} has a port in it: give the port with --port");
+    }
+    (address, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| anyhow::anyhow!("{what} {address:?} is not an address lockd can listen on"))
+}
+
+/// Binds `addr` and lets it go; a port in use is a note (it may be the lockd this check
+/// precedes), anything else an error.
+fn bind_check(
+    addr: std::net::SocketAddr,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            notes.push(format!("{what} {addr} is in use now (by a running lockd?)"));
+            Ok(())
+        }
+        Err(e) => bail!("{what} {addr}: cannot listen there: {e}"),
+    }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
@@ -332,6 +501,46 @@ fn generate_key() -> String {
     (0..40)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// The key an earlier start wrote to `path`, if there is one. A file that others may
+/// read is tightened to 0600 when `fix`, else refused.
+fn read_key_file(path: &Path, fix: bool) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read key file {}", path.display()))
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        if !fix {
+            bail!(
+                "key file {} can be read by others (mode {mode:04o}): chmod 600 it",
+                path.display()
+            );
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(
+            || {
+                format!(
+                    "key file {} can be read by others (mode {mode:04o}) and cannot be tightened",
+                    path.display()
+                )
+            },
+        )?;
+    }
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        bail!(
+            "key file {} is empty: delete it to have a key generated",
+            path.display()
+        );
+    }
+    Ok(Some(key.to_string()))
 }
 
 fn write_key_file(path: &Path, key: &str) -> anyhow::Result<()> {
@@ -440,7 +649,7 @@ mod tests {
         assert_eq!(s.server.auth_key, "fromfile");
         assert_eq!(s.server.max_locks, 4);
         assert_eq!(s.server.lock_timeout, Duration::from_secs(9));
-        assert!(s.generated_key.is_none());
+        assert_eq!(s.key_source, KeySource::Given);
     }
 
     #[test]
@@ -464,10 +673,10 @@ mod tests {
         let path = dir.path().join("sub/auth-key");
         let cli = parse(&["--key-file", path.to_str().unwrap()]).unwrap();
         let s = resolve(cli).unwrap();
-        let g = s.generated_key.unwrap();
-        assert_eq!(g.key.len(), 40);
-        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), g.key);
-        assert_eq!(s.server.auth_key, g.key);
+        assert_eq!(s.key_source, KeySource::Generated(path.clone()));
+        let key = s.server.auth_key.clone();
+        assert_eq!(key.len(), 40);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), key);
         assert_eq!(
             (s.server.address.as_str(), s.server.port),
             ("127.0.0.1", DEFAULT_PORT)
@@ -477,5 +686,60 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// Issue 11, defect 6: a keyless start reuses the key it wrote before, and tightens a
+    /// file others can read.
+    #[test]
+    fn a_keyless_start_keeps_the_key_it_wrote_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth-key");
+        let p = path.to_str().unwrap();
+        let first = resolve(parse(&["--key-file", p]).unwrap()).unwrap();
+        let again = resolve(parse(&["--key-file", p]).unwrap()).unwrap();
+        assert_eq!(again.server.auth_key, first.server.auth_key);
+        assert_eq!(again.key_source, KeySource::File(path.clone()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A check refuses the loose file and changes nothing; a start tightens it.
+        let e = resolve(parse(&["--key-file", p, "--check-config"]).unwrap())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        let third = resolve(parse(&["--key-file", p]).unwrap()).unwrap();
+        assert_eq!(third.server.auth_key, first.server.auth_key);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    /// Issue 11, defect 7: every option also has its camelCase name.
+    #[test]
+    fn every_option_has_a_camel_case_name() {
+        use clap::CommandFactory;
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if !long.contains('-') {
+                continue;
+            }
+            let mut camel = String::new();
+            let mut up = false;
+            for ch in long.chars() {
+                if ch == '-' {
+                    up = true;
+                } else if up {
+                    camel.extend(ch.to_uppercase());
+                    up = false;
+                } else {
+                    camel.push(ch);
+                }
+            }
+            let aliases: Vec<&str> = arg.get_all_aliases().unwrap_or_default();
+            assert!(
+                aliases.contains(&camel.as_str()),
+                "--{long} has no alias --{camel}"
+            );
+        }
     }
 }

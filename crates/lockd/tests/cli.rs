@@ -190,7 +190,7 @@ fn check_config_validates_and_exits() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid: listen 127.0.0.1:9999"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid: address 127.0.0.1:9999"));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "port = \"high\"\n").unwrap();
     let out = lockd()
@@ -227,10 +227,26 @@ fn json_logs_are_json() {
 }
 
 #[test]
-fn the_shipped_sample_config_is_valid() {
+fn the_shipped_sample_config_is_valid_once_its_key_is_set() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/lockd.toml");
+    // As shipped it listens on 0.0.0.0 with a placeholder key: refused, saying why.
     let out = lockd()
         .args(["--check-config", "--config", sample])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("placeholder"),
+        "{out:?}"
+    );
+    let out = lockd()
+        .args([
+            "--check-config",
+            "--config",
+            sample,
+            "--auth-key",
+            "a-real-secret",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -240,11 +256,11 @@ fn the_shipped_sample_config_is_valid() {
     ))
     .unwrap();
     for flag in [
-        "--check-config",
-        "--config /etc/lockd/lockd.toml",
-        "ExecStart=/usr/local/bin/lockd",
+        "ExecStartPre=/usr/local/bin/lockd --check-config --config ${CREDENTIALS_DIRECTORY}/lockd.toml",
+        "ExecStart=/usr/local/bin/lockd --config ${CREDENTIALS_DIRECTORY}/lockd.toml",
+        "LoadCredential=lockd.toml:/etc/lockd/lockd.toml",
     ] {
-        assert!(unit.contains(flag), "the unit runs {flag}");
+        assert!(unit.contains(flag), "the unit has {flag}");
     }
 }
 

@@ -1,0 +1,108 @@
+//! What the binary's test files share: the binary, free ports, a blocking native client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The binary under test, with no `LOCKD_*` from whoever runs the tests.
+pub fn lockd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lockd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LOCKD_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (10 s at most) until something listens on `port`.
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "lockd did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) with a pid we own.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Waits (10 s at most) for the child to exit.
+pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "lockd did not exit within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// A blocking native client that reads one-line replies.
+pub struct Native {
+    pub r: BufReader<TcpStream>,
+}
+
+impl Native {
+    pub fn connect(port: u16, key: &str) -> Native {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut n = Native {
+            r: BufReader::new(s),
+        };
+        assert_eq!(n.call(&["AUTH", key]), "+OK");
+        n
+    }
+
+    pub fn call(&mut self, args: &[&str]) -> String {
+        self.r.get_mut().write_all(&resp(args)).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    /// The fencing token of a granted try-lock of `key`.
+    pub fn token(&mut self, key: &str) -> u64 {
+        let r = self.call(&["ACQUIRE", "EX", "0", key]);
+        r.strip_prefix(':')
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("not granted: {r}"))
+    }
+}
+
+/// Whether a prerequisite of a test is missing: a test that needs it says so on standard
+/// error and returns, unless `LOCKD_REQUIRE_INTEROP` is set (as in CI), where it fails.
+pub fn missing(what: &str, available: bool) -> bool {
+    if available {
+        return false;
+    }
+    assert!(
+        std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+        "{what} is required (LOCKD_REQUIRE_INTEROP is set)"
+    );
+    eprintln!("skipping: {what} is not available");
+    true
+}
