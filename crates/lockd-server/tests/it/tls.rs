@@ -248,3 +248,41 @@ async fn a_non_loopback_admin_server_uses_tls() {
     assert!(got.contains("\"locks held\""), "{got}");
     std::fs::remove_dir_all(&c.dir).ok();
 }
+
+/// Issue 11, defect 4: with TLS on, a connection that sends nothing, or stalls in its
+/// handshake, is closed by the login timeout instead of holding its slot for ever.
+#[tokio::test]
+async fn silent_and_stalled_tls_connections_are_closed_by_the_login_timeout() {
+    let c = certs("silent");
+    let (cert, key) = (c.cert.clone(), c.key.clone());
+    let srv = TestServer::start_with(move |cfg| {
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+        cfg.max_clients = 3;
+        cfg.login_timeout = Some(std::time::Duration::from_secs(1));
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    // The first byte of a TLS handshake record, and then nothing.
+    stalled.write_all(&[0x16]).await.unwrap();
+    for s in [&mut silent, &mut stalled] {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(s, &mut buf),
+        )
+        .await
+        .expect("closed by the login timeout, not held");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    srv.eventually("the slots are free", |s| s.connections == 0)
+        .await;
+    // A TLS client that logs in is not closed by it.
+    let mut s = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{AUTH_KEY}\r\n", AUTH_KEY.len());
+    assert_eq!(line_call(&mut s, auth.as_bytes()).await, "+OK");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(line_call(&mut s, b"*1\r\n$4\r\nPING\r\n").await, "+PONG");
+    std::fs::remove_dir_all(&c.dir).ok();
+}
