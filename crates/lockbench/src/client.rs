@@ -33,7 +33,8 @@ pub enum Req<'a> {
 pub enum Outcome {
     Granted,
     Refused,
-    Released,
+    /// How many locks were let go, where the protocol says.
+    Released(Option<u64>),
 }
 
 pub struct Client {
@@ -150,9 +151,15 @@ impl Client {
         Ok(out == [Outcome::Granted])
     }
 
+    /// Releases one key held; an error if the server let go of nothing.
     pub async fn release_one(&mut self, key: u64, mode: LockMode) -> anyhow::Result<()> {
         let req = Req::Release { keys: &[key], mode };
-        self.batch(&[req], &mut Vec::with_capacity(1)).await
+        let mut out = Vec::with_capacity(1);
+        self.batch(&[req], &mut out).await?;
+        if out == [Outcome::Released(Some(0))] {
+            bail!("a release of a lock held was answered :0");
+        }
+        Ok(())
     }
 
     /// Sends one request and does not wait for its reply (it may wait in a queue).
@@ -270,12 +277,19 @@ impl Client {
         let o = match (self.protocol, acquire, line) {
             (Protocol::Legacy, true, b"ACQUIRED") => Outcome::Granted,
             (Protocol::Legacy, true, b"CANT_ACQUIRE") => Outcome::Refused,
-            (Protocol::Legacy, false, b"RELEASED") => Outcome::Released,
+            // The legacy protocol does not say how many.
+            (Protocol::Legacy, false, b"RELEASED") => Outcome::Released(None),
             (Protocol::Native, true, l) if l.first() == Some(&b':') => Outcome::Granted,
             (Protocol::Native | Protocol::Redis, true, b"$-1" | b"_") => Outcome::Refused,
             (Protocol::Redis, true, b"+OK") => Outcome::Granted,
+            // How many locks a release let go of: the workload checks it against what it
+            // believed it held (a release answered :0 is no success).
             (Protocol::Native | Protocol::Redis, false, l) if l.first() == Some(&b':') => {
-                Outcome::Released
+                let n = std::str::from_utf8(&l[1..])
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("bad release reply {}", String::from_utf8_lossy(l)))?;
+                Outcome::Released(Some(n))
             }
             (_, _, l) => bail!("unexpected reply: {}", String::from_utf8_lossy(l)),
         };

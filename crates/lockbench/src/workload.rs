@@ -351,6 +351,24 @@ async fn pingpong(
                 if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                     break;
                 }
+                // Each release must let go of exactly the locks it names that this batch
+                // has not let go of yet: fewer means a lock the client believed it held
+                // was not held.
+                let mut gone: Vec<(u64, LockMode)> = Vec::with_capacity(depth * per);
+                for (&j, o) in held.iter().zip(outcomes.iter()) {
+                    let mut expect = 0;
+                    for &key in &keys_buf[j * per..(j + 1) * per] {
+                        if !gone.contains(&(key, modes[j])) {
+                            gone.push((key, modes[j]));
+                            expect += 1;
+                        }
+                    }
+                    if let Outcome::Released(Some(n)) = *o {
+                        if n != expect {
+                            shadow.violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
             r
         },
@@ -366,6 +384,7 @@ async fn hotkey(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     let hold = Duration::from_micros(args.hold_us);
+    let lock_mode = args.mode;
     let epoch = Instant::now();
     // When the last release was sent, in ns since `epoch` (0: none yet).
     let released_at = Arc::new(AtomicU64::new(0));
@@ -378,9 +397,11 @@ async fn hotkey(
             let released_at = released_at.clone();
             async move {
                 let session = i as u32;
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
-                    match c.acquire_one(0, LockMode::Ex, WAIT_MS).await {
+                    let mode = pick_mode(lock_mode, &mut rng);
+                    match c.acquire_one(0, mode, WAIT_MS).await {
                         Ok(true) => {
                             let now_ns = epoch.elapsed().as_nanos() as u64;
                             let rel = released_at.load(Ordering::SeqCst);
@@ -389,7 +410,7 @@ async fn hotkey(
                             }
                             r.done(t0.elapsed().as_micros() as u64, 1);
                             r.counts.grants += 1;
-                            shadow.granted(0, session, LockMode::Ex);
+                            shadow.granted(0, session, mode);
                         }
                         Ok(false) => {
                             r.counts.refusals += 1;
@@ -403,9 +424,9 @@ async fn hotkey(
                     if !hold.is_zero() {
                         tokio::time::sleep(hold).await;
                     }
-                    shadow.releasing(0, session, LockMode::Ex);
+                    shadow.releasing(0, session, mode);
                     released_at.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                    if c.release_one(0, LockMode::Ex).await.is_err() {
+                    if c.release_one(0, mode).await.is_err() {
                         r.counts.errors += 1;
                         break;
                     }

@@ -37,7 +37,14 @@ async fn broken_server() -> String {
 
 /// A real lockd in this process, serving lockbench's default key; its address.
 async fn lockd() -> String {
-    let config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    faulty_lockd(lockd_server::Fault::None).await
+}
+
+/// A lockd in this process built to misbehave as `fault` says.
+async fn faulty_lockd(fault: lockd_server::Fault) -> String {
+    let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, "lockbench");
+    config.fault = fault;
+    config.max_clients = 500;
     let server = lockd_server::Server::bind(config).await.unwrap();
     let addr = server.local_addr().to_string();
     tokio::spawn(server.run(lockd_server::CancellationToken::new()));
@@ -126,4 +133,42 @@ async fn fairness_reports_when_each_ex_came_after_the_holders_ahead() {
     assert!(ex_grants > 0);
     let matched = after[3].as_u64().unwrap();
     assert!(matched > 0 && matched <= ex_grants, "{r}");
+}
+
+/// Issue 17, defect 1: each of CI's safety smoke runs (scripts/smoke-runs.txt) catches the
+/// double grant of a lockd broken the way its line says, on the path it claims to watch
+/// (try-locks, the queue, SH/EX mixes, multi-key requests).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_ci_smoke_run_catches_a_broken_lockd() {
+    let runs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/smoke-runs.txt"
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for line in runs
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (fault, args) = line.split_once('|').expect("FAULT | ARGS");
+        let fault = match fault.trim() {
+            "grant-at-once" => lockd_server::Fault::GrantAtOnce,
+            "grant-queued" => lockd_server::Fault::GrantQueued,
+            other => panic!("unknown fault {other:?} in smoke-runs.txt"),
+        };
+        let addr = faulty_lockd(fault).await;
+        let out = run_lockbench(with_addr(&addr, &format!("{args} --json"))).await;
+        assert_eq!(out.status.code(), Some(1), "{line}: {out:?}");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            r["violations"].as_u64().unwrap() > 0,
+            "{line}: not caught: {r}"
+        );
+        // The same run against a sound lockd passes, so the fault is what was caught.
+        let addr = lockd().await;
+        let out = run_lockbench(with_addr(&addr, &format!("{args} --json"))).await;
+        assert!(out.status.success(), "{line}: {out:?}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} runs in smoke-runs.txt");
 }

@@ -27,7 +27,7 @@ pub use error::KeyError;
 pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, WaiterInfo};
 pub use key::{Key, MAX_KEY_LEN};
 pub use sessions::{ResumeError, SessionState};
-pub use table::{Config, Counters, LockTable, MAX_TOKEN};
+pub use table::{Config, Counters, Fault, LockTable, MAX_TOKEN};
 pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 #[cfg(test)]

@@ -30,6 +30,21 @@ pub struct Config {
     /// Most steps one deadlock search may take before the request is refused as a
     /// possible deadlock (see `deadlock`).
     pub deadlock_search_budget: u64,
+    /// A deliberately broken table, for tests that show a safety check catches a double
+    /// grant. Honoured only when built with the `fault-injection` feature (no shipped
+    /// binary is); ignored otherwise.
+    pub fault: Fault,
+}
+
+/// See [`Config::fault`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Requests (try-locks and new waits) are granted without the conflict check.
+    GrantAtOnce,
+    /// Queued requests are granted, when their key is let go, without the conflict check.
+    GrantQueued,
 }
 
 impl Default for Config {
@@ -40,6 +55,7 @@ impl Default for Config {
             max_waiters: 100_000,
             max_waiters_per_key: 10_000,
             deadlock_search_budget: crate::deadlock::SEARCH_BUDGET,
+            fault: Fault::None,
         }
     }
 }
@@ -281,6 +297,12 @@ impl LockTable {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether the table is built to misbehave this way (see [`Config::fault`]).
+    #[inline]
+    pub(crate) fn faulty(&self, f: Fault) -> bool {
+        cfg!(feature = "fault-injection") && self.config.fault == f
     }
 
     /// Changes `max_locks`; locks already held stay held.

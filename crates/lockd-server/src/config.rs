@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// the key holds a connection slot this long at most. The TLS handshake counts.
     /// `None`: never closed for this.
     pub login_timeout: Option<Duration>,
+    /// A deliberately broken lock table, for tests (see `lockd_core::Config::fault`):
+    /// honoured only with the `fault-injection` feature.
+    pub fault: lockd_core::Fault,
 }
 
 impl ServerConfig {
@@ -76,6 +79,7 @@ impl ServerConfig {
             max_waiters_per_key: 10_000,
             max_grace: Duration::from_secs(3600),
             login_timeout: Some(Duration::from_secs(10)),
+            fault: lockd_core::Fault::None,
         }
     }
 }

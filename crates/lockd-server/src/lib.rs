@@ -34,6 +34,7 @@ mod tokens;
 pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;
 pub use listener::{admin_address, check_data_dir, check_tls, Server, ServerError, ServerHandle};
+pub use lockd_core::Fault;
 pub use shared::Snapshot;
 pub use tls::TlsError;
 pub use tokio_util::sync::CancellationToken;

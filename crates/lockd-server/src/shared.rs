@@ -92,6 +92,7 @@ impl Shared {
             grace_ms: config.lock_timeout.as_millis() as Millis,
             max_waiters: config.max_waiters,
             max_waiters_per_key: config.max_waiters_per_key,
+            fault: config.fault,
             ..Config::default()
         });
         Shared {

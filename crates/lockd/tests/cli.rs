@@ -4,24 +4,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn lockd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lockd"));
-    // Options must come from the test, not from whoever runs it.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LOCKD_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, lockd};
 
 #[test]
 fn help_explains_every_option() {
@@ -266,14 +250,11 @@ fn the_shipped_sample_config_is_valid_once_its_key_is_set() {
 
 #[test]
 fn the_shipped_systemd_unit_passes_systemd_analyze() {
-    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        assert!(
-            std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
-            "systemd-analyze is required (LOCKD_REQUIRE_INTEROP is set)"
-        );
-        eprintln!("skipping: systemd-analyze is not available");
+    let probe = Command::new("systemd-analyze").arg("--version").output();
+    if common::missing("systemd-analyze", probe.is_ok()) {
         return;
-    };
+    }
+    let probe = probe.expect("checked");
     assert!(probe.status.success());
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -59,8 +59,21 @@ fn vectors_in_shared_agree_with_the_copy_here() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/protocol/legacy-auth-vectors.tsv"
     );
-    if let Ok(s) = std::fs::read_to_string(shared) {
-        assert_eq!(s, include_str!("../../testdata/legacy-auth-vectors.tsv"));
+    match std::fs::read_to_string(shared) {
+        Ok(s) => assert_eq!(s, include_str!("../../testdata/legacy-auth-vectors.tsv")),
+        Err(e) => {
+            // Not laid beside this clone: say so where every run shows it (the harness
+            // does not capture a direct write), and fail where it must be (CI).
+            assert!(
+                std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+                "{shared}: {e} (CI lays ../shared beside the clone)"
+            );
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: ../shared is not beside this clone ({e}); the vectors were not compared"
+            );
+        }
     }
 }
 

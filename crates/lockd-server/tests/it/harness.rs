@@ -356,3 +356,20 @@ pub async fn http_get_with(
     };
     (status, head.to_string(), body)
 }
+
+/// Whether a test must skip because `what` is missing. Missing is an error when
+/// `LOCKD_REQUIRE_INTEROP` is set (as in CI, which installs everything); otherwise the skip
+/// is said on standard error directly, which the test harness does not capture, so it
+/// shows in every run, passing or not.
+pub fn skip_unless(what: &str, available: bool) -> bool {
+    if available {
+        return false;
+    }
+    assert!(
+        std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+        "{what} is required (LOCKD_REQUIRE_INTEROP is set) but not available"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} is not available");
+    true
+}

@@ -94,7 +94,8 @@ impl Native {
 }
 
 /// Whether a prerequisite of a test is missing: a test that needs it says so on standard
-/// error and returns, unless `LOCKD_REQUIRE_INTEROP` is set (as in CI), where it fails.
+/// error (visible even when the harness captures output) and returns, unless
+/// `LOCKD_REQUIRE_INTEROP` is set (as in CI, which installs everything), where it fails.
 pub fn missing(what: &str, available: bool) -> bool {
     if available {
         return false;
@@ -103,6 +104,8 @@ pub fn missing(what: &str, available: bool) -> bool {
         std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
         "{what} is required (LOCKD_REQUIRE_INTEROP is set)"
     );
-    eprintln!("skipping: {what} is not available");
+    // Straight to standard error: the test harness captures eprintln!, not this, so the
+    // skip shows in every run.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} is not available");
     true
 }
