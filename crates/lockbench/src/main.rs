@@ -151,6 +151,13 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Hold workload: fail the run if the server's memory per lock passes this many bytes
+    /// (a budget CI checks).
+    #[arg(long = "max-bytes-per-lock")]
+    pub max_bytes_per_lock: Option<f64>,
+    /// Idle workload: fail the run if the server's memory per connection passes this.
+    #[arg(long = "max-bytes-per-conn")]
+    pub max_bytes_per_conn: Option<f64>,
     /// Waitgraph: who repeats the further request.
     #[arg(long, value_enum, default_value = "holder")]
     pub requester: Requester,
@@ -217,6 +224,34 @@ fn run(args: Args) -> anyhow::Result<bool> {
         } else {
             print!("{}", report.table());
         }
-        Ok(report.violations == 0 && report.errors == 0)
+        Ok(report.violations == 0 && report.errors == 0 && within_budgets(&args, &report))
     })
+}
+
+/// Whether the memory figures are within the budgets asked for; says which is not.
+fn within_budgets(args: &Args, r: &report::Report) -> bool {
+    let checks = [
+        ("per lock", args.max_bytes_per_lock, r.bytes_per_lock),
+        (
+            "per connection",
+            args.max_bytes_per_conn,
+            r.bytes_per_connection,
+        ),
+    ];
+    let mut ok = true;
+    for (what, budget, measured) in checks {
+        let Some(budget) = budget else { continue };
+        match measured {
+            Some(m) if m <= budget => {}
+            Some(m) => {
+                eprintln!("lockbench: {m:.1} bytes {what}, over the budget of {budget}");
+                ok = false;
+            }
+            None => {
+                eprintln!("lockbench: no bytes-{what} figure to check (needs --spawn and the workload that measures it)");
+                ok = false;
+            }
+        }
+    }
+    ok
 }

@@ -400,6 +400,48 @@ async fn status(State(st): State<AdminState>) -> Json<StatusJson> {
 mod tests {
     use super::key_given;
 
+    /// Issue 17, defect 5: /readyz says 503 while lockd is not accepting (starting, or
+    /// shutting down) and 200 while it is, and /healthz 200 throughout.
+    #[tokio::test]
+    async fn readyz_follows_readiness_both_ways() {
+        use std::sync::atomic::Ordering;
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(
+            crate::ServerConfig::new("127.0.0.1", 0, "k"),
+            crate::Clock::real(),
+        ));
+        let app = super::router(shared.clone(), true);
+        let get = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                tower::ServiceExt::oneshot(app, req)
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(
+            (get("/readyz").await, get("/healthz").await),
+            (503, 200),
+            "starting"
+        );
+        shared.ready.store(true, Ordering::SeqCst);
+        assert_eq!(
+            (get("/readyz").await, get("/healthz").await),
+            (200, 200),
+            "serving"
+        );
+        shared.ready.store(false, Ordering::SeqCst);
+        assert_eq!(
+            (get("/readyz").await, get("/healthz").await),
+            (503, 200),
+            "stopping"
+        );
+    }
+
     #[test]
     fn the_key_is_taken_as_bearer_or_basic_password() {
         assert!(key_given(b"Bearer s3cret", b"s3cret"));

@@ -10,7 +10,17 @@ async fn admin_server() -> TestServer {
 async fn health_and_readiness() {
     let srv = admin_server().await;
     let admin = srv.admin.unwrap();
-    srv.eventually("ready", |_| true).await;
+    // The admin server may answer before the listener runs: wait for ready, bounded.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = http_get(admin, "/readyz", None).await.0;
+        if ready == 200 {
+            break;
+        }
+        assert_eq!(ready, 503, "only 503 before ready");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, 200);
     assert_eq!(
         http_get(admin, "/healthz", None).await,
         (200, "ok\n".into())

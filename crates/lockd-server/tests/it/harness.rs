@@ -241,11 +241,14 @@ impl Resp {
             .expect("reply within 5 s")
     }
 
-    /// Whether a reply arrives within `ms` real milliseconds (for "still blocked" checks).
-    pub async fn replies_within(&mut self, ms: u64) -> Option<R> {
-        tokio::time::timeout(Duration::from_millis(ms), self.read_value())
-            .await
-            .ok()
+    /// Whether nothing is waiting to be read on this connection now (polled once, no
+    /// waiting); EOF counts as something.
+    pub async fn nothing_to_read(&mut self) -> bool {
+        use tokio::io::AsyncBufReadExt;
+        match tokio::time::timeout(Duration::ZERO, self.reader.fill_buf()).await {
+            Err(_) => true,
+            Ok(_) => false,
+        }
     }
 
     fn read_value(
@@ -372,4 +375,12 @@ pub fn skip_unless(what: &str, available: bool) -> bool {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {what} is not available");
     true
+}
+
+/// Asserts that `waiter` has not been answered: a request on `other` goes through the
+/// server first, so whatever could have answered `waiter` before it was handled has been,
+/// and a reply written on loopback is readable at once. No wall-clock window decides it.
+pub async fn assert_no_reply(waiter: &mut Resp, other: &mut Resp, why: &str) {
+    assert_eq!(other.call(&["PING"]).await, R::Simple("PONG".into()));
+    assert!(waiter.nothing_to_read().await, "answered too early: {why}");
 }
