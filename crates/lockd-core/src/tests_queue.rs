@@ -1,7 +1,12 @@
 //! Queues: FIFO hand-off, fairness, all-or-nothing waits, deadlock detection, timeouts;
-//! and a property test that checks, after every step of random interleavings, that no two
-//! conflicting locks are held, no waiter that could be granted is left waiting, no grant
-//! overtook a conflicting earlier request, and the wait-for graph has no cycle.
+//! and a property test of random interleavings (time passing, dead sessions keeping their
+//! locks through their grace with waiters on their keys, revival from a new connection,
+//! requests from a second connection, up to 4 keys, tight lock and waiter limits) in which
+//! a model decides every ACQUIRE's answer (granted, queued, refused for a deadlock, for a
+//! limit, or a try-lock refused) and the table must give exactly that one, and which checks
+//! after every step that no two conflicting locks are held, no waiter that could be
+//! granted is left waiting, no grant overtook a conflicting earlier request, and the
+//! wait-for graph has no cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -395,23 +400,37 @@ enum Op {
     TimeOut {
         s: u8,
     },
+    /// The session's connection closes: it is dead for its grace period (its wait is
+    /// withdrawn), and a later request from a new connection revives it.
     Disconnect {
         s: u8,
+    },
+    /// A request of the session from a second connection (as a legacy client may send):
+    /// it binds the session there only if it has no live connection.
+    UseFrom {
+        s: u8,
+    },
+    /// Time passes; what expires is expired before the next command, as the server does.
+    Advance {
+        ms: u64,
     },
 }
 
 const SESSIONS: u8 = 5;
-const KEYS: u32 = 4;
+const KEYS: u32 = 5;
+const GRACE_MS: u64 = 100;
 
 fn op() -> impl Strategy<Value = Op> {
     let s = 0..SESSIONS;
     prop_oneof![
-        5 => (s.clone(), any::<bool>(), prop::collection::vec(0..KEYS, 1..3), any::<bool>())
+        6 => (s.clone(), any::<bool>(), prop::collection::vec(0..KEYS, 1..5), any::<bool>())
             .prop_map(|(s, ex, keys, wait)| Op::Acquire { s, ex, keys, wait }),
         3 => (s.clone(), any::<bool>(), 0..KEYS).prop_map(|(s, ex, key)| Op::Release { s, ex, key }),
         1 => s.clone().prop_map(|s| Op::ReleaseAll { s }),
         2 => s.clone().prop_map(|s| Op::TimeOut { s }),
-        1 => s.prop_map(|s| Op::Disconnect { s }),
+        1 => s.clone().prop_map(|s| Op::Disconnect { s }),
+        1 => s.prop_map(|s| Op::UseFrom { s }),
+        2 => prop_oneof![1u64..60, Just(GRACE_MS)].prop_map(|ms| Op::Advance { ms }),
     ]
 }
 
@@ -519,84 +538,192 @@ fn with_request(
     q
 }
 
+/// What the table must answer to `s`'s ACQUIRE, decided from what it shows (holders,
+/// queues, counts) by the protocol's rules in their order: room under max_locks, one wait
+/// per session, granted when compatible with the holders and every queued request (a
+/// holder of a key goes ahead of the queue there), a try-lock refused, the waiter limits,
+/// a deadlock when queuing would close a cycle through `s`, else queued.
+fn predict(
+    t: &LockTable,
+    cfg: &Config,
+    s: SessionId,
+    mode: Mode,
+    keys: &[u32],
+    wait: bool,
+) -> Acquired {
+    if t.locks_held() + keys.len() as u64 > cfg.max_locks {
+        return Acquired::TooManyLocks;
+    }
+    if t.session_state(&s).is_some_and(|x| x.waiting) {
+        return Acquired::AlreadyWaiting;
+    }
+    let (h, q) = (holders(t), queues(t));
+    let free = keys.iter().all(|k| {
+        let holds = h[k].iter().any(|(x, _)| *x == s);
+        h[k].iter().all(|(x, m)| *x == s || !conflicts(mode, *m))
+            && (holds || q[k].iter().all(|(_, m)| !conflicts(mode, *m)))
+    });
+    if free {
+        return Acquired::Granted(0);
+    }
+    if !wait {
+        return Acquired::Conflict;
+    }
+    if t.waiter_count() >= cfg.max_waiters
+        || keys.iter().any(|k| q[k].len() >= cfg.max_waiters_per_key)
+    {
+        return Acquired::TooManyWaiters;
+    }
+    let cyc = cyclic_part(&wait_graph(&h, &with_request(&h, &q, s, mode, keys)));
+    if cyc.contains_key(&s) {
+        // Any session on the cycle may be named; the test checks the one named is.
+        return Acquired::Deadlock(s);
+    }
+    Acquired::Queued(WaitId(0))
+}
+
+/// Whether the table's answer is the predicted one (tokens and ids aside; a deadlock must
+/// name another session on the cycle).
+fn agrees(got: Acquired, want: Acquired, cycle_of: impl Fn(SessionId) -> bool) -> bool {
+    match (got, want) {
+        (Acquired::Granted(_), Acquired::Granted(_))
+        | (Acquired::Queued(_), Acquired::Queued(_)) => true,
+        (Acquired::Deadlock(other), Acquired::Deadlock(s)) => other != s && cycle_of(other),
+        (g, w) => g == w,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(
         std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
     ))]
     #[test]
     fn queues_stay_fair_safe_and_deadlock_free(
-        ops in prop::collection::vec(op(), 1..60),
+        ops in prop::collection::vec(op(), 1..80),
         // Mostly roomy; sometimes so tight that queued requests are refused for room.
         max_locks in prop_oneof![3 => Just(1000u64), 1 => 2u64..8],
+        // Mostly roomy; sometimes tight enough that the waiter limits are reached.
+        (max_waiters, max_waiters_per_key) in prop_oneof![3 => Just((1000usize, 1000usize)), 1 => (1usize..4, 1usize..3)],
     ) {
-        let mut t = LockTable::new(Config { max_locks, grace_ms: 100, ..Config::default() });
+        let cfg = Config { max_locks, grace_ms: GRACE_MS, max_waiters, max_waiters_per_key, ..Config::default() };
+        let mut t = LockTable::new(cfg.clone());
+        let mut now = 0u64;
+        // Each session's live connection, if the test gave it one; fresh ids revive.
+        let mut conn: BTreeMap<u8, u64> = BTreeMap::new();
+        let mut next_conn = 100u64;
         // Which session each pending wait belongs to, and its keys.
         let mut waits: BTreeMap<WaitId, (SessionId, Vec<u32>)> = BTreeMap::new();
         for op in ops {
             let before = queues(&t);
-            let disconnect = matches!(op, Op::Disconnect { .. });
             let held_before: BTreeMap<u32, Vec<SessionId>> = (0..KEYS)
                 .map(|k| (k, t.inspect(key(k).as_bytes(), 0).holders.into_iter().map(|h| h.session).collect()))
                 .collect();
+            // What the server does before every command: release what has expired. Its
+            // grants are checked with this step's.
+            let expired = !t.expire(now).is_empty();
+            let disconnect = matches!(op, Op::Disconnect { .. }) || expired;
+            // The expiry's grants are delivered before the command runs (as the server
+            // does), so the waits the command sees are the table's.
+            let mut woken = Vec::new();
+            t.take_wakeups(&mut woken);
+            let mut pending_before = waits.clone();
+            for w in &woken {
+                waits.remove(&w.wait);
+            }
+            // What the command itself sees, for the check of an immediate grant.
+            let at_command = queues(&t);
+            let held_at_command: BTreeMap<u32, Vec<SessionId>> = (0..KEYS)
+                .map(|k| (k, t.inspect(key(k).as_bytes(), 0).holders.into_iter().map(|h| h.session).collect()))
+                .collect();
+            let mut bind = |t: &mut LockTable, s: u8| {
+                let c = *conn.entry(s).or_insert_with(|| { next_conn += 1; next_conn });
+                t.use_session(sid(s), ConnId(c));
+            };
             match op {
                 Op::Acquire { s, ex, keys, wait } => {
                     if t.session_state(&sid(s)).is_some_and(|x| x.waiting) {
                         continue; // the server blocks a waiting connection
                     }
                     let mode = if ex { Mode::Ex } else { Mode::Sh };
+                    bind(&mut t, s);
+                    let want = predict(&t, &cfg, sid(s), mode, &keys, wait);
+                    let (h, q) = (holders(&t), queues(&t));
+                    let cyc = cyclic_part(&wait_graph(&h, &with_request(&h, &q, sid(s), mode, &keys)));
+                    let ks: Vec<Key> = keys.iter().map(|&k| key(k)).collect();
                     let w = if wait { Wait::Queue } else { Wait::No };
-                    match acq(&mut t, s, mode, &keys, w) {
+                    let got = t.acquire(sid(s), mode, &ks, w, now);
+                    prop_assert!(agrees(got, want, |x| cyc.contains_key(&x)),
+                        "{:?} asked {:?} on {:?} (wait {}): got {:?}, the model says {:?}", sid(s), mode, keys, wait, got, want);
+                    match got {
                         Acquired::Queued(id) => { waits.insert(id, (sid(s), keys.clone())); }
                         Acquired::Granted(_) => {
                             // Granted at once: nothing conflicting was queued on its keys,
                             // except on keys it held (it goes ahead of waiters there).
                             for k in &keys {
-                                if held_before[k].contains(&sid(s)) { continue; }
-                                for (other, m) in &before[k] {
+                                if held_at_command[k].contains(&sid(s)) { continue; }
+                                for (other, m) in &at_command[k] {
                                     prop_assert!(*other == sid(s) || !conflicts(mode, *m),
                                         "immediate grant to {:?} overtook queued {:?} on {}", sid(s), other, k);
                                 }
                             }
                         }
-                        Acquired::Deadlock(other) => {
-                            prop_assert_ne!(other, sid(s));
-                            // The refusal was needed: queued, the request closes a cycle
-                            // through `s` and the session named.
-                            let h = holders(&t);
-                            let g = wait_graph(&h, &with_request(&h, &before, sid(s), mode, &keys));
-                            let cyc = cyclic_part(&g);
-                            prop_assert!(cyc.contains_key(&sid(s)) && cyc.contains_key(&other),
-                                "deadlock reported for {:?} via {:?}, but queuing it closes no such cycle: {:?}",
-                                sid(s), other, g);
-                        }
-                        Acquired::DeadlockUnsearchable => prop_assert!(false, "a tiny search ran out of budget"),
                         _ => {}
                     }
                 }
                 Op::Release { s, ex, key: k } => {
                     let mode = if ex { Mode::Ex } else { Mode::Sh };
-                    t.release(sid(s), mode, &[key(k)], 0);
+                    bind(&mut t, s);
+                    t.release(sid(s), mode, &[key(k)], now);
                 }
-                Op::ReleaseAll { s } => { t.release_all(sid(s), 0); }
+                Op::ReleaseAll { s } => {
+                    bind(&mut t, s);
+                    t.release_all(sid(s), now);
+                }
                 Op::TimeOut { s } => {
                     if let Some((&id, _)) = waits.iter().find(|(_, (x, _))| *x == sid(s)) {
-                        prop_assert!(t.time_out(id, 0));
+                        prop_assert!(t.time_out(id, now));
                         waits.remove(&id);
                     }
                 }
                 Op::Disconnect { s } => {
-                    t.disconnect(ConnId(s as u64), 0);
-                    waits.retain(|_, (x, _)| *x != sid(s));
-                    t.expire(u64::MAX / 2);
+                    if let Some(c) = conn.remove(&s) {
+                        t.disconnect(ConnId(c), now);
+                        waits.retain(|_, (x, _)| *x != sid(s));
+                        // Holding locks, it is dead until its grace ends, and stays known.
+                        if let Some(st) = t.session_state(&sid(s)) {
+                            prop_assert!(!st.connected && st.locks > 0 && st.expires_at == Some(now + GRACE_MS), "{:?}", st);
+                        }
+                    }
+                }
+                Op::UseFrom { s } => {
+                    let other = 10_000 + s as u64;
+                    let was = conn.get(&s).copied();
+                    t.use_session(sid(s), ConnId(other));
+                    // Bound there only if it had no live connection.
+                    if was.is_none() {
+                        conn.insert(s, other);
+                    }
+                    prop_assert!(t.session_state(&sid(s)).is_some_and(|x| x.connected));
+                }
+                Op::Advance { ms } => now += ms,
+            }
+            // The sessions the test has let go of are dead or gone; those it holds, live.
+            for x in 0..SESSIONS {
+                if let Some(st) = t.session_state(&sid(x)) {
+                    prop_assert_eq!(st.connected, conn.contains_key(&x), "{:?} {:?}", sid(x), st);
                 }
             }
             // Grants made by this step must not overtake a conflicting earlier request
             // still waiting, unless the grantee already held that key.
-            let mut woken = Vec::new();
-            t.take_wakeups(&mut woken);
+            let mut more = Vec::new();
+            t.take_wakeups(&mut more);
+            for w in &more {
+                pending_before.insert(w.wait, waits.remove(&w.wait).expect("woken wait was pending"));
+            }
+            woken.extend(more);
             let after = queues(&t);
             for w in &woken {
-                let (s, keys) = waits.remove(&w.wait).expect("woken wait was pending");
+                let (s, keys) = pending_before.remove(&w.wait).expect("woken wait was pending");
                 if w.outcome == Woken::TooManyLocks {
                     // Only grants follow a refusal within a step (a disconnect's expiry
                     // also releases), so the room it lacked is still lacking.
