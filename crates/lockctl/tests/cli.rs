@@ -138,12 +138,15 @@ fn lock_that_cannot_be_had_exits_75_or_as_told() {
         .spawn()
         .unwrap();
     // Wait until the holder has it.
+    let mut held = false;
     for _ in 0..200 {
         if stdout(&run(&addr, &["inspect", "busy"])).contains("holder") {
+            held = true;
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert!(held, "the first lockctl never held the lock");
     let o = run(&addr, &["lock", "--timeout", "0", "busy", "--", "true"]);
     assert_eq!(o.status.code(), Some(75), "{o:?}");
     let o = run(

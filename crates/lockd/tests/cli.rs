@@ -1,11 +1,10 @@
 //! The `lockd` binary: help, option errors, the default start-up, graceful shutdown.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, lockd};
+use common::{lockd, Running};
 
 #[test]
 fn help_explains_every_option() {
@@ -67,39 +66,23 @@ fn listen_failure_is_reported() {
     assert!(err.contains("cannot listen"), "{err}");
 }
 
-/// Starts lockd with `args`, waits for it to listen, returns the child and its port.
-fn start(args: &[&str], home: &std::path::Path) -> (std::process::Child, u16) {
-    let port = free_port();
-    let child = lockd()
-        .args(args)
-        .args(["--port", &port.to_string()])
-        .env("HOME", home)
-        .env_remove("XDG_STATE_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "lockd did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, port)
+/// Starts lockd with `args` on a port of its own choosing; waits for it to listen.
+fn start(args: &[&str], home: &std::path::Path) -> Running {
+    Running::start(
+        lockd()
+            .args(args)
+            .env("HOME", home)
+            .env_remove("XDG_STATE_HOME")
+            .stdout(Stdio::piped()),
+    )
 }
 
 /// Stops lockd with SIGTERM, checks it exits 0, and returns what it logged.
-fn stop(mut child: std::process::Child) -> String {
-    sigterm(&child);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
+fn stop(mut r: Running) -> String {
+    sigterm(&r.child);
+    let (status, log) = r.wait();
+    assert!(status.success(), "{status}: {log}");
+    log
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -112,9 +95,10 @@ fn sigterm(child: &std::process::Child) {
 #[test]
 fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
     let home = tempfile::tempdir().unwrap();
-    let (mut child, port) = start(&[], home.path());
+    let mut running = start(&[], home.path());
+    let port = running.port;
     let mut first = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = BufReader::new(running.child.stdout.take().unwrap());
     stdout.read_line(&mut first).unwrap();
     let key_path = home.path().join(".local/state/lockd/auth-key");
     let key = std::fs::read_to_string(&key_path)
@@ -139,7 +123,7 @@ fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
     BufReader::new(&conn).read_line(&mut reply).unwrap();
     assert_eq!(reply, "ACQUIRED\n");
 
-    let err = stop(child);
+    let err = stop(running);
     assert!(err.contains("lockd listening"), "{err}");
     assert!(!err.contains(&key), "the key is never logged");
 }
@@ -147,7 +131,7 @@ fn default_start_generates_a_key_that_works_and_sigterm_exits_zero() {
 #[test]
 fn given_key_is_not_logged() {
     let home = tempfile::tempdir().unwrap();
-    let (child, _port) = start(
+    let child = start(
         &["--authKey=supersecretvalue", "--address=127.0.0.1"],
         home.path(),
     );
@@ -201,7 +185,7 @@ fn check_config_validates_and_exits() {
 #[test]
 fn json_logs_are_json() {
     let home = tempfile::tempdir().unwrap();
-    let (child, _port) = start(&["--auth-key", "k", "--log-format", "json"], home.path());
+    let child = start(&["--auth-key", "k", "--log-format", "json"], home.path());
     let err = stop(child);
     let first = err.lines().next().expect("a log line");
     assert!(
@@ -287,7 +271,7 @@ fn sigterm_as_soon_as_the_port_opens_stops_gracefully() {
     // narrow, so without the fix this loop fails only now and then: a guard, not a proof.
     for _ in 0..20 {
         let home = tempfile::tempdir().unwrap();
-        let (child, _port) = start(&["--auth-key", "k"], home.path());
+        let child = start(&["--auth-key", "k"], home.path());
         stop(child);
     }
 }

@@ -14,8 +14,19 @@ use common::*;
 
 const KEY: &str = "operator-test-key";
 
-/// Starts lockd with `args` on a free port; returns it and the port.
-fn spawn(args: &[&str], stderr: Stdio) -> (Child, u16) {
+/// Starts lockd with `args` on a port of its own choosing.
+fn spawn(args: &[&str]) -> Running {
+    Running::start(
+        lockd()
+            .args(["--auth-key", KEY])
+            .args(args)
+            .stdout(Stdio::null()),
+    )
+}
+
+/// Starts lockd with standard error on `stderr`. Its log cannot be read for the port, so
+/// the port is picked free beforehand (a race with other tests, unlikely, and only here).
+fn spawn_logging_to(args: &[&str], stderr: Stdio) -> (Child, u16) {
     let port = free_port();
     let child = lockd()
         .args(["--auth-key", KEY, "--port", &port.to_string()])
@@ -28,10 +39,10 @@ fn spawn(args: &[&str], stderr: Stdio) -> (Child, u16) {
     (child, port)
 }
 
-fn sigterm_exits_zero(mut child: Child) {
-    signal(&child, libc::SIGTERM);
-    let status = wait_exit(&mut child);
-    assert!(status.success(), "{status}");
+fn sigterm_exits_zero(mut r: Running) {
+    signal(&r.child, libc::SIGTERM);
+    let (status, log) = r.wait();
+    assert!(status.success(), "{status}: {log}");
 }
 
 /// The Unix time in µs: the floor of tokens without a data directory.
@@ -57,20 +68,20 @@ fn a_fresh_or_lowered_data_dir_starts_at_the_clock_floor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let before = clock_floor();
-    let (child, port) = spawn(&["--data-dir", d], Stdio::null());
-    let t = Native::connect(port, KEY).token("k");
+    let r = spawn(&["--data-dir", d]);
+    let t = Native::connect(r.port, KEY).token("k");
     assert!(t >= before, "token {t} below the clock floor {before}");
-    sigterm_exits_zero(child);
+    sigterm_exits_zero(r);
     // A limit lowered by hand is raised to the floor, not obeyed.
     std::fs::write(dir.path().join("token-limit"), "5\n").unwrap();
     let before = clock_floor();
-    let (child, port) = spawn(&["--data-dir", d], Stdio::null());
-    let t2 = Native::connect(port, KEY).token("k");
+    let r = spawn(&["--data-dir", d]);
+    let t2 = Native::connect(r.port, KEY).token("k");
     assert!(
         t2 >= before && t2 > t,
         "token {t2} after {t}, floor {before}"
     );
-    sigterm_exits_zero(child);
+    sigterm_exits_zero(r);
 }
 
 /// Defect 2 (and issue 17, defect 3): after a kill -9 right after a reservation, the next
@@ -79,20 +90,20 @@ fn a_fresh_or_lowered_data_dir_starts_at_the_clock_floor() {
 fn tokens_after_a_kill_are_above_the_recorded_limit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (mut child, port) = spawn(&["--data-dir", d], Stdio::null());
-    let t1 = Native::connect(port, KEY).token("k");
+    let mut r = spawn(&["--data-dir", d]);
+    let t1 = Native::connect(r.port, KEY).token("k");
     let limit = recorded(dir.path());
     assert!(t1 <= limit, "token {t1} past the recorded limit {limit}");
-    signal(&child, libc::SIGKILL);
-    wait_exit(&mut child);
-    let (child, port) = spawn(&["--data-dir", d], Stdio::null());
-    let t2 = Native::connect(port, KEY).token("k");
+    signal(&r.child, libc::SIGKILL);
+    r.wait();
+    let r = spawn(&["--data-dir", d]);
+    let t2 = Native::connect(r.port, KEY).token("k");
     assert!(
         t2 > limit,
         "token {t2} not above the killed run's limit {limit}"
     );
     assert!(recorded(dir.path()) >= t2);
-    sigterm_exits_zero(child);
+    sigterm_exits_zero(r);
 }
 
 /// Defect 2: a recorded limit near the top refuses the start, saying why; never wraps.
@@ -143,7 +154,7 @@ fn logs_that_cannot_be_written_never_stop_lockd() {
             "--login-timeout",
             "1",
         ];
-        let (mut child, port) = spawn(&args, sink);
+        let (mut child, port) = spawn_logging_to(&args, sink);
         // Close the reading end at once: every log write now fails.
         drop(child.stderr.take());
         let mut holder = Native::connect(port, KEY);
@@ -187,10 +198,8 @@ fn logs_that_cannot_be_written_never_stop_lockd() {
 #[test]
 fn silent_connections_are_closed_after_the_login_timeout() {
     // Room for the start-up probe's connection too, which may not be closed yet.
-    let (child, port) = spawn(
-        &["--max-clients", "4", "--login-timeout", "1"],
-        Stdio::null(),
-    );
+    let r = spawn(&["--max-clients", "4", "--login-timeout", "1"]);
+    let port = r.port;
     let mut silent: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -206,7 +215,7 @@ fn silent_connections_are_closed_after_the_login_timeout() {
     let mut ok = Native::connect(port, KEY);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(ok.call(&["PING"]), "+PONG");
-    sigterm_exits_zero(child);
+    sigterm_exits_zero(r);
 }
 
 /// Defect 7: --check-config refuses what a real start would refuse, and prints every
@@ -306,17 +315,10 @@ fn errors_once_and_no_colour_in_files() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("os error 98").count(), 1, "{err}");
-    let (mut child, port) = spawn(&[], Stdio::piped());
-    Native::connect(port, KEY);
-    signal(&child, libc::SIGTERM);
-    wait_exit(&mut child);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let mut r = spawn(&[]);
+    Native::connect(r.port, KEY);
+    signal(&r.child, libc::SIGTERM);
+    let (_, log) = r.wait();
     assert!(log.contains("lockd listening"), "{log}");
     assert!(
         !log.contains('\x1b'),

@@ -271,3 +271,31 @@ async fn a_half_close_behind_a_waiting_acquire_withdraws_it() {
     assert_eq!(a.call(&["RELEASE", "EX", "k"]).await, R::Int(1));
     srv.eventually("nothing held", |s| s.locks_held == 0).await;
 }
+
+/// Issue 17, defect 6: `--idle-timeout` closes a connection idle that long, and only an
+/// idle one: a connection whose ACQUIRE waits is not idle.
+#[tokio::test]
+async fn the_idle_timeout_closes_idle_connections_only() {
+    let srv = TestServer::start_with(|c| c.idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut a = Resp::authed(srv.addr).await;
+    a.call(&["ACQUIRE", "EX", "0", "k"]).await.int();
+    let mut b = Resp::authed(srv.addr).await;
+    b.send(&["ACQUIRE", "EX", "600000", "k"]).await;
+    srv.eventually("b queued", |s| s.waiters == 1).await;
+    let started = std::time::Instant::now();
+    assert!(
+        a.closed_by_server().await,
+        "the idle holder's connection is closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // a's session is dead now (grace 60 s): b still waits, its connection open.
+    srv.eventually("a dead", |s| s.dead_sessions == 1).await;
+    let mut c = Resp::authed(srv.addr).await;
+    assert_eq!(c.call(&["PING"]).await, R::Simple("PONG".into()));
+    assert_no_reply(&mut b, &mut c, "a waiting connection is not idle").await;
+    assert_eq!(srv.snapshot().waiters, 1);
+}

@@ -434,14 +434,24 @@ async fn a_protocol_error_is_answered_then_the_connection_closes() {
 async fn fencing_tokens_keep_increasing_across_restarts_with_a_data_dir() {
     let dir = std::env::temp_dir().join(format!("lockd-it-tokens-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut last = 0;
+    let mut last = 0u64;
     for _ in 0..3 {
         let d = dir.clone();
         let srv = TestServer::start_with(move |c| c.data_dir = Some(d)).await;
         let mut c = Resp::authed(srv.addr).await;
-        let t = c.call(&["ACQUIRE", "EX", "0", "k"]).await.int();
-        assert!(t > last, "{t} > {last}");
-        last = t;
+        let t = c.call(&["ACQUIRE", "EX", "0", "k"]).await.int() as u64;
+        // The data dir is what keeps them increasing: the token is within the range the
+        // directory records, and above everything the previous run recorded.
+        let limit: u64 = std::fs::read_to_string(dir.join("token-limit"))
+            .expect("the data dir records a limit")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            t > last && t <= limit,
+            "token {t}, previous limit {last}, limit {limit}"
+        );
+        last = limit;
         srv.shutdown.cancel();
         srv.task.await.unwrap();
     }

@@ -109,3 +109,77 @@ pub fn missing(what: &str, available: bool) -> bool {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {what} is not available");
     true
 }
+
+/// A lockd started on port 0 (so parallel tests never race for a port), with the port it
+/// bound read from its start-up line and the rest of its log collected meanwhile.
+pub struct Running {
+    pub child: std::process::Child,
+    pub port: u16,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `cmd` (which must not name a port) with `--port 0` and standard error
+    /// piped; waits (10 s at most) for its start-up line.
+    pub fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .args(["--port", "0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut all = String::new();
+            let mut line = String::new();
+            let mut told = false;
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                if !told {
+                    if let Some(port) = listening_port(&line) {
+                        let _ = tx.send(port);
+                        told = true;
+                    }
+                }
+                all.push_str(&line);
+                line.clear();
+            }
+            all
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("lockd logs the address it listens on within 10 s");
+        Running {
+            child,
+            port,
+            log: Some(log),
+        }
+    }
+
+    /// Waits (10 s at most) for lockd to exit; its status and everything it logged.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = wait_exit(&mut self.child);
+        let log = self
+            .log
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+/// The port in a `lockd listening` line, text (`address=IP:PORT`) or JSON
+/// (`"address":"IP:PORT"`).
+fn listening_port(line: &str) -> Option<u16> {
+    if !line.contains("lockd listening") {
+        return None;
+    }
+    let rest = line
+        .split_once("address=")
+        .or_else(|| line.split_once("\"address\":\""))?
+        .1;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    addr.rsplit_once(':')?.1.parse().ok()
+}
