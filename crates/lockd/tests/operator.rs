@@ -465,6 +465,12 @@ fn the_documented_install_starts_as_the_units_user() {
     };
     let pre = value("ExecStartPre");
     assert_eq!(pre.len(), 1);
+    // As root, on the root-owned file the docs install, the check passes too.
+    let out = lockd()
+        .args(["--check-config", "--config", &conf])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the check as root: {out:?}");
     let out = command(&pre[0]).output().unwrap();
     assert!(
         out.status.success(),
@@ -492,4 +498,32 @@ fn the_documented_install_starts_as_the_units_user() {
     let mut r = std::io::BufReader::new(child.stderr.take().unwrap());
     while r.read_line(&mut log).unwrap_or(0) > 0 {}
     assert!(status.success(), "{status}: {log}");
+}
+
+/// Defect 9: the docs stand on their own: no pointer outside the repository for the
+/// protocol, and the legacy rules are in the protocol reference itself.
+#[test]
+fn the_docs_stand_on_their_own() {
+    let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    for doc in ["README.md", "docs/protocol.md", "docs/operations.md"] {
+        let text = std::fs::read_to_string(repo.join(doc)).unwrap();
+        assert!(
+            !text.contains("../shared") && !text.contains("shared/protocol"),
+            "{doc} points outside the repository"
+        );
+    }
+    let protocol = std::fs::read_to_string(repo.join("docs/protocol.md")).unwrap();
+    for rule in [
+        "BAD_FORMAT",
+        "BAD_KEY",
+        "BAD_SESSION",
+        "BAD_COMMAND",
+        "BAD_TYPE",
+        "131,070",
+        "hmac_sha1",
+        "TOO_MANY_LOCKS",
+        "RELEASED_ALL",
+    ] {
+        assert!(protocol.contains(rule), "docs/protocol.md lacks {rule}");
+    }
 }
