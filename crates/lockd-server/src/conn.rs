@@ -218,13 +218,19 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Protocol::Native(n) => match n.process(shared, &mut input, &mut output) {
                     Stop::Drained => {}
-                    // A QUIT that came in the same read withdraws the wait at once.
-                    Stop::Wait(w) if n.quit_behind(&input) => {
-                        n.finish_wait(shared, w, None, &mut output)
-                    }
                     Stop::Wait(w) => *pending = Some(w),
                     Stop::Close => closing = true,
                 },
+            }
+        }
+        // A client that leaves gives up its wait: it is answered (null, or the token if it
+        // was granted first), then what it sent behind it, then the connection closes.
+        // Leaving is closing its side, or a QUIT behind the wait (in this read or a later
+        // one: the loop comes back here after every read).
+        if let (Some(Protocol::Native(n)), true) = (protocol.as_mut(), pending.is_some()) {
+            if eof || n.quit_behind(&input) {
+                let w = pending.take().expect("a wait was pending");
+                n.finish_wait(shared, w, None, &mut output);
             }
         }
         if output.len() > crate::shared::PEAK_OUTPUT_FLOOR {
@@ -336,22 +342,10 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     output.advance(n);
                     unflushed = !flushed;
                 }
-                // A client that leaves gives up its wait: it is answered (null, or the
-                // token if it was granted first), then what it sent behind it, then the
-                // connection closes. Leaving is closing its side, or a QUIT behind the
-                // wait.
-                Io::Read(n) => {
-                    eof = n == 0;
-                    if n > 0 {
-                        shared.activity.request();
-                    }
-                    if let (Some(Protocol::Native(nat)), true) = (protocol.as_mut(), pending.is_some()) {
-                        if eof || nat.quit_behind(&input) {
-                            let w = pending.take().expect("a wait was pending");
-                            nat.finish_wait(shared, w, None, &mut output);
-                        }
-                    }
-                }
+                // What the client sent before closing its side is answered, then the
+                // connection closes (a wait it leaves is withdrawn above).
+                Io::Read(0) => eof = true,
+                Io::Read(_) => shared.activity.request(),
                 Io::Failed(why) => return why,
             },
             // Made only when polled: select! builds every branch's future, disabled or not,
