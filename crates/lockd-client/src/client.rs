@@ -26,9 +26,79 @@ pub(crate) struct Inner {
     session: Mutex<String>,
     /// Bumped when the session (and so its locks) is gone for good.
     pub(crate) generation: std::sync::atomic::AtomicU64,
-    /// Guards alive per (key, mode): the server counts a re-acquired lock once, so it is
-    /// released only when the last guard for it goes.
-    pub(crate) held: Mutex<HashMap<(Vec<u8>, Mode), usize>>,
+    /// The session's locks as its guards know them, per (key, mode): the server counts a
+    /// re-acquired lock once, so it is released only when the last guard for it goes.
+    pub(crate) held: Mutex<HashMap<(Vec<u8>, Mode), Held>>,
+    /// Source of [`Held::epoch`].
+    pub(crate) epochs: std::sync::atomic::AtomicU64,
+}
+
+/// One lock of the session, as its guards know it.
+pub(crate) struct Held {
+    /// Guards that count on it.
+    pub count: usize,
+    /// The token the server's lock carries now (that of its latest grant): a release names
+    /// it, so a release that comes after a newer grant of the same lock lets go of nothing.
+    pub token: u64,
+    /// Which life of the lock this is: a guard counts only on the one it was made in, so a
+    /// guard left from before `release_all` or `release` is inert.
+    pub epoch: u64,
+}
+
+impl Inner {
+    /// Records a grant of `keys` in `mode` with `token`: the epochs the new guard counts on.
+    pub(crate) fn granted(&self, mode: Mode, keys: &[Vec<u8>], token: u64) -> Vec<u64> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .map(|k| {
+                let h = held.entry((k.clone(), mode)).or_insert_with(|| Held {
+                    count: 0,
+                    token,
+                    epoch: self
+                        .epochs
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                });
+                h.count += 1;
+                h.token = token;
+                h.epoch
+            })
+            .collect()
+    }
+
+    /// A grant nobody waits for any more (its acquire was cancelled after it was sent):
+    /// where a guard holds the lock, it now carries this grant's token; elsewhere nothing
+    /// holds it on this side, so it is let go at once.
+    fn orphaned(&self, conn: &Conn, mode: Mode, keys: &[Vec<u8>], token: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free: Vec<&[u8]> = Vec::new();
+        for k in keys {
+            match held.get_mut(&(k.clone(), mode)) {
+                Some(h) => h.token = token,
+                None => free.push(k),
+            }
+        }
+        drop(held);
+        if !free.is_empty() {
+            conn.send_only(&as_args(&release_args(mode, token, &free)));
+        }
+    }
+}
+
+/// Borrowed arguments of a request built as owned ones.
+pub(crate) fn as_args(args: &[Vec<u8>]) -> Vec<&[u8]> {
+    args.iter().map(Vec::as_slice).collect()
+}
+
+/// `RELEASE TOKEN token mode key...`
+pub(crate) fn release_args(mode: Mode, token: u64, keys: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut args = vec![
+        b"RELEASE".to_vec(),
+        b"TOKEN".to_vec(),
+        token.to_string().into_bytes(),
+        mode.as_str().as_bytes().to_vec(),
+    ];
+    args.extend(keys.iter().map(|k| k.to_vec()));
+    args
 }
 
 impl Client {
@@ -58,6 +128,7 @@ impl Client {
                 session: Mutex::new(session),
                 generation: Default::default(),
                 held: Mutex::new(HashMap::new()),
+                epochs: Default::default(),
             }),
         })
     }
@@ -175,15 +246,34 @@ impl Client {
             .to_string();
         let mut args: Vec<&[u8]> = vec![b"ACQUIRE", mode.as_str().as_bytes(), ms.as_bytes()];
         args.extend(keys.iter().map(|k| k.as_ref()));
-        match self.conn().call(&args).await? {
-            Value::Integer(token) => {
-                let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
-                let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
-                for k in &keys {
-                    *held.entry((k.clone(), mode)).or_insert(0) += 1;
+        let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
+        // If this future is dropped after the request went out, a grant that comes back
+        // anyway is handed over or let go: nothing stays held that no guard owns.
+        let conn = self.conn();
+        let orphan: crate::conn::Orphan = {
+            let (inner, conn, keys) = (
+                Arc::downgrade(&self.inner),
+                Arc::downgrade(&conn),
+                owned.clone(),
+            );
+            Box::new(move |v| {
+                if let (Value::Integer(t), Some(inner), Some(conn)) =
+                    (v, inner.upgrade(), conn.upgrade())
+                {
+                    inner.orphaned(&conn, mode, &keys, t as u64);
                 }
-                drop(held);
-                Ok(Some(Guard::new(self.clone(), mode, keys, token as u64)))
+            })
+        };
+        match conn.call_or(&args, Some(orphan)).await? {
+            Value::Integer(token) => {
+                let epochs = self.inner.granted(mode, &owned, token as u64);
+                Ok(Some(Guard::new(
+                    self.clone(),
+                    mode,
+                    owned,
+                    token as u64,
+                    epochs,
+                )))
             }
             Value::Null => Ok(None),
             other => Err(unexpected(other)),

@@ -19,8 +19,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::error::Error;
 
 type Reply = Result<Value, Error>;
+/// What to do with a reply whose caller stopped waiting (its future was dropped): a grant
+/// nobody will hold a guard for must be let go.
+pub(crate) type Orphan = Box<dyn FnOnce(Value) + Send>;
 /// Where a reply goes; `None`: nobody waits for it (a release from `Drop`).
-type Slot = Option<oneshot::Sender<Reply>>;
+type Slot = Option<(oneshot::Sender<Reply>, Option<Orphan>)>;
 
 pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<(BytesMut, Slot)>,
@@ -42,7 +45,7 @@ impl State {
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
             .collect();
-        for tx in drained.into_iter().flatten() {
+        for (tx, _) in drained.into_iter().flatten() {
             let _ = tx.send(Err(Error::ConnectionLost));
         }
         self.lost_notify.notify_waiters();
@@ -105,8 +108,12 @@ impl Conn {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .pop_front();
-                        if let Some(Some(tx)) = slot {
-                            let _ = tx.send(Ok(v));
+                        if let Some(Some((tx, orphan))) = slot {
+                            if let Err(Ok(v)) = tx.send(Ok(v)) {
+                                if let Some(f) = orphan {
+                                    f(v);
+                                }
+                            }
                         }
                     }
                     Err(_) => {
@@ -128,6 +135,12 @@ impl Conn {
 
     /// Sends a request and waits for its reply. A server error is `Ok(Value::Error)`.
     pub async fn call(&self, args: &[&[u8]]) -> Reply {
+        self.call_or(args, None).await
+    }
+
+    /// [`Conn::call`], and if the caller stops waiting (drops this future) before the
+    /// reply comes, `orphan` gets the reply instead (from the reader task).
+    pub async fn call_or(&self, args: &[&[u8]], orphan: Option<Orphan>) -> Reply {
         if self.is_lost() {
             return Err(Error::ConnectionLost);
         }
@@ -135,7 +148,7 @@ impl Conn {
         encode_request(args, &mut buf);
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((buf, Some(tx)))
+            .send((buf, Some((tx, orphan))))
             .map_err(|_| Error::ConnectionLost)?;
         rx.await.map_err(|_| Error::ConnectionLost)?
     }

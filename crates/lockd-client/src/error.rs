@@ -23,6 +23,8 @@ pub enum Error {
     Session(String),
     #[error("connection to the server lost")]
     ConnectionLost,
+    #[error("this guard's locks were already let go (by release_all or release)")]
+    NotHeld,
     #[error("quorum not reached: {granted} of {needed} servers granted")]
     NoQuorum { granted: usize, needed: usize },
     #[error("server error: {0}")]

@@ -6,9 +6,12 @@ use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::types::Mode;
 
-/// Locks held by a [`Client`]'s session. Dropping the guard releases them (the release is
-/// queued on the connection at once, in order with later requests); [`Guard::release`]
-/// does the same and reports errors.
+/// Locks held by a [`Client`]'s session: one acquisition. Dropping the guard releases what
+/// it acquired (queued on the connection at once, in order with later requests), naming
+/// the grant's fencing token so that a release can never free a later grant of the same
+/// lock; [`Guard::release`] does the same and reports errors. Guards of one lock taken
+/// again by the same session are counted: the lock goes with the last of them. After
+/// [`Client::release_all`] or [`Client::release`], earlier guards are inert.
 ///
 /// ```no_run
 /// # async fn demo(client: lockd_client::Client) -> Result<(), lockd_client::Error> {
@@ -24,6 +27,9 @@ use crate::types::Mode;
 /// drop(guard); // released
 /// # let _ = token; Ok(()) }
 /// ```
+/// Keys to release, with the token their locks carry.
+type ByToken = (u64, Vec<Vec<u8>>);
+
 #[must_use = "dropping the guard releases the locks"]
 pub struct Guard {
     client: Client,
@@ -31,11 +37,19 @@ pub struct Guard {
     keys: Vec<Vec<u8>>,
     token: u64,
     generation: u64,
+    /// Per key, the life of the session's lock this guard counts on (see `client::Held`).
+    epochs: Vec<u64>,
     released: bool,
 }
 
 impl Guard {
-    pub(crate) fn new(client: Client, mode: Mode, keys: Vec<Vec<u8>>, token: u64) -> Guard {
+    pub(crate) fn new(
+        client: Client,
+        mode: Mode,
+        keys: Vec<Vec<u8>>,
+        token: u64,
+        epochs: Vec<u64>,
+    ) -> Guard {
         let generation = client.inner.generation.load(Ordering::SeqCst);
         Guard {
             client,
@@ -43,6 +57,7 @@ impl Guard {
             keys,
             token,
             generation,
+            epochs,
             released: false,
         }
     }
@@ -69,29 +84,41 @@ impl Guard {
             || self.client.is_connection_lost()
     }
 
-    /// Releases the locks, reporting errors (a lost connection among them).
+    /// Releases the locks, reporting errors: a lost connection, or
+    /// [`Error::NotHeld`] when they were let go already (`release_all`, `release`), in
+    /// which case nothing is sent: a later guard's locks are never touched.
     pub async fn release(mut self) -> Result<(), Error> {
         self.released = true;
         let lost = self.may_be_lost();
-        let keys = self.unref();
+        let (free, inert) = self.unref();
         if lost {
             return Err(Error::ConnectionLost);
         }
-        if keys.is_empty() {
-            return Ok(());
+        if inert {
+            return Err(Error::NotHeld);
         }
-        let mut args: Vec<&[u8]> = vec![b"RELEASE", self.mode.as_str().as_bytes()];
-        args.extend(keys.iter().map(|k| k.as_slice()));
-        match self.client.conn().call(&args).await? {
-            lockd_proto::resp::Value::Integer(_) => Ok(()),
-            other => Err(unexpected(other)),
+        for (token, keys) in free {
+            let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            let args = crate::client::release_args(self.mode, token, &keys);
+            match self
+                .client
+                .conn()
+                .call(&crate::client::as_args(&args))
+                .await?
+            {
+                lockd_proto::resp::Value::Integer(_) => {}
+                other => return Err(unexpected(other)),
+            }
         }
+        Ok(())
     }
 
-    /// Drops this guard's references; returns the keys no other guard holds.
-    fn unref(&self) -> Vec<Vec<u8>> {
+    /// Drops this guard's counts on the locks it was made with: the locks no other guard
+    /// counts on any more, grouped by the token the server's lock carries, and whether
+    /// this guard was inert (its locks let go already, or gone with the session).
+    fn unref(&self) -> (Vec<ByToken>, bool) {
         if self.client.inner.generation.load(Ordering::SeqCst) != self.generation {
-            return Vec::new();
+            return (Vec::new(), true);
         }
         let mut held = self
             .client
@@ -99,18 +126,27 @@ impl Guard {
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for k in &self.keys {
+        let mut free: Vec<ByToken> = Vec::new();
+        let mut inert = false;
+        for (k, &epoch) in self.keys.iter().zip(&self.epochs) {
             let entry = (k.clone(), self.mode);
-            if let Some(n) = held.get_mut(&entry) {
-                *n -= 1;
-                if *n == 0 {
-                    held.remove(&entry);
-                    out.push(k.clone());
+            match held.get_mut(&entry) {
+                Some(h) if h.epoch == epoch => {
+                    h.count -= 1;
+                    if h.count == 0 {
+                        let token = h.token;
+                        held.remove(&entry);
+                        match free.iter_mut().find(|(t, _)| *t == token) {
+                            Some((_, keys)) => keys.push(k.clone()),
+                            None => free.push((token, vec![k.clone()])),
+                        }
+                    }
                 }
+                // Let go already, and perhaps taken again by a later guard: not ours.
+                _ => inert = true,
             }
         }
-        out
+        (free, inert)
     }
 }
 
@@ -119,13 +155,12 @@ impl Drop for Guard {
         if self.released {
             return;
         }
-        let keys = self.unref();
-        if keys.is_empty() {
-            return;
+        let conn = self.client.conn();
+        for (token, keys) in self.unref().0 {
+            let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            let args = crate::client::release_args(self.mode, token, &keys);
+            conn.send_only(&crate::client::as_args(&args));
         }
-        let mut args: Vec<&[u8]> = vec![b"RELEASE", self.mode.as_str().as_bytes()];
-        args.extend(keys.iter().map(|k| k.as_slice()));
-        self.client.conn().send_only(&args);
     }
 }
 

@@ -394,3 +394,113 @@ async fn tls_connection_with_a_trusted_certificate() {
     g.release().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls `f` exactly once, without yielding to the runtime: true if it is still pending
+/// (for an acquire: its request is queued on the connection, its reply not yet read).
+async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_pending())
+    })
+    .await
+}
+
+/// Whether session `session` holds `key` on the server (checked through the client's own
+/// connection, so every release queued before is processed first).
+async fn holds(c: &Client, session: &str, key: &str) -> bool {
+    c.locks(Some(session))
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.key == key.as_bytes())
+}
+
+/// Issue 12, defect 1: a guard let go by release_all is inert: dropping or releasing it
+/// does nothing to a later guard of the same lock, and release() says so.
+#[tokio::test]
+async fn a_stale_guard_never_releases_a_newer_lock() {
+    let srv = server(Duration::from_secs(60)).await;
+    let c = Client::connect(&srv.addr, KEY).await.unwrap();
+    let me = c.session_id();
+    let g1 = c.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    c.release_all().await.unwrap();
+    let g2 = c.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    drop(g1);
+    assert!(
+        holds(&c, &me, "k").await,
+        "the stale guard's drop freed g2's lock"
+    );
+    let g3 = c.acquire(Mode::Ex, &["j"], Duration::ZERO).await.unwrap();
+    c.release(Mode::Ex, &["j"]).await.unwrap();
+    let g4 = c.acquire(Mode::Ex, &["j"], Duration::ZERO).await.unwrap();
+    assert!(matches!(g3.release().await, Err(Error::NotHeld)));
+    assert!(
+        holds(&c, &me, "j").await,
+        "the stale guard's release freed g4's lock"
+    );
+    g2.release().await.unwrap();
+    g4.release().await.unwrap();
+    assert!(!holds(&c, &me, "k").await && !holds(&c, &me, "j").await);
+    srv.shutdown.cancel();
+}
+
+/// Issue 12, defect 1: the last guard dropped while a re-acquire of the same lock is in
+/// flight: its release (queued after the re-acquire) names the old grant's token, so it
+/// lets go of nothing, and the new guard holds the lock.
+#[tokio::test]
+async fn dropping_the_last_guard_during_a_reacquire_keeps_the_new_grant() {
+    let srv = server(Duration::from_secs(60)).await;
+    let c = Client::connect(&srv.addr, KEY).await.unwrap();
+    let me = c.session_id();
+    let g1 = c.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
+    let mut again = Box::pin(c.acquire(Mode::Ex, &["k"], Duration::ZERO));
+    // Polled once: the ACQUIRE is on the connection, its reply not yet read.
+    assert!(poll_once(&mut again).await);
+    drop(g1);
+    let g2 = again.await.unwrap();
+    assert!(
+        holds(&c, &me, "k").await,
+        "the old guard's release freed the new grant"
+    );
+    drop(g2);
+    assert!(!holds(&c, &me, "k").await, "the new guard releases it");
+    srv.shutdown.cancel();
+}
+
+/// Issue 12, defect 2: an acquire cancelled after its request went out leaves nothing
+/// held that no guard owns: a grant that comes back anyway is let go at once, or, when a
+/// guard holds the same lock, handed to that guard (whose release then frees it).
+#[tokio::test]
+async fn a_cancelled_acquire_leaves_nothing_held() {
+    let srv = server(Duration::from_secs(60)).await;
+    let other = Client::connect(&srv.addr, KEY).await.unwrap();
+    let c = Client::connect(&srv.addr, KEY).await.unwrap();
+    let me = c.session_id();
+    let held = other
+        .acquire(Mode::Ex, &["k"], Duration::ZERO)
+        .await
+        .unwrap();
+    // Waiting in the queue, then cancelled (as by a timeout or select!).
+    let mut waiting = Box::pin(c.acquire(Mode::Ex, &["k"], Duration::from_secs(60)));
+    assert!(poll_once(&mut waiting).await);
+    srv.eventually("queued", |s| s.waiters == 1).await;
+    drop(waiting);
+    drop(held);
+    // The server grants the queued request to c's session; nobody waits for it.
+    srv.eventually("granted and let go", |s| {
+        s.waiters == 0 && s.locks_held == 0
+    })
+    .await;
+    assert!(!holds(&c, &me, "k").await);
+    // Cancelled while a guard of c holds the same lock: the guard keeps it, then frees it.
+    let g = c.acquire(Mode::Ex, &["j"], Duration::ZERO).await.unwrap();
+    let mut again = Box::pin(c.acquire(Mode::Ex, &["j"], Duration::ZERO));
+    assert!(poll_once(&mut again).await);
+    drop(again);
+    assert!(holds(&c, &me, "j").await, "the guard still holds it");
+    drop(g);
+    assert!(
+        !holds(&c, &me, "j").await,
+        "and its release frees it, token and all"
+    );
+    srv.shutdown.cancel();
+}

@@ -26,6 +26,40 @@ impl LockTable {
         n
     }
 
+    /// Drops session `id`'s `mode` lock on each key only where it still carries `token`
+    /// (the token of the grant the caller holds): a release from a holder that re-acquired
+    /// since (the lock now carries a newer token) or that let go already is a no-op.
+    /// Returns how many locks were released.
+    pub fn release_token(
+        &mut self,
+        id: SessionId,
+        mode: Mode,
+        keys: &[Key],
+        token: u64,
+        now: Millis,
+    ) -> u32 {
+        let Some(s) = self.find_session(&id) else {
+            return 0;
+        };
+        let mut n = 0;
+        for key in keys {
+            let Some(k) = self.find_key(key.as_bytes()) else {
+                continue;
+            };
+            let current = self.keys[k as usize]
+                .holders
+                .iter()
+                .any(|h| h.session == s && h.mode == mode && h.token == token);
+            if current && self.remove_holder(k, s, mode) {
+                n += 1;
+                self.grant_waiters(k, now);
+                self.release_key_if_unused(k);
+            }
+        }
+        self.forget_if_idle(s);
+        n
+    }
+
     /// Drops every lock of session `id`. Returns how many locks were released.
     pub fn release_all(&mut self, id: SessionId, now: Millis) -> u32 {
         let Some(s) = self.find_session(&id) else {

@@ -1,4 +1,4 @@
-//! Lock commands: ACQUIRE, RELEASE, RELEASEALL.
+//! Lock commands: ACQUIRE, RELEASE (optionally naming the grant's token), RELEASEALL.
 
 use lockd_core::{Acquired, Key, Mode, Wait};
 use lockd_proto::resp::Value;
@@ -85,14 +85,27 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
     })
 }
 
-/// RELEASE SH|EX key [key ...]
+/// RELEASE SH|EX key [key ...], or RELEASE TOKEN token SH|EX key [key ...]: only the locks
+/// that still carry that grant's token (so a stale release is a no-op).
 pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     let rest = args.arity(2, usize::MAX)?;
+    let (token, rest) = if upper(rest[0]) == "TOKEN" {
+        let [_, t, more @ ..] = rest else {
+            unreachable!("arity checked")
+        };
+        if more.len() < 2 {
+            return Err(args.arity(4, usize::MAX).expect_err("too few"));
+        }
+        (Some(uint(t, "token")?), more)
+    } else {
+        (None, rest)
+    };
     let mode = mode(rest[0])?;
     let keys = keys(&rest[1..])?;
     let session = n.session;
-    let released = shared.with_at(n.now, |core, now| {
-        core.table.release(session, mode, &keys, now)
+    let released = shared.with_at(n.now, |core, now| match token {
+        Some(t) => core.table.release_token(session, mode, &keys, t, now),
+        None => core.table.release(session, mode, &keys, now),
     });
     Ok(Value::Integer(released as i64))
 }

@@ -644,3 +644,38 @@ async fn a_queued_acquire_whose_turn_comes_without_room_gets_toomanylocks() {
     // b's connection is usable again, and a request that fits is granted.
     assert!(b.call(&["ACQUIRE", "EX", "0", "k1"]).await.int() > 0);
 }
+
+/// Issue 12: a release that names its grant's token lets go only while the lock carries
+/// that token, so a stale holder's release cannot free a newer grant.
+#[tokio::test]
+async fn release_token_lets_go_only_of_that_grant() {
+    let srv = TestServer::start().await;
+    let mut a = Resp::authed(srv.addr).await;
+    let t1 = a.call(&["ACQUIRE", "EX", "0", "k"]).await.int().to_string();
+    let t2 = a.call(&["ACQUIRE", "EX", "0", "k"]).await.int().to_string();
+    assert_eq!(
+        a.call(&["RELEASE", "TOKEN", &t1, "EX", "k"]).await,
+        R::Int(0)
+    );
+    assert_eq!(a.call(&["LOCKS"]).await.items().len(), 1, "still held");
+    assert_eq!(
+        a.call(&["RELEASE", "TOKEN", &t2, "SH", "k"]).await,
+        R::Int(0),
+        "other mode"
+    );
+    assert_eq!(
+        a.call(&["RELEASE", "TOKEN", &t2, "EX", "k"]).await,
+        R::Int(1)
+    );
+    assert_eq!(a.call(&["LOCKS"]).await.items().len(), 0);
+    assert!(a
+        .call(&["RELEASE", "TOKEN", "x", "EX", "k"])
+        .await
+        .err()
+        .starts_with("ERR token"));
+    assert!(a
+        .call(&["RELEASE", "TOKEN", &t2, "EX"])
+        .await
+        .err()
+        .starts_with("ERR wrong number"));
+}
