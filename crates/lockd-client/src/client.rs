@@ -160,6 +160,11 @@ impl Client {
             .clone()
     }
 
+    /// Whether this is the only handle on the client: no clone, and so no guard, uses it.
+    pub(crate) fn is_unused(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// This client's session id (32 characters).
     pub fn session_id(&self) -> String {
         self.inner

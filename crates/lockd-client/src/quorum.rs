@@ -17,28 +17,35 @@ use crate::error::Error;
 use crate::guard::Guard;
 use crate::types::Mode;
 
-/// One server of a bucket: where it is, and the client while connected.
+/// One server of a bucket: where it is, and its clients (one session each).
 struct Server {
     addr: String,
     auth_key: String,
-    client: Mutex<Option<Client>>,
+    /// Connected clients. One is free when no guard and no acquire uses it (the pool holds
+    /// its only reference); each acquire takes a free one, or connects another, so that
+    /// concurrent acquirers never share a session: a session never conflicts with itself,
+    /// and two tasks sharing one would both be granted EX on one key.
+    pool: Mutex<Vec<Client>>,
 }
 
 impl Server {
-    /// The connected client, connecting (again) if needed; `None` if unreachable.
+    /// A client no one else uses now, connecting one if needed; `None` if unreachable.
     async fn client(&self) -> Option<Client> {
-        let mut c = self.client.lock().await;
-        if c.as_ref().is_some_and(|c| c.is_connection_lost()) {
-            *c = None;
+        let mut pool = self.pool.lock().await;
+        pool.retain(|c| !c.is_connection_lost());
+        // Taken while the pool is locked: the clone makes it busy for the next caller.
+        if let Some(c) = pool.iter().find(|c| c.is_unused()) {
+            return Some(c.clone());
         }
-        if c.is_none() {
-            *c = Client::connect(&self.addr, &self.auth_key).await.ok();
-        }
-        c.clone()
+        let c = Client::connect(&self.addr, &self.auth_key).await.ok()?;
+        pool.push(c.clone());
+        Some(c)
     }
 }
 
-/// Locks on a majority of the servers of each key's bucket.
+/// Locks on a majority of the servers of each key's bucket. Each acquisition has its own
+/// session on every server (clients are pooled and reused once their guards are gone), so
+/// concurrent acquirers of one `QuorumClient` exclude each other as separate processes do.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), lockd_client::Error> {
@@ -118,7 +125,7 @@ impl QuorumClient {
                         .map(|(addr, auth_key)| Server {
                             addr,
                             auth_key,
-                            client: Mutex::new(None),
+                            pool: Mutex::new(Vec::new()),
                         })
                         .collect()
                 })

@@ -504,3 +504,48 @@ async fn a_cancelled_acquire_leaves_nothing_held() {
     );
     srv.shutdown.cancel();
 }
+
+/// Issue 12, defect 3: two tasks of one process acquiring EX on one key through one
+/// QuorumClient exclude each other (each acquisition has its own sessions); once the
+/// first guard is gone its sessions are reused.
+#[tokio::test]
+async fn concurrent_quorum_acquirers_exclude_each_other() {
+    let (s1, s2, s3) = (
+        server(Duration::from_secs(60)).await,
+        server(Duration::from_secs(60)).await,
+        server(Duration::from_secs(60)).await,
+    );
+    let k = |a: &str| (a.to_string(), KEY.to_string());
+    let q = Arc::new(QuorumClient::new(vec![vec![
+        k(&s1.addr),
+        k(&s2.addr),
+        k(&s3.addr),
+    ]]));
+    let g1 = q.acquire(Mode::Ex, &["q"], Duration::ZERO).await.unwrap();
+    assert_eq!(g1.grants(), 3);
+    let q2 = q.clone();
+    let second = tokio::spawn(async move {
+        q2.acquire(Mode::Ex, &["q"], Duration::ZERO)
+            .await
+            .map(|g| g.grants())
+    });
+    assert!(
+        matches!(
+            second.await.unwrap(),
+            Err(Error::NoQuorum { granted: 0, .. })
+        ),
+        "a second task of the same process was granted EX too"
+    );
+    drop(g1);
+    // Its release is queued first on the sessions the next acquire reuses.
+    let g2 = q
+        .acquire(Mode::Ex, &["q"], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(g2.grants(), 3);
+    let live: usize = [&s1, &s2, &s3]
+        .iter()
+        .map(|s| s.handle.snapshot().sessions)
+        .sum();
+    assert!(live <= 6, "{live} sessions: released clients are reused");
+}
