@@ -549,3 +549,106 @@ async fn concurrent_quorum_acquirers_exclude_each_other() {
         .sum();
     assert!(live <= 6, "{live} sessions: released clients are reused");
 }
+
+/// Issue 12: a model of the guard bookkeeping. Random interleavings of acquire, guard drop,
+/// guard release, release_all, direct release and cancelled acquires, on one client; after
+/// every step the server holds exactly the locks that some live guard, not let go since,
+/// holds: every such guard's lock is held, and nothing is held that no guard owns.
+#[tokio::test]
+async fn guards_and_the_servers_locks_always_agree() {
+    let srv = server(Duration::from_secs(60)).await;
+    let keys = ["a", "b", "c"];
+    let modes = [Mode::Sh, Mode::Ex];
+    for seed in 1..=6u64 {
+        let c = Client::connect(&srv.addr, KEY).await.unwrap();
+        let me = c.session_id();
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        // Live guards, each with the life of its lock it counts on.
+        let mut guards: Vec<(lockd_client::Guard, (usize, usize), u64)> = Vec::new();
+        // The current life of each (key, mode) lock; a release_all/release ends it.
+        let mut life = std::collections::HashMap::<(usize, usize), u64>::new();
+        let mut lives = 0u64;
+        for step in 0..150 {
+            let (k, m) = (next(keys.len()), next(modes.len()));
+            match next(6) {
+                0 | 1 => {
+                    // A lock the session holds in one mode never blocks it in the other.
+                    if let Some(g) = c.try_acquire(modes[m], &[keys[k]]).await.unwrap() {
+                        let l = *life.entry((k, m)).or_insert_with(|| {
+                            lives += 1;
+                            lives
+                        });
+                        guards.push((g, (k, m), l));
+                    }
+                }
+                2 if !guards.is_empty() => {
+                    let i = next(guards.len());
+                    drop(guards.swap_remove(i));
+                }
+                3 if !guards.is_empty() => {
+                    let (g, lock, l) = guards.swap_remove(next(guards.len()));
+                    let live = life.get(&lock) == Some(&l);
+                    match g.release().await {
+                        Ok(()) => assert!(live, "step {step}: an inert guard released"),
+                        Err(Error::NotHeld) => {
+                            assert!(!live, "step {step}: a live guard said NotHeld")
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                4 => {
+                    match next(3) {
+                        0 => {
+                            c.release_all().await.unwrap();
+                            life.clear();
+                        }
+                        1 => {
+                            c.release(modes[m], &[keys[k]]).await.unwrap();
+                            life.remove(&(k, m));
+                        }
+                        _ => {
+                            // Cancelled after the request went out.
+                            let one = [keys[k]];
+                            let mut f = Box::pin(c.try_acquire(modes[m], &one));
+                            assert!(poll_once(&mut f).await);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // A lock is owned when a live guard counts on its current life.
+            let owned: std::collections::BTreeSet<(String, &str)> = guards
+                .iter()
+                .filter(|(_, lock, l)| life.get(lock) == Some(l))
+                .map(|(_, (k, m), _)| (keys[*k].to_string(), modes[*m].as_str()))
+                .collect();
+            // Twice: a release a cancelled acquire's late grant queued is behind the first.
+            c.locks(Some(&me)).await.unwrap();
+            let held: std::collections::BTreeSet<(String, &str)> = c
+                .locks(Some(&me))
+                .await
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    (
+                        String::from_utf8_lossy(&l.key).into_owned(),
+                        l.mode.as_str(),
+                    )
+                })
+                .collect();
+            // Locks let go by release_all/release whose guards are gone: the model forgets
+            // them, and so must the server.
+            life.retain(|lock, l| guards.iter().any(|(_, g, gl)| g == lock && gl == l));
+            assert_eq!(held, owned, "seed {seed}, step {step}");
+        }
+        drop(guards);
+        c.release_all().await.unwrap();
+    }
+    srv.shutdown.cancel();
+}
