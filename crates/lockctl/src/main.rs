@@ -2,6 +2,7 @@
 //! `redis-cli`. `lockctl lock KEY -- CMD` runs a command while holding a lock.
 
 mod exit;
+mod supervise;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +72,18 @@ enum Command {
         /// Exit status when the locks could not be had
         #[arg(long = "conflict-exit-code", short = 'E', default_value_t = exit::TEMPFAIL)]
         conflict_exit_code: u8,
+        /// The session's grace period: how long the server keeps the lock after the
+        /// connection is lost, while lockctl tries to resume. Not resumed within half of
+        /// it, the command is stopped (the server may cap it: lockctl uses what it says)
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        grace: Duration,
+        /// Signal sent to the command when the lock is lost (a number, or TERM, INT, HUP,
+        /// KILL, USR1, USR2, QUIT)
+        #[arg(long, value_parser = parse_signal, default_value = "TERM")]
+        signal: i32,
+        /// After --signal, how long the command has to exit before SIGKILL
+        #[arg(long = "kill-after", value_parser = parse_duration, default_value = "10s")]
+        kill_after: Duration,
         /// Keys, then `--`, then the command
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
@@ -106,6 +119,27 @@ enum Command {
     Stats,
     /// Check that the server answers (and that the key is right).
     Ping,
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    Ok(match name.as_str() {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "QUIT" => libc::SIGQUIT,
+        n => match n.parse::<i32>() {
+            Ok(v) if (1..=64).contains(&v) => v,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a signal (TERM, INT, HUP, KILL, USR1, USR2, QUIT or 1-64)"
+                ))
+            }
+        },
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -189,9 +223,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             shared,
             timeout,
             conflict_exit_code,
+            grace,
+            signal,
+            kill_after,
             keys,
             command,
         } => {
+            let grace = client.set_grace(*grace).await?;
             let guard = match client.acquire(mode(*shared), keys, *timeout).await {
                 Ok(g) => g,
                 Err(e @ (lockd_client::Error::Timeout | lockd_client::Error::Deadlock { .. })) => {
@@ -199,21 +237,31 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let status = tokio::process::Command::new(&command[0])
+            let child = tokio::process::Command::new(&command[0])
                 .args(&command[1..])
                 .env("LOCKD_FENCING_TOKEN", guard.token().to_string())
                 .env("LOCKD_SESSION", client.session_id())
-                .status()
-                .await
+                .spawn()
                 .map_err(|e| {
                     Failure::new(exit::NOINPUT_CMD, format!("cannot run {}: {e}", command[0]))
                 })?;
-            let lost = guard.may_be_lost();
-            guard.release().await.map_err(Failure::from)?;
-            if lost {
-                return Err(Failure::new(exit::UNAVAILABLE, "the connection was lost while the command ran: the lock may have passed to another"));
+            let end = supervise::supervise(child, &client, grace, *signal, *kill_after)
+                .await
+                .map_err(|e| Failure::other(format!("cannot watch the command: {e}")))?;
+            match end {
+                supervise::End::Exited(status) => {
+                    let lost = guard.may_be_lost();
+                    guard.release().await.map_err(Failure::from)?;
+                    if lost {
+                        return Err(Failure::new(exit::UNAVAILABLE, "the connection was lost while the command ran: the lock may have passed to another"));
+                    }
+                    Ok(exit::of_status(status))
+                }
+                supervise::End::Lost(why) => {
+                    std::mem::forget(guard);
+                    Err(Failure::new(exit::UNAVAILABLE, why))
+                }
             }
-            Ok(exit::of_status(status))
         }
         Command::Acquire {
             shared,

@@ -295,3 +295,165 @@ fn talks_tls_when_given_a_ca() {
     );
     assert_eq!(o.status.code(), Some(69), "{o:?}");
 }
+
+/// A TCP proxy to `upstream` that can cut every connection through it, and refuse new ones.
+struct Cut {
+    addr: String,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cut {
+    fn new(upstream: String) -> Cut {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (c2, o2) = (conns.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                if !o2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut list = c2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cut { addr, conns, open }
+    }
+
+    /// Closes every connection through the proxy; with `refuse`, new ones too.
+    fn cut(&self, refuse: bool) {
+        self.open
+            .store(!refuse, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn held_by_someone(addr: &str, key: &str) -> bool {
+    stdout(&run(addr, &["inspect", key])).contains("holder")
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Issue 12, defect 4: SIGTERM to lockctl goes to the command, and the lock is released
+/// only after the command has exited.
+#[test]
+fn sigterm_to_lockctl_goes_to_the_command_and_the_lock_outlives_it() {
+    let addr = server();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("got-term");
+    let script = format!(
+        // At most 10 s, so that an orphan (the defect) ends by itself and the test fails.
+        "trap 'touch {m}; sleep 0.5; exit 3' TERM; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        m = mark.display()
+    );
+    let mut child = lockctl(&addr, &["lock", "sigk", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for("the lock held", || held_by_someone(&addr, "sigk"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for("the command got SIGTERM", || mark.exists());
+    assert!(
+        held_by_someone(&addr, "sigk"),
+        "released before the command exited"
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "lockctl exits with the command's status"
+    );
+    assert!(!held_by_someone(&addr, "sigk"), "released after it exited");
+}
+
+/// Issue 12, defect 4: a lost connection that lockctl resumes within the grace keeps the
+/// lock, and the command runs on to its end.
+#[test]
+fn a_resumed_connection_keeps_the_command_running() {
+    let addr = server();
+    let proxy = Cut::new(addr.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "i=0; while [ ! -e {g} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; exit 0",
+        g = go.display()
+    );
+    let child = lockctl(
+        &proxy.addr,
+        &["lock", "--grace", "10s", "resk", "--", "sh", "-c", &script],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("the lock held", || held_by_someone(&addr, "resk"));
+    proxy.cut(false);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        held_by_someone(&addr, "resk"),
+        "the session keeps the lock through the loss"
+    );
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("resumed"), "{err}");
+    assert!(!held_by_someone(&addr, "resk"));
+}
+
+/// Issue 12, defect 4: a lost connection that cannot be resumed stops the command (its
+/// --signal, within half the grace), says why, and exits 69.
+#[test]
+fn a_lost_lock_stops_the_command() {
+    let addr = server();
+    let proxy = Cut::new(addr.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("got-usr1");
+    let script = format!(
+        "trap 'touch {m}; exit 0' USR1; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        m = mark.display()
+    );
+    let args = [
+        "lock", "--grace", "2s", "--signal", "USR1", "lostk", "--", "sh", "-c", &script,
+    ];
+    let child = lockctl(&proxy.addr, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the lock held", || held_by_someone(&addr, "lostk"));
+    let cut_at = std::time::Instant::now();
+    proxy.cut(true);
+    let out = child.wait_with_output().unwrap();
+    let waited = cut_at.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(mark.exists(), "the command got the signal asked for");
+    assert!(err.contains("not resumed"), "{err}");
+    // Told before the server's 2 s grace could pass the lock on.
+    assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+}

@@ -309,13 +309,22 @@ impl Client {
         Ok(n)
     }
 
-    /// Sets how long this session keeps its locks after its connection is lost.
-    pub async fn set_grace(&self, grace: Duration) -> Result<(), Error> {
+    /// Sets how long this session keeps its locks after its connection is lost; returns
+    /// the grace the server applied (it caps what it allows, `--max-grace`).
+    pub async fn set_grace(&self, grace: Duration) -> Result<Duration, Error> {
         let ms = grace.as_millis().to_string();
-        ok(self
+        match self
             .conn()
             .call(&[b"SESSION", b"GRACE", ms.as_bytes()])
-            .await?)
+            .await?
+        {
+            Value::Simple(s) => Ok(s
+                .strip_prefix("OK capped at ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .map_or(grace, Duration::from_millis)),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), Error> {

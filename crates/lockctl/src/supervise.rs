@@ -1,0 +1,110 @@
+//! `lockctl lock`: runs a command while the lock is held, and makes sure the command never
+//! runs on without it, as `flock(1)` does for a local lock and `consul lock` for a remote
+//! one.
+//!
+//! - While the command runs, lockctl watches its connection. When the connection is lost
+//!   it tries to resume the session (the server keeps its locks for the session's grace
+//!   period, which lockctl set); resumed, the lock is still held and the command goes on.
+//! - The lock is lost when the server no longer knows the session (`NOSESSION`: it
+//!   restarted, or the grace ended), or when lockctl cannot tell: it has not resumed
+//!   within half the grace period from the moment it saw the loss. Then the command is
+//!   sent `--signal` (SIGTERM), and SIGKILL after `--kill-after`, before another session
+//!   could be granted the lock; lockctl says why and exits 69.
+//! - SIGTERM, SIGINT and SIGHUP sent to lockctl are passed to the command; the lock is
+//!   released only after the command has exited.
+
+use std::time::Duration;
+
+use lockd_client::Client;
+use tokio::process::Child;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+/// How a supervised command ended.
+pub enum End {
+    /// It exited by itself (or after a signal passed on to it); the lock was held all along.
+    Exited(std::process::ExitStatus),
+    /// The lock was lost while it ran; it was signalled and has exited.
+    Lost(String),
+}
+
+/// Runs `child` to its end under the lock of `client`'s session, whose grace is `grace`.
+pub async fn supervise(
+    mut child: Child,
+    client: &Client,
+    grace: Duration,
+    stop_signal: i32,
+    kill_after: Duration,
+) -> std::io::Result<End> {
+    let mut forwarded = [
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    ];
+    let watch = watchdog(client, grace);
+    tokio::pin!(watch);
+    loop {
+        let pid = child.id();
+        let [term, int, hup] = &mut forwarded;
+        tokio::select! {
+            status = child.wait() => return Ok(End::Exited(status?)),
+            Some(()) = term.recv() => pass_on(pid, libc::SIGTERM),
+            Some(()) = int.recv() => pass_on(pid, libc::SIGINT),
+            Some(()) = hup.recv() => pass_on(pid, libc::SIGHUP),
+            why = &mut watch => {
+                eprintln!("lockctl: {why}: stopping the command");
+                pass_on(pid, stop_signal);
+                if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
+                    eprintln!("lockctl: the command did not stop within {kill_after:?}: killing it");
+                    let _ = child.kill().await;
+                }
+                let _ = child.wait().await;
+                return Ok(End::Lost(why));
+            }
+        }
+    }
+}
+
+fn pass_on(pid: Option<u32>, sig: i32) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
+
+/// Resolves, with the reason, when the lock is lost or can no longer be vouched for;
+/// never while it is held.
+async fn watchdog(client: &Client, grace: Duration) -> String {
+    loop {
+        client.connection_lost().await;
+        // The server counts the grace from when it saw the connection go, which may be a
+        // little before lockctl did: give up at half of it.
+        let deadline = Instant::now() + grace / 2;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return format!(
+                    "the connection to the server was lost and not resumed within half the \
+                     session's grace ({grace:?}): the lock may pass to another session"
+                );
+            }
+            match tokio::time::timeout(left, client.reconnect()).await {
+                Ok(Ok(true)) => {
+                    eprintln!(
+                        "lockctl: the connection was lost and resumed: the lock is still held"
+                    );
+                    break;
+                }
+                Ok(Ok(false)) => {
+                    return "the server no longer knows the session (it restarted, or the grace \
+                            ended): the lock is lost"
+                        .to_string()
+                }
+                // Not reachable yet: try again shortly, within the deadline.
+                _ => tokio::time::sleep(left.min(Duration::from_millis(100))).await,
+            }
+        }
+    }
+}
