@@ -229,8 +229,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             keys,
             command,
         } => {
+            // Caught from now on: a signal while waiting ends lockctl without running the
+            // command; one while it runs is passed to it.
+            let mut signals = supervise::Signals::install()
+                .map_err(|e| Failure::other(format!("cannot catch signals: {e}")))?;
             let grace = client.set_grace(*grace).await?;
-            let guard = match client.acquire(mode(*shared), keys, *timeout).await {
+            let acquired = tokio::select! {
+                r = client.acquire(mode(*shared), keys, *timeout) => r,
+                sig = signals.next() => return Ok(128 + sig as u8),
+            };
+            let guard = match acquired {
                 Ok(g) => g,
                 Err(e @ (lockd_client::Error::Timeout | lockd_client::Error::Deadlock { .. })) => {
                     return Err(Failure::new(*conflict_exit_code, e.to_string()));
@@ -245,13 +253,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .map_err(|e| {
                     Failure::new(exit::NOINPUT_CMD, format!("cannot run {}: {e}", command[0]))
                 })?;
-            let end = supervise::supervise(child, &client, grace, *signal, *kill_after)
-                .await
-                .map_err(|e| Failure::other(format!("cannot watch the command: {e}")))?;
+            let end =
+                supervise::supervise(child, &mut signals, &client, grace, *signal, *kill_after)
+                    .await
+                    .map_err(|e| Failure::other(format!("cannot watch the command: {e}")))?;
             match end {
                 supervise::End::Exited(status) => {
                     let lost = guard.may_be_lost();
-                    guard.release().await.map_err(Failure::from)?;
+                    // Bounded: over a connection that stalled as the command ended, the
+                    // lock cannot be vouched for, and its grace lets it go.
+                    match tokio::time::timeout(grace.clamp(Duration::from_secs(1), Duration::from_secs(10)), guard.release()).await {
+                        Ok(r) => r.map_err(Failure::from)?,
+                        Err(_) => return Err(Failure::new(exit::UNAVAILABLE, "the release was not answered: the lock is let go when the session's grace ends")),
+                    }
                     if lost {
                         return Err(Failure::new(exit::UNAVAILABLE, "the connection was lost while the command ran: the lock may have passed to another"));
                     }

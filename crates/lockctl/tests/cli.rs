@@ -296,11 +296,13 @@ fn talks_tls_when_given_a_ca() {
     assert_eq!(o.status.code(), Some(69), "{o:?}");
 }
 
-/// A TCP proxy to `upstream` that can cut every connection through it, and refuse new ones.
+/// A TCP proxy to `upstream` that can cut every connection through it, refuse new ones,
+/// or stall them all (open, forwarding nothing), as a silent network fault would.
 struct Cut {
     addr: String,
     conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cut {
@@ -310,7 +312,8 @@ impl Cut {
         let addr = l.local_addr().unwrap().to_string();
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (c2, o2) = (conns.clone(), open.clone());
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c2, o2, s2) = (conns.clone(), open.clone(), stalled.clone());
         std::thread::spawn(move || {
             for client in l.incoming().flatten() {
                 if !o2.load(Ordering::SeqCst) {
@@ -326,14 +329,38 @@ impl Cut {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
+                    let stalled = s2.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            while stalled.load(Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
             }
         });
-        Cut { addr, conns, open }
+        Cut {
+            addr,
+            conns,
+            open,
+            stalled,
+        }
+    }
+
+    /// Stops forwarding, keeping every connection open.
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes every connection through the proxy; with `refuse`, new ones too.
@@ -367,15 +394,18 @@ fn sigterm_to_lockctl_goes_to_the_command_and_the_lock_outlives_it() {
     let addr = server();
     let dir = tempfile::tempdir().unwrap();
     let mark = dir.path().join("got-term");
+    let ready = dir.path().join("ready");
     let script = format!(
         // At most 10 s, so that an orphan (the defect) ends by itself and the test fails.
-        "trap 'touch {m}; sleep 0.5; exit 3' TERM; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
-        m = mark.display()
+        "trap 'touch {m}; sleep 0.5; exit 3' TERM; touch {r}; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        m = mark.display(),
+        r = ready.display()
     );
     let mut child = lockctl(&addr, &["lock", "sigk", "--", "sh", "-c", &script])
         .spawn()
         .unwrap();
-    wait_for("the lock held", || held_by_someone(&addr, "sigk"));
+    wait_for("the command running, its trap set", || ready.exists());
+    assert!(held_by_someone(&addr, "sigk"));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_for("the command got SIGTERM", || mark.exists());
@@ -453,7 +483,41 @@ fn a_lost_lock_stops_the_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(mark.exists(), "the command got the signal asked for");
-    assert!(err.contains("not resumed"), "{err}");
+    assert!(err.contains("not resumed in time"), "{err}");
     // Told before the server's 2 s grace could pass the lock on.
     assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+}
+
+/// Issue 12, defect 4 ("cannot tell"): a connection that stalls without an error (no
+/// reply, no close) is a loss too: lockctl's PINGs go unanswered, it cannot resume, and it
+/// stops the command within half the grace.
+#[test]
+fn a_silently_stalled_connection_stops_the_command() {
+    let addr = server();
+    let proxy = Cut::new(addr.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("got-term");
+    let script = format!(
+        "trap 'touch {m}; exit 0' TERM; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        m = mark.display()
+    );
+    let args = ["lock", "--grace", "2s", "stallk", "--", "sh", "-c", &script];
+    let child = lockctl(&proxy.addr, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the lock held", || held_by_someone(&addr, "stallk"));
+    let stalled_at = std::time::Instant::now();
+    proxy.stall();
+    let out = child.wait_with_output().unwrap();
+    let waited = stalled_at.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(mark.exists(), "the command was stopped");
+    // Noticed within a quarter of the grace, given up a quarter later: told within half
+    // of it, before the server could pass the lock on.
+    assert!(
+        waited < std::time::Duration::from_millis(1500),
+        "{waited:?}"
+    );
 }
