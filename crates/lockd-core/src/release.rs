@@ -8,22 +8,7 @@ impl LockTable {
     /// Drops session `id`'s `mode` lock on each key; keys not held are ignored. Returns how
     /// many locks were released.
     pub fn release(&mut self, id: SessionId, mode: Mode, keys: &[Key], now: Millis) -> u32 {
-        let Some(s) = self.find_session(&id) else {
-            return 0;
-        };
-        let mut n = 0;
-        for key in keys {
-            let Some(k) = self.find_key(key.as_bytes()) else {
-                continue;
-            };
-            if self.remove_holder(k, s, mode) {
-                n += 1;
-                self.grant_waiters(k, now);
-                self.release_key_if_unused(k);
-            }
-        }
-        self.forget_if_idle(s);
-        n
+        self.release_where(id, mode, keys, None, now)
     }
 
     /// Drops session `id`'s `mode` lock on each key only where it still carries `token`
@@ -38,6 +23,18 @@ impl LockTable {
         token: u64,
         now: Millis,
     ) -> u32 {
+        self.release_where(id, mode, keys, Some(token), now)
+    }
+
+    /// [`LockTable::release`], restricted to locks carrying `token` when one is given.
+    fn release_where(
+        &mut self,
+        id: SessionId,
+        mode: Mode,
+        keys: &[Key],
+        token: Option<u64>,
+        now: Millis,
+    ) -> u32 {
         let Some(s) = self.find_session(&id) else {
             return 0;
         };
@@ -46,11 +43,13 @@ impl LockTable {
             let Some(k) = self.find_key(key.as_bytes()) else {
                 continue;
             };
-            let current = self.keys[k as usize]
-                .holders
-                .iter()
-                .any(|h| h.session == s && h.mode == mode && h.token == token);
-            if current && self.remove_holder(k, s, mode) {
+            let carries = |t: u64| {
+                self.keys[k as usize]
+                    .holders
+                    .iter()
+                    .any(|h| h.session == s && h.mode == mode && h.token == t)
+            };
+            if token.is_none_or(carries) && self.remove_holder(k, s, mode) {
                 n += 1;
                 self.grant_waiters(k, now);
                 self.release_key_if_unused(k);
