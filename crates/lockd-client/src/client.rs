@@ -26,11 +26,78 @@ pub(crate) struct Inner {
     session: Mutex<String>,
     /// Bumped when the session (and so its locks) is gone for good.
     pub(crate) generation: std::sync::atomic::AtomicU64,
-    /// The session's locks as its guards know them, per (key, mode): the server counts a
-    /// re-acquired lock once, so it is released only when the last guard for it goes.
-    pub(crate) held: Mutex<HashMap<(Vec<u8>, Mode), Held>>,
+    /// The session's locks as its guards know them, and the acquisitions under way.
+    pub(crate) held: Mutex<Book>,
     /// Source of [`Held::epoch`].
     pub(crate) epochs: std::sync::atomic::AtomicU64,
+}
+
+/// What this client's session holds and is acquiring, per (key, mode). The server never
+/// makes a session wait for itself, so tasks sharing one `Client` would all be granted one
+/// EX lock; the book refuses an acquisition that conflicts with one a guard holds or one
+/// under way ([`Error::HeldHere`]), so that mutual exclusion holds between them too.
+#[derive(Default)]
+pub(crate) struct Book {
+    /// The server counts a re-acquired lock once, so it is released only when the last
+    /// guard for it goes.
+    pub locks: HashMap<(Vec<u8>, Mode), Held>,
+    /// Acquisitions sent and not yet answered (or cancelled), counted per (key, mode).
+    pending: HashMap<(Vec<u8>, Mode), usize>,
+}
+
+impl Book {
+    fn busy(&self, key: &[u8], mode: Mode) -> bool {
+        let k = (key.to_vec(), mode);
+        self.locks.get(&k).is_some_and(|h| h.count > 0) || self.pending.contains_key(&k)
+    }
+
+    /// The first of `keys` where taking `mode` would conflict with this client's own locks:
+    /// EX conflicts with anything, SH with EX (shared locks may be taken again, counted).
+    fn conflict<'k>(&self, mode: Mode, keys: &'k [Vec<u8>]) -> Option<&'k [u8]> {
+        keys.iter()
+            .find(|k| self.busy(k, Mode::Ex) || (mode == Mode::Ex && self.busy(k, Mode::Sh)))
+            .map(Vec::as_slice)
+    }
+}
+
+/// An acquisition under way in the [`Book`]; it leaves the book when dropped, whether the
+/// acquire was answered, failed or was cancelled.
+struct Reservation {
+    inner: Arc<Inner>,
+    mode: Mode,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Reservation {
+    fn take(inner: &Arc<Inner>, mode: Mode, keys: &[Vec<u8>]) -> Result<Reservation, Error> {
+        let mut book = inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = book.conflict(mode, keys) {
+            return Err(Error::HeldHere(String::from_utf8_lossy(k).into_owned()));
+        }
+        for k in keys {
+            *book.pending.entry((k.clone(), mode)).or_default() += 1;
+        }
+        Ok(Reservation {
+            inner: inner.clone(),
+            mode,
+            keys: keys.to_vec(),
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut book = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        for k in std::mem::take(&mut self.keys) {
+            let entry = (k, self.mode);
+            if let Some(n) = book.pending.get_mut(&entry) {
+                *n -= 1;
+                if *n == 0 {
+                    book.pending.remove(&entry);
+                }
+            }
+        }
+    }
 }
 
 /// One lock of the session, as its guards know it.
@@ -48,10 +115,10 @@ pub(crate) struct Held {
 impl Inner {
     /// Records a grant of `keys` in `mode` with `token`: the epochs the new guard counts on.
     pub(crate) fn granted(&self, mode: Mode, keys: &[Vec<u8>], token: u64) -> Vec<u64> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = self.held.lock().unwrap_or_else(|p| p.into_inner());
         keys.iter()
             .map(|k| {
-                let h = held.entry((k.clone(), mode)).or_insert_with(|| Held {
+                let h = book.locks.entry((k.clone(), mode)).or_insert_with(|| Held {
                     count: 0,
                     token,
                     epoch: self
@@ -69,15 +136,15 @@ impl Inner {
     /// where a guard holds the lock, it now carries this grant's token; elsewhere nothing
     /// holds it on this side, so it is let go at once.
     fn orphaned(&self, conn: &Conn, mode: Mode, keys: &[Vec<u8>], token: u64) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut free: Vec<&[u8]> = Vec::new();
         for k in keys {
-            match held.get_mut(&(k.clone(), mode)) {
+            match book.locks.get_mut(&(k.clone(), mode)) {
                 Some(h) => h.token = token,
                 None => free.push(k),
             }
         }
-        drop(held);
+        drop(book);
         if !free.is_empty() {
             conn.send_only(&as_args(&release_args(mode, token, &free)));
         }
@@ -127,7 +194,7 @@ impl Client {
                 conn: Mutex::new(Arc::new(conn)),
                 session: Mutex::new(session),
                 generation: Default::default(),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new(Book::default()),
                 epochs: Default::default(),
             }),
         })
@@ -201,7 +268,9 @@ impl Client {
             Value::Error(e) if e.starts_with("NOSESSION") => false,
             other => return Err(unexpected(other)),
         };
-        if !resumed {
+        if resumed {
+            self.reconcile(&conn).await?;
+        } else {
             let fresh = text(conn.call(&[b"SESSION"]).await?)?;
             *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             self.inner
@@ -211,14 +280,52 @@ impl Client {
                 .held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .locks
                 .clear();
         }
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(conn);
         Ok(resumed)
     }
 
+    /// Makes the resumed session's locks agree with the guards, on the new connection
+    /// before anyone else can use it: a grant whose reply was lost with the old connection
+    /// is let go (its acquire failed, so no guard owns it), and a lock that a lost reply
+    /// granted again keeps its guards with the token it carries now, so that their release
+    /// names it.
+    async fn reconcile(&self, conn: &Conn) -> Result<(), Error> {
+        let on_server = parse_locks(conn.call(&[b"LOCKS"]).await?)?;
+        let mut free: Vec<(Mode, u64, Vec<&[u8]>)> = Vec::new();
+        {
+            let mut book = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            for l in &on_server {
+                match book.locks.get_mut(&(l.key.clone(), l.mode)) {
+                    Some(h) => h.token = l.token,
+                    None => match free
+                        .iter_mut()
+                        .find(|(m, t, _)| *m == l.mode && *t == l.token)
+                    {
+                        Some((_, _, keys)) => keys.push(&l.key),
+                        None => free.push((l.mode, l.token, vec![&l.key])),
+                    },
+                }
+            }
+            // Locks the server no longer has (let go while the connection was down: not
+            // possible within the grace, but never counted on): their guards are inert.
+            book.locks
+                .retain(|(k, m), _| on_server.iter().any(|l| l.key == *k && l.mode == *m));
+        }
+        for (mode, token, keys) in free {
+            conn.call(&as_args(&release_args(mode, token, &keys)))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Acquires `keys` in `mode`, all or nothing, waiting up to `timeout` (zero: try once).
-    /// A timeout is [`Error::Timeout`].
+    /// A timeout is [`Error::Timeout`]. An acquisition that conflicts with a lock this
+    /// client already holds or is acquiring (EX on a key it has in any mode, SH on one it
+    /// has in EX) is refused at once with [`Error::HeldHere`]: the session would be granted
+    /// it, and two holders of one EX lock in one process are as wrong as in two.
     pub async fn acquire<K: AsRef<[u8]>>(
         &self,
         mode: Mode,
@@ -252,6 +359,8 @@ impl Client {
         let mut args: Vec<&[u8]> = vec![b"ACQUIRE", mode.as_str().as_bytes(), ms.as_bytes()];
         args.extend(keys.iter().map(|k| k.as_ref()));
         let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
+        // Held until the grant is in the book (or the acquire ends another way).
+        let _reserved = Reservation::take(&self.inner, mode, &owned)?;
         // If this future is dropped after the request went out, a grant that comes back
         // anyway is handed over or let go: nothing stays held that no guard owns.
         let conn = self.conn();
@@ -291,9 +400,9 @@ impl Client {
         let mut args: Vec<&[u8]> = vec![b"RELEASE", mode.as_str().as_bytes()];
         args.extend(keys.iter().map(|k| k.as_ref()));
         let n = int(self.conn().call(&args).await?)?;
-        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
-            held.remove(&(k.as_ref().to_vec(), mode));
+            book.locks.remove(&(k.as_ref().to_vec(), mode));
         }
         Ok(n)
     }
@@ -305,6 +414,7 @@ impl Client {
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .locks
             .clear();
         Ok(n)
     }
@@ -371,23 +481,7 @@ impl Client {
         if let Some(s) = session {
             args.push(s.as_bytes());
         }
-        match self.conn().call(&args).await? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(|i| {
-                    let m = map(i)?;
-                    Ok(LockInfo {
-                        key: match m.get("key") {
-                            Some(Value::Bulk(b)) => b.to_vec(),
-                            _ => return Err(Error::Protocol("LOCKS entry without key".into())),
-                        },
-                        mode: field_mode(&m)?,
-                        token: field_int(&m, "token")?,
-                    })
-                })
-                .collect(),
-            other => Err(unexpected(other)),
-        }
+        parse_locks(self.conn().call(&args).await?)
     }
 
     /// The server's counters, by name.
@@ -476,4 +570,25 @@ fn field_text(m: &HashMap<String, Value>, name: &str) -> Result<String, Error> {
 fn field_mode(m: &HashMap<String, Value>) -> Result<Mode, Error> {
     let t = field_text(m, "mode")?;
     Mode::parse(&t).ok_or_else(|| Error::Protocol(format!("bad mode {t}")))
+}
+
+/// A `LOCKS` reply.
+fn parse_locks(v: Value) -> Result<Vec<LockInfo>, Error> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| {
+                let m = map(i)?;
+                Ok(LockInfo {
+                    key: match m.get("key") {
+                        Some(Value::Bulk(b)) => b.to_vec(),
+                        _ => return Err(Error::Protocol("LOCKS entry without key".into())),
+                    },
+                    mode: field_mode(&m)?,
+                    token: field_int(&m, "token")?,
+                })
+            })
+            .collect(),
+        other => Err(unexpected(other)),
+    }
 }

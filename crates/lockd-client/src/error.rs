@@ -25,6 +25,8 @@ pub enum Error {
     ConnectionLost,
     #[error("this guard's locks were already let go (by release_all or release)")]
     NotHeld,
+    #[error("refused: this client already holds or is acquiring a conflicting lock on {0:?} (one Client per concurrent locker)")]
+    HeldHere(String),
     #[error("quorum not reached: {granted} of {needed} servers granted")]
     NoQuorum { granted: usize, needed: usize },
     #[error("server error: {0}")]

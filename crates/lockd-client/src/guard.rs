@@ -9,8 +9,9 @@ use crate::types::Mode;
 /// Locks held by a [`Client`]'s session: one acquisition. Dropping the guard releases what
 /// it acquired (queued on the connection at once, in order with later requests), naming
 /// the grant's fencing token so that a release can never free a later grant of the same
-/// lock; [`Guard::release`] does the same and reports errors. Guards of one lock taken
-/// again by the same session are counted: the lock goes with the last of them. After
+/// lock; [`Guard::release`] does the same and reports errors. Guards of one SH lock taken
+/// again by the same client are counted: the lock goes with the last of them (an EX lock,
+/// or SH over EX, is refused with [`Error::HeldHere`](crate::Error::HeldHere)). After
 /// [`Client::release_all`] or [`Client::release`], earlier guards are inert.
 ///
 /// ```no_run
@@ -130,12 +131,12 @@ impl Guard {
         let mut inert = false;
         for (k, &epoch) in self.keys.iter().zip(&self.epochs) {
             let entry = (k.clone(), self.mode);
-            match held.get_mut(&entry) {
+            match held.locks.get_mut(&entry) {
                 Some(h) if h.epoch == epoch => {
                     h.count -= 1;
                     if h.count == 0 {
                         let token = h.token;
-                        held.remove(&entry);
+                        held.locks.remove(&entry);
                         match free.iter_mut().find(|(t, _)| *t == token) {
                             Some((_, keys)) => keys.push(k.clone()),
                             None => free.push((token, vec![k.clone()])),

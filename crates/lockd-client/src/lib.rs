@@ -20,7 +20,9 @@
 //!
 //! A blocking ACQUIRE blocks its connection (the server answers commands in order), so
 //! calls on one `Client` from several tasks wait behind it; use one client per concurrent
-//! locker. If the connection is lost, every [`Guard`] of the client reports
+//! locker. Tasks sharing one client never both hold a conflicting lock: one session is
+//! never made to wait for itself, so the client refuses an acquisition that conflicts with
+//! one of its own, held or under way, with [`Error::HeldHere`] (SH locks are shared). If the connection is lost, every [`Guard`] of the client reports
 //! [`Guard::may_be_lost`]; [`Client::reconnect`] resumes the session, locks included, if
 //! it is back within the session's grace period.
 //!

@@ -53,6 +53,8 @@ impl Srv {
 struct Proxy {
     addr: String,
     current: Arc<std::sync::Mutex<CancellationToken>>,
+    /// While set, what the server sends is thrown away: replies lost on the way.
+    lose_replies: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -67,23 +69,43 @@ async fn proxy(upstream: String) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let current = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-    let cur = current.clone();
+    let lose_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cur, lose) = (current.clone(), lose_replies.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((mut down, _)) = l.accept().await else {
+            let Ok((down, _)) = l.accept().await else {
                 return;
             };
-            let mut up = TcpStream::connect(&upstream).await.unwrap();
+            let up = TcpStream::connect(&upstream).await.unwrap();
             let c = cur.lock().unwrap().clone();
+            let lose = lose.clone();
             tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut down_r, mut down_w) = down.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                let replies = async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n @ 1..) = up_r.read(&mut buf).await {
+                        if !lose.load(std::sync::atomic::Ordering::SeqCst)
+                            && down_w.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = tokio::io::copy(&mut down_r, &mut up_w) => {}
+                    _ = replies => {}
                     _ = c.cancelled() => {}
                 }
             });
         }
     });
-    Proxy { addr, current }
+    Proxy {
+        addr,
+        current,
+        lose_replies,
+    }
 }
 
 #[tokio::test]
@@ -220,6 +242,44 @@ async fn a_lost_connection_is_reported_and_another_process_can_resume() {
         "the old guard reports the loss"
     );
     assert_eq!(a2.release(Mode::Ex, &["k"]).await.unwrap(), 1);
+}
+
+/// Issue 12: a grant whose reply was lost with the connection. The acquire fails with
+/// ConnectionLost, but the server granted it; when the client resumes the session, the
+/// lock no guard owns is let go, and a guard's lock whose token the lost reply changed is
+/// kept with the server's token, so that its release still frees it.
+#[tokio::test]
+async fn a_grant_lost_with_the_connection_is_let_go_on_resume() {
+    let srv = server(Duration::from_secs(30)).await;
+    let p = proxy(srv.addr.clone()).await;
+    let a = Client::connect(&p.addr, KEY).await.unwrap();
+    let me = a.session_id();
+    let kept = a.acquire(Mode::Sh, &["s"], Duration::ZERO).await.unwrap();
+    p.lose_replies
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut lost = Box::pin(a.acquire(Mode::Ex, &["k"], Duration::ZERO));
+    let mut again = Box::pin(a.acquire(Mode::Sh, &["s"], Duration::ZERO));
+    assert!(poll_once(&mut lost).await && poll_once(&mut again).await);
+    srv.eventually("granted on the server", |s| {
+        s.locks_held == 2 && s.table.grants >= 3
+    })
+    .await;
+    p.cut();
+    assert!(matches!(lost.await, Err(Error::ConnectionLost)));
+    assert!(matches!(again.await, Err(Error::ConnectionLost)));
+    p.lose_replies
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    srv.eventually("a's session dead", |s| s.dead_sessions == 1)
+        .await;
+    assert!(a.reconnect().await.unwrap(), "resumed");
+    assert!(!holds(&a, &me, "k").await, "a grant no guard owns was kept");
+    assert!(holds(&a, &me, "s").await);
+    drop(kept);
+    assert!(
+        !holds(&a, &me, "s").await,
+        "the guard's release named a token the server's lock no longer carries"
+    );
+    srv.shutdown.cancel();
 }
 
 #[tokio::test]
@@ -451,8 +511,8 @@ async fn dropping_the_last_guard_during_a_reacquire_keeps_the_new_grant() {
     let srv = server(Duration::from_secs(60)).await;
     let c = Client::connect(&srv.addr, KEY).await.unwrap();
     let me = c.session_id();
-    let g1 = c.acquire(Mode::Ex, &["k"], Duration::ZERO).await.unwrap();
-    let mut again = Box::pin(c.acquire(Mode::Ex, &["k"], Duration::ZERO));
+    let g1 = c.acquire(Mode::Sh, &["k"], Duration::ZERO).await.unwrap();
+    let mut again = Box::pin(c.acquire(Mode::Sh, &["k"], Duration::ZERO));
     // Polled once: the ACQUIRE is on the connection, its reply not yet read.
     assert!(poll_once(&mut again).await);
     drop(g1);
@@ -492,8 +552,8 @@ async fn a_cancelled_acquire_leaves_nothing_held() {
     .await;
     assert!(!holds(&c, &me, "k").await);
     // Cancelled while a guard of c holds the same lock: the guard keeps it, then frees it.
-    let g = c.acquire(Mode::Ex, &["j"], Duration::ZERO).await.unwrap();
-    let mut again = Box::pin(c.acquire(Mode::Ex, &["j"], Duration::ZERO));
+    let g = c.acquire(Mode::Sh, &["j"], Duration::ZERO).await.unwrap();
+    let mut again = Box::pin(c.acquire(Mode::Sh, &["j"], Duration::ZERO));
     assert!(poll_once(&mut again).await);
     drop(again);
     assert!(holds(&c, &me, "j").await, "the guard still holds it");
@@ -502,6 +562,65 @@ async fn a_cancelled_acquire_leaves_nothing_held() {
         !holds(&c, &me, "j").await,
         "and its release frees it, token and all"
     );
+    srv.shutdown.cancel();
+}
+
+/// Issue 12, defect 3, for a plain Client: tasks sharing one client (one session, which
+/// the server never makes wait for itself) exclude each other all the same: an
+/// acquisition that conflicts with a held lock or one under way is refused at once, SH
+/// locks are shared, and once the guard is gone the next acquire is served.
+#[tokio::test]
+async fn tasks_sharing_one_client_exclude_each_other() {
+    let srv = server(Duration::from_secs(60)).await;
+    let other = Client::connect(&srv.addr, KEY).await.unwrap();
+    let c = Client::connect(&srv.addr, KEY).await.unwrap();
+    let both = tokio::join!(
+        c.try_acquire(Mode::Ex, &["k"]),
+        c.try_acquire(Mode::Ex, &["k"])
+    );
+    let (a, b) = (both.0, both.1);
+    let (g, refused) = match (a, b) {
+        (Ok(Some(g)), Err(e)) | (Err(e), Ok(Some(g))) => (g, e),
+        (a, b) => panic!("two concurrent EX acquisitions on one client: {a:?} and {b:?}"),
+    };
+    assert!(
+        matches!(refused, Error::HeldHere(ref k) if k == "k"),
+        "{refused}"
+    );
+    assert!(matches!(
+        c.try_acquire(Mode::Sh, &["j", "k"]).await,
+        Err(Error::HeldHere(_))
+    ));
+    drop(g);
+    // Shared locks are shared, and counted.
+    let s1 = c.acquire(Mode::Sh, &["k"], Duration::ZERO).await.unwrap();
+    let s2 = c.acquire(Mode::Sh, &["k"], Duration::ZERO).await.unwrap();
+    assert!(matches!(
+        c.try_acquire(Mode::Ex, &["k"]).await,
+        Err(Error::HeldHere(_))
+    ));
+    drop((s1, s2));
+    // An acquisition waiting on the server counts too: a second task is refused while
+    // the first waits, and served once it has given up.
+    let blocker = other
+        .acquire(Mode::Ex, &["w"], Duration::ZERO)
+        .await
+        .unwrap();
+    let mut waiting = Box::pin(c.acquire(Mode::Ex, &["w"], Duration::from_secs(60)));
+    assert!(poll_once(&mut waiting).await);
+    assert!(matches!(
+        c.try_acquire(Mode::Ex, &["w"]).await,
+        Err(Error::HeldHere(_))
+    ));
+    drop(waiting);
+    drop(blocker);
+    srv.eventually("the cancelled grant let go", |s| {
+        s.waiters == 0 && s.locks_held == 0
+    })
+    .await;
+    let g = c.acquire(Mode::Ex, &["w"], Duration::ZERO).await.unwrap();
+    assert!(holds(&c, &c.session_id(), "w").await);
+    drop(g);
     srv.shutdown.cancel();
 }
 
@@ -576,10 +695,21 @@ async fn guards_and_the_servers_locks_always_agree() {
         let mut lives = 0u64;
         for step in 0..150 {
             let (k, m) = (next(keys.len()), next(modes.len()));
+            // The client refuses what conflicts with its own live guards.
+            let conflict = guards.iter().any(|(_, (gk, gm), l)| {
+                *gk == k
+                    && life.get(&(*gk, *gm)) == Some(l)
+                    && (modes[m] == Mode::Ex || modes[*gm] == Mode::Ex)
+            });
             match next(6) {
                 0 | 1 => {
-                    // A lock the session holds in one mode never blocks it in the other.
-                    if let Some(g) = c.try_acquire(modes[m], &[keys[k]]).await.unwrap() {
+                    let got = c.try_acquire(modes[m], &[keys[k]]).await;
+                    if conflict {
+                        assert!(
+                            matches!(got, Err(Error::HeldHere(_))),
+                            "step {step}: a conflicting acquisition was not refused"
+                        );
+                    } else if let Some(g) = got.unwrap() {
                         let l = *life.entry((k, m)).or_insert_with(|| {
                             lives += 1;
                             lives
@@ -616,7 +746,7 @@ async fn guards_and_the_servers_locks_always_agree() {
                             // Cancelled after the request went out.
                             let one = [keys[k]];
                             let mut f = Box::pin(c.try_acquire(modes[m], &one));
-                            assert!(poll_once(&mut f).await);
+                            assert_eq!(poll_once(&mut f).await, !conflict, "step {step}");
                         }
                     }
                 }
