@@ -14,6 +14,7 @@ use crate::types::{Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 /// How an ACQUIRE ended, when it returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Acquired {
     /// Every key is locked; the fencing token of this grant.
     Granted(u64),
@@ -34,10 +35,14 @@ pub enum Acquired {
     AlreadyWaiting,
     /// No fencing token can be issued until more are reserved.
     TokensExhausted,
+    /// A native request whose session is no longer bound to its connection (see
+    /// `Command::Acquire`).
+    NotBound,
 }
 
 /// Whether a request may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Wait {
     /// Answer at once (legacy ACQUIRE, native timeout 0).
     No,

@@ -12,8 +12,10 @@
 //! `inspect`, deadlock detection in `deadlock`.
 
 mod acquire;
+mod command;
 mod deadlock;
 mod error;
+mod image;
 mod inspect;
 mod key;
 mod release;
@@ -22,8 +24,10 @@ mod table;
 mod types;
 
 pub use acquire::{Acquired, Wait};
+pub use command::{conn_node, Command, Outcome};
 pub use deadlock::SEARCH_BUDGET as DEADLOCK_SEARCH_BUDGET;
 pub use error::KeyError;
+pub use image::{BadImage, ConnImage, KeyImage, SessionImage, TableImage, WaiterImage};
 pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, WaiterInfo};
 pub use key::{Key, MAX_KEY_LEN};
 pub use sessions::{ResumeError, SessionState};
@@ -32,5 +36,7 @@ pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_command;
 #[cfg(test)]
 mod tests_queue;

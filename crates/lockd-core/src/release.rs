@@ -70,7 +70,10 @@ impl LockTable {
     }
 
     pub(crate) fn release_all_of(&mut self, s: u32, now: Millis) -> u32 {
-        let keys: Vec<u32> = self.session(s).keys.iter().copied().collect();
+        let mut keys: Vec<u32> = self.session(s).keys.iter().copied().collect();
+        // The set's iteration order depends on its history, which a replica restored from
+        // a snapshot does not share; the order of release decides the order of grants.
+        keys.sort_unstable();
         let mut n = 0;
         for &k in &keys {
             for mode in [Mode::Sh, Mode::Ex] {

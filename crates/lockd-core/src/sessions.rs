@@ -8,6 +8,7 @@ const PRUNE_FLOOR: usize = 1024;
 
 /// Why a session could not be taken over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ResumeError {
     /// No such session (never existed, or expired).
     NoSession,
@@ -156,6 +157,21 @@ impl LockTable {
         self.dead_sessions += 1;
     }
 
+    /// Every dead session keeps its locks for at least its full grace from `now` (a new
+    /// cluster leader restarts the timers; it never shortens one).
+    pub(crate) fn regrace(&mut self, now: Millis) {
+        let dead: Vec<(Millis, u32)> = self.expiries.iter().copied().collect();
+        for (at, s) in dead {
+            let grace = self.session(s).grace.unwrap_or(self.config.grace_ms);
+            let new_at = at.max(now.saturating_add(grace));
+            if new_at != at {
+                self.expiries.remove(&(at, s));
+                self.expiries.insert((new_at, s));
+                self.session_mut(s).expires_at = Some(new_at);
+            }
+        }
+    }
+
     /// When the next dead session expires, if any: the caller's timer should call
     /// [`LockTable::expire`] then.
     pub fn next_expiry(&self) -> Option<Millis> {
@@ -185,6 +201,7 @@ impl LockTable {
         let sess = self.session(s);
         Some(SessionState {
             connected: sess.conn.is_some(),
+            conn: sess.conn,
             locks: sess.locks,
             expires_at: sess.expires_at,
             waiting: sess.wait.is_some(),
@@ -196,6 +213,8 @@ impl LockTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionState {
     pub connected: bool,
+    /// The connection it is bound to.
+    pub conn: Option<ConnId>,
     pub locks: u32,
     pub expires_at: Option<Millis>,
     pub waiting: bool,

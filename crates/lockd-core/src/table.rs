@@ -160,6 +160,23 @@ impl Queue {
         find(0, j).or_else(|| find(j, self.entries.len()))
     }
 
+    /// A queue as an image describes it (see `image`).
+    pub fn restore(entries: VecDeque<QEntry>, jumpers: u32) -> Queue {
+        let ex = entries.iter().filter(|e| e.mode == Mode::Ex).count() as u32;
+        // Never past the entries, whatever the image says: positions rely on it.
+        let jumpers = jumpers.min(entries.len() as u32);
+        Queue {
+            entries,
+            ex,
+            jumpers,
+            memo: Default::default(),
+        }
+    }
+
+    pub fn jumpers(&self) -> u32 {
+        self.jumpers
+    }
+
     pub fn remove(&mut self, w: WaitId) {
         if let Some(pos) = self.position(w) {
             let e = self.entries.remove(pos).expect("position is in range");
@@ -210,6 +227,7 @@ pub(crate) struct Waiter {
 
 /// Counters since the table was made.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
     pub grants: u64,
     pub conflicts: u64,
@@ -228,11 +246,11 @@ pub struct Counters {
 pub struct LockTable {
     pub(crate) config: Config,
     pub(crate) keys: Vec<KeyEntry>,
-    free_keys: Vec<u32>,
+    pub(crate) free_keys: Vec<u32>,
     key_index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     pub(crate) sessions: Vec<Option<Session>>,
-    free_sessions: Vec<u32>,
+    pub(crate) free_sessions: Vec<u32>,
     session_index: HashMap<SessionId, u32>,
     pub(crate) conns: HashMap<ConnId, ConnSessions>,
     pub(crate) waiters: HashMap<WaitId, Waiter>,
@@ -250,6 +268,12 @@ pub struct LockTable {
     /// index, holding the search's epoch), and that epoch.
     pub(crate) search_seen: Vec<u32>,
     pub(crate) search_epoch: u32,
+    /// The latest time applied (see `command`).
+    pub(crate) last_now: Millis,
+    /// Sessions expired by `apply`, for the caller to log.
+    pub(crate) expired: Vec<(SessionId, u32)>,
+    /// Cluster nodes declared down (see `Command::NodeDown`).
+    pub(crate) down_nodes: BTreeSet<u16>,
 }
 
 /// The sessions bound to one connection.
@@ -292,6 +316,9 @@ impl LockTable {
             wakeups: Vec::new(),
             search_seen: Vec::new(),
             search_epoch: 0,
+            last_now: 0,
+            expired: Vec::new(),
+            down_nodes: BTreeSet::new(),
         }
     }
 
@@ -349,13 +376,22 @@ impl LockTable {
                 (self.keys.len() - 1) as u32
             }
         };
-        let h = self.hash_key(key.as_bytes());
+        self.index_key(idx);
+        idx
+    }
+
+    /// Adds slab entry `idx` to the key index.
+    pub(crate) fn index_key(&mut self, idx: u32) {
+        let h = self.hash_key(self.keys[idx as usize].key.as_bytes());
         let (keys, hasher) = (&self.keys, &self.hasher);
         self.key_index.insert_unique(h, idx, |&i| {
             use std::hash::BuildHasher;
             hasher.hash_one(keys[i as usize].key.as_bytes())
         });
-        idx
+    }
+
+    pub(crate) fn index_session(&mut self, id: SessionId, s: u32) {
+        self.session_index.insert(id, s);
     }
 
     /// Frees a key's slab entry once nothing holds or waits on it.

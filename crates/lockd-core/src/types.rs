@@ -7,6 +7,7 @@ pub type Millis = u64;
 
 /// A lock mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Mode {
     /// Shared: compatible with other shared locks.
     Sh,
@@ -33,6 +34,7 @@ impl Mode {
 /// A session id: 32 bytes. Legacy clients choose any 32 bytes; the native server makes
 /// 32 random alphanumerics, so a native session is also a valid legacy session.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SessionId(pub [u8; 32]);
 
 impl SessionId {
@@ -51,15 +53,18 @@ impl std::fmt::Debug for SessionId {
 /// An opaque connection handle chosen by the server. The table uses it to bind sessions to
 /// the connection that uses them, so that a closed connection makes its sessions dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ConnId(pub u64);
 
 /// Identifies a queued (waiting) acquire request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct WaitId(pub u64);
 
 /// A queued request that the table answered after the command that queued it returned.
 /// The server hands each one to the connection that waits on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Wakeup {
     pub wait: WaitId,
     pub outcome: Woken,
@@ -67,6 +72,7 @@ pub struct Wakeup {
 
 /// How a queued request ended, other than by its timeout or its connection closing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Woken {
     /// Granted, with this fencing token.
     Granted(u64),

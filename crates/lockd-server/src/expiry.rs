@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::shared::{log_expired, Shared};
+use crate::shared::Shared;
 
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
@@ -19,8 +19,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = &mut changed => {}
             _ = shared.clock.sleep_until(next.unwrap_or(0)), if next.is_some() => {
-                let expired = shared.with(|core, now| core.table.expire(now));
-                log_expired(&expired);
+                // `with` applies the expiry and logs what it released.
+                shared.with(|core, now| core.apply(&lockd_core::Command::Expire, now));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! in order (the original glued pipelined requests together).
 
 use bytes::BytesMut;
-use lockd_core::{Acquired, ConnId, Key, Mode, SessionId, Wait};
+use lockd_core::{Acquired, Command as Cmd, ConnId, Key, Mode, Outcome, SessionId, Wait};
 use lockd_proto::legacy::{parse, BadRequest, Command, Reply};
 use lockd_proto::line::{next_line, LineTooLong, MAX_LINE};
 use lockd_proto::LockType;
@@ -75,10 +75,16 @@ impl Legacy {
         let conn = self.conn;
         match req.command {
             Command::Acquire(ty, keys) => {
-                let keys = to_keys(&keys);
-                shared.with_at(now, |core, now| {
-                    core.table.use_session(sid, conn);
-                    match core.table.acquire(sid, mode(ty), &keys, Wait::No, now) {
+                let cmd = Cmd::Acquire {
+                    session: sid,
+                    conn,
+                    legacy: true,
+                    mode: mode(ty),
+                    keys: to_keys(&keys),
+                    wait: Wait::No,
+                };
+                shared.with_at(now, |core, now| match core.apply(&cmd, now) {
+                    Outcome::Acquired(got) => match got {
                         Acquired::Granted(_) => Reply::Acquired,
                         Acquired::TooManyLocks => Reply::TooManyLocks,
                         Acquired::TokensExhausted => {
@@ -86,27 +92,37 @@ impl Legacy {
                             Reply::CantAcquire
                         }
                         _ => Reply::CantAcquire,
-                    }
+                    },
+                    // A legacy client's protocol has no such reply; the caller closes
+                    // the connection, as a dead server would.
+                    _ => Reply::CantAcquire,
                 })
             }
             Command::Release(ty, keys) => {
-                let keys = to_keys(&keys);
-                shared.with_at(now, |core, now| {
-                    core.table.use_session(sid, conn);
-                    core.table.release(sid, mode(ty), &keys, now);
-                });
+                let cmd = Cmd::Release {
+                    session: sid,
+                    conn,
+                    legacy: true,
+                    mode: mode(ty),
+                    keys: to_keys(&keys),
+                    token: None,
+                };
+                shared.with_at(now, |core, now| core.apply(&cmd, now));
                 Reply::Released
             }
             Command::ReleaseAll => {
-                shared.with_at(now, |core, now| {
-                    core.table.use_session(sid, conn);
-                    core.table.release_all(sid, now);
-                });
+                let cmd = Cmd::ReleaseAll {
+                    session: sid,
+                    conn,
+                    legacy: true,
+                };
+                shared.with_at(now, |core, now| core.apply(&cmd, now));
                 Reply::ReleasedAll
             }
             Command::Stat => {
+                let cmd = Cmd::Use { session: sid, conn };
                 let uptime_ms = shared.with_at(now, |core, now| {
-                    core.table.use_session(sid, conn);
+                    core.apply(&cmd, now);
                     now
                 });
                 Reply::Stat {

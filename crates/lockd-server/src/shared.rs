@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use lockd_core::{Config, ConnId, Counters, LockTable, Millis, SessionId, WaitId, Wakeup, Woken};
+use lockd_core::{
+    Command, Config, ConnId, Counters, LockTable, Millis, Outcome, SessionId, WaitId, Wakeup, Woken,
+};
 use lockd_proto::legacy::Signer;
 use std::collections::HashMap;
 use tokio::sync::{oneshot, Notify};
@@ -142,12 +144,12 @@ impl Shared {
     /// once per batch of requests rather than once per request.
     pub fn with_at<R>(&self, now: Millis, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
-        let expired = if core.table.next_expiry().is_some_and(|at| at <= now) {
-            core.table.expire(now)
-        } else {
-            Vec::new()
-        };
+        if core.table.next_expiry().is_some_and(|at| at <= now) {
+            core.table.apply(&Command::Expire, now);
+        }
         let r = f(&mut core, now);
+        let mut expired = Vec::new();
+        core.table.take_expired(&mut expired);
         // A grant from a queue that still has waiters is likely followed by another: the
         // new holder's release hands the lock on again. Only then is busy polling worth it.
         let handed_on = core.deliver_wakeups() && core.table.waiter_count() > 0;
@@ -221,7 +223,7 @@ impl Shared {
     /// told the truth: a token when it holds the lock, null when it does not.
     pub fn end_wait(&self, w: WaitId, mut rx: oneshot::Receiver<Woken>) -> Option<Woken> {
         self.with(|core, now| {
-            if core.table.time_out(w, now) {
+            if core.apply(&Command::TimeOut { wait: w }, now) == Outcome::Done(true) {
                 core.waits.remove(&w);
                 return None;
             }
@@ -238,13 +240,19 @@ impl Shared {
             if let Some(w) = wait {
                 core.waits.remove(&w);
             }
-            core.table.disconnect(conn, now)
+            core.apply(&Command::Disconnect { conn }, now)
         });
         self.expiry_changed.notify_one();
     }
 }
 
 impl Core {
+    /// Applies one command to the table (see `lockd_core::Command`): every change a
+    /// request makes goes through here, so that a replicated table can take its place.
+    pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
+        self.table.apply(cmd, now)
+    }
+
     /// Hands granted queued requests to their waiters; true if there were any.
     fn deliver_wakeups(&mut self) -> bool {
         self.table.take_wakeups(&mut self.wakeups);

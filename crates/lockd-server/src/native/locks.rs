@@ -1,6 +1,6 @@
 //! Lock commands: ACQUIRE, RELEASE (optionally naming the grant's token), RELEASEALL.
 
-use lockd_core::{Acquired, Key, Mode, Wait};
+use lockd_core::{Acquired, Command, Key, Mode, Outcome as Applied, Wait};
 use lockd_proto::resp::Value;
 use tokio::sync::oneshot;
 
@@ -46,10 +46,22 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::Reply(e),
     };
-    let session = n.session;
     let wait = if timeout == 0 { Wait::No } else { Wait::Queue };
+    let cmd = Command::Acquire {
+        session: n.session,
+        conn: n.conn,
+        legacy: false,
+        mode,
+        keys,
+        wait,
+    };
     shared.with_at(n.now, |core, now| {
-        match core.table.acquire(session, mode, &keys, wait, now) {
+        let got = match core.apply(&cmd, now) {
+            Applied::Acquired(a) => a,
+            Applied::NodeDown => return Outcome::Reply(node_down()),
+            other => unreachable!("ACQUIRE answered {other:?}"),
+        };
+        match got {
             Acquired::Granted(token) => Outcome::Reply(Value::Integer(token as i64)),
             Acquired::Conflict => Outcome::Reply(Value::Null),
             Acquired::Queued(id) => {
@@ -81,8 +93,26 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
             Acquired::TokensExhausted => Outcome::Reply(Value::error(
                 "ERR no fencing tokens reserved yet; try again",
             )),
+            Acquired::NotBound => Outcome::Reply(Value::error(
+                "NOSESSION this connection's session was let go",
+            )),
         }
     })
+}
+
+/// The reply to a command from a connection that the cluster let go (its node was
+/// declared down); the connection is closed after it.
+pub(super) fn node_down() -> Value {
+    Value::error("CLUSTERDOWN this node was cut off from the cluster; reconnect")
+}
+
+/// The count a RELEASE or RELEASEALL outcome reports.
+fn released(o: Applied) -> Reply {
+    match o {
+        Applied::Released(n) => Ok(Value::Integer(i64::from(n))),
+        Applied::NodeDown => Err(node_down()),
+        other => unreachable!("RELEASE answered {other:?}"),
+    }
 }
 
 /// RELEASE SH|EX key [key ...], or RELEASE TOKEN token SH|EX key [key ...]: only the locks
@@ -102,20 +132,26 @@ pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     };
     let mode = mode(rest[0])?;
     let keys = keys(&rest[1..])?;
-    let session = n.session;
-    let released = shared.with_at(n.now, |core, now| match token {
-        Some(t) => core.table.release_token(session, mode, &keys, t, now),
-        None => core.table.release(session, mode, &keys, now),
-    });
-    Ok(Value::Integer(released as i64))
+    let cmd = Command::Release {
+        session: n.session,
+        conn: n.conn,
+        legacy: false,
+        mode,
+        keys,
+        token,
+    };
+    released(shared.with_at(n.now, |core, now| core.apply(&cmd, now)))
 }
 
 /// RELEASEALL
 pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     args.arity(0, 0)?;
-    let session = n.session;
-    let released = shared.with_at(n.now, |core, now| core.table.release_all(session, now));
-    Ok(Value::Integer(released as i64))
+    let cmd = Command::ReleaseAll {
+        session: n.session,
+        conn: n.conn,
+        legacy: false,
+    };
+    released(shared.with_at(n.now, |core, now| core.apply(&cmd, now)))
 }
 
 /// The answer to an ACQUIRE that would take the locks held past `--max-locks`: on arrival,

@@ -12,7 +12,7 @@ mod locks;
 mod session;
 
 use bytes::{Buf, Bytes, BytesMut};
-use lockd_core::{ConnId, Millis, SessionId, WaitId};
+use lockd_core::{Command, ConnId, Millis, Outcome as Applied, SessionId, WaitId};
 use lockd_proto::resp::{parse_spans, Limits, Value};
 use tokio::sync::oneshot;
 
@@ -68,7 +68,8 @@ impl Native {
     pub fn new(shared: &Shared, conn: ConnId, peer: std::net::IpAddr) -> Native {
         let session = loop {
             let id = random_session_id();
-            if shared.with(|core, _| core.table.open_session(id, conn)) {
+            let open = Command::Open { session: id, conn };
+            if shared.with(|core, now| core.apply(&open, now)) == Applied::Done(true) {
                 break id;
             }
         };

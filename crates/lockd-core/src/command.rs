@@ -1,0 +1,257 @@
+//! Every change to the table as a value: a [`Command`], applied by one
+//! [`LockTable::apply`] that returns an [`Outcome`].
+//!
+//! This is what makes the table a replicated state machine: a standalone server applies a
+//! command at once under its mutex; a cluster appends it to the Raft log and every node
+//! applies it, with the time the leader stamped on the entry. The protocol handlers build
+//! commands and render outcomes, and do not know which of the two is behind them.
+//!
+//! `apply` is a pure function of (table, command, now): it reads no clock, draws no random
+//! number, and no order that shows (grants, expiry, deadlock victims, tokens) depends on a
+//! hash seed. Time never runs backwards inside the table: `now` is clamped to the latest
+//! time applied, so a leader whose clock is behind only stretches waits and grace periods.
+
+use crate::acquire::{Acquired, Wait};
+use crate::key::Key;
+use crate::sessions::ResumeError;
+use crate::table::LockTable;
+use crate::types::{ConnId, Millis, Mode, SessionId, WaitId};
+
+/// One change to the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Command {
+    /// The legacy rule, on its own (STAT): `session` is bound to `conn` unless another
+    /// live connection has it.
+    Use { session: SessionId, conn: ConnId },
+    /// A native connection's own new session.
+    Open { session: SessionId, conn: ConnId },
+    /// `conn` takes over dead session `session`, letting go of `current`.
+    Resume {
+        conn: ConnId,
+        current: SessionId,
+        session: SessionId,
+    },
+    SetGrace {
+        session: SessionId,
+        grace_ms: Millis,
+    },
+    /// ACQUIRE from connection `conn`. A legacy request applies the legacy rule first; a
+    /// native one is refused unless `session` is bound to `conn` (a command that arrives
+    /// after its connection was let go must not make a session nobody will end).
+    Acquire {
+        session: SessionId,
+        conn: ConnId,
+        legacy: bool,
+        mode: Mode,
+        keys: Vec<Key>,
+        wait: Wait,
+    },
+    /// RELEASE, or with `token` only the locks that carry that grant's token.
+    Release {
+        session: SessionId,
+        conn: ConnId,
+        legacy: bool,
+        mode: Mode,
+        keys: Vec<Key>,
+        token: Option<u64>,
+    },
+    ReleaseAll {
+        session: SessionId,
+        conn: ConnId,
+        legacy: bool,
+    },
+    /// A queued request's timeout passed, or its client withdrew it.
+    TimeOut { wait: WaitId },
+    /// A connection closed: its sessions die (or are forgotten), its wait is withdrawn.
+    Disconnect { conn: ConnId },
+    /// Every connection of a node is gone (the node died, restarted, or was cut off): as
+    /// `Disconnect` for each connection id whose top 16 bits are `node`; until `NodeUp`,
+    /// commands from that node's connections are refused ([`Outcome::NodeDown`]), so that
+    /// one still in flight cannot bring back what was let go.
+    NodeDown { node: u16 },
+    /// The node serves clients again (with connections made after it learnt of its
+    /// `NodeDown`).
+    NodeUp { node: u16 },
+    /// Releases dead sessions whose grace has passed (every command does this first; this
+    /// one does only that, for the expiry timer).
+    Expire,
+    /// Every dead session gets at least its full grace from now: a new leader's timers
+    /// start afresh, and never shorten a grace the old leader granted.
+    Regrace,
+    /// Every later token is at least `floor`.
+    RaiseTokens { floor: u64 },
+    /// Changes `maxLocks` (cluster configuration).
+    SetMaxLocks { max_locks: u64 },
+}
+
+/// What a [`Command`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Outcome {
+    Acquired(Acquired),
+    /// Locks released.
+    Released(u32),
+    /// `Open` (false: the id is taken), `SetGrace` (false: no such session), `TimeOut`
+    /// (false: the request was no longer queued; it was granted or refused, and that is in
+    /// the wakeups).
+    Done(bool),
+    Resumed(Result<(), ResumeError>),
+    /// Nothing to report.
+    Unit,
+    /// The command came from a connection of a node that was declared down: nothing was
+    /// done, and the connection must be closed.
+    NodeDown,
+}
+
+impl Command {
+    /// The client connection the command came from, if it came from one.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Command::Use { conn, .. }
+            | Command::Open { conn, .. }
+            | Command::Resume { conn, .. }
+            | Command::Acquire { conn, .. }
+            | Command::Release { conn, .. }
+            | Command::ReleaseAll { conn, .. }
+            | Command::Disconnect { conn } => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
+/// The top 16 bits of a connection id name the node that holds the connection (0 on a
+/// standalone server), so that a cluster can end every connection of a node that died.
+pub fn conn_node(conn: ConnId) -> u16 {
+    (conn.0 >> 48) as u16
+}
+
+impl LockTable {
+    /// Applies one command at `now` (clamped to the latest time applied). Dead sessions
+    /// whose grace has passed are released first (see [`LockTable::take_expired`]), so no
+    /// command ever sees a lock that should be gone; queued requests that the command
+    /// granted or refused are in [`LockTable::take_wakeups`].
+    pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        if self.next_expiry().is_some_and(|at| at <= now) {
+            let mut gone = self.expire(now);
+            self.expired.append(&mut gone);
+        }
+        if let Some(conn) = cmd.conn() {
+            if self.down_nodes.contains(&conn_node(conn)) {
+                return Outcome::NodeDown;
+            }
+        }
+        match cmd {
+            Command::Use { session, conn } => {
+                self.use_session(*session, *conn);
+                Outcome::Unit
+            }
+            Command::Open { session, conn } => Outcome::Done(self.open_session(*session, *conn)),
+            Command::Resume {
+                conn,
+                current,
+                session,
+            } => Outcome::Resumed(self.resume_session(*conn, *current, *session, now)),
+            Command::SetGrace { session, grace_ms } => {
+                Outcome::Done(self.set_grace(*session, *grace_ms))
+            }
+            Command::Acquire {
+                session,
+                conn,
+                legacy,
+                mode,
+                keys,
+                wait,
+            } => {
+                if *legacy {
+                    self.use_session(*session, *conn);
+                } else if self.session_state(session).and_then(|s| s.conn) != Some(*conn) {
+                    return Outcome::Acquired(Acquired::NotBound);
+                }
+                Outcome::Acquired(self.acquire(*session, *mode, keys, *wait, now))
+            }
+            Command::Release {
+                session,
+                conn,
+                legacy,
+                mode,
+                keys,
+                token,
+            } => {
+                if *legacy {
+                    self.use_session(*session, *conn);
+                }
+                Outcome::Released(match token {
+                    Some(t) => self.release_token(*session, *mode, keys, *t, now),
+                    None => self.release(*session, *mode, keys, now),
+                })
+            }
+            Command::ReleaseAll {
+                session,
+                conn,
+                legacy,
+            } => {
+                if *legacy {
+                    self.use_session(*session, *conn);
+                }
+                Outcome::Released(self.release_all(*session, now))
+            }
+            Command::TimeOut { wait } => Outcome::Done(self.time_out(*wait, now)),
+            Command::Disconnect { conn } => {
+                self.disconnect(*conn, now);
+                Outcome::Unit
+            }
+            Command::NodeDown { node } => {
+                let mut conns: Vec<ConnId> = self
+                    .conns
+                    .keys()
+                    .copied()
+                    .filter(|c| conn_node(*c) == *node)
+                    .collect();
+                // The connections map is a hash map: sorted, so every replica lets the
+                // sessions go in the same order.
+                conns.sort_unstable();
+                for c in conns {
+                    self.disconnect(c, now);
+                }
+                self.down_nodes.insert(*node);
+                Outcome::Unit
+            }
+            Command::NodeUp { node } => {
+                self.down_nodes.remove(node);
+                Outcome::Unit
+            }
+            Command::Expire => Outcome::Unit,
+            Command::Regrace => {
+                self.regrace(now);
+                Outcome::Unit
+            }
+            Command::RaiseTokens { floor } => {
+                self.raise_next_token(*floor);
+                Outcome::Unit
+            }
+            Command::SetMaxLocks { max_locks } => {
+                self.set_max_locks(*max_locks);
+                Outcome::Unit
+            }
+        }
+    }
+
+    /// Nodes declared down and not up since.
+    pub fn down_nodes(&self) -> impl Iterator<Item = u16> + '_ {
+        self.down_nodes.iter().copied()
+    }
+
+    /// Moves the sessions that expired in [`LockTable::apply`] since the last call (with
+    /// the locks each lost) into `out`.
+    pub fn take_expired(&mut self, out: &mut Vec<(SessionId, u32)>) {
+        out.append(&mut self.expired);
+    }
+
+    /// The latest time applied.
+    pub fn last_now(&self) -> Millis {
+        self.last_now
+    }
+}
