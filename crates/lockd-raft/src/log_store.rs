@@ -205,7 +205,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await;
         // Told only now: the commit (and its fsync) returned.
-        let failed = r.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        let failed = r.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(r);
         match failed {
             Some(e) => Err(e.into()),
