@@ -14,8 +14,10 @@
 
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod types;
 
+pub use node::{Cluster, ClusterConfig, ClusterError};
 pub use state_machine::{MemTable, StateMachine, Table};
 pub use types::{Batch, NodeId, TypeConfig};

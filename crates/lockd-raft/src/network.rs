@@ -1,1 +1,286 @@
-//! Peer network.
+//! Peer RPCs over TCP: Raft's append, vote and snapshot messages, and the cluster's own
+//! (a follower forwarding a batch to the leader, liveness pings).
+//!
+//! A frame is a 4-byte big-endian length and a postcard body, at most [`MAX_FRAME`] bytes.
+//! Before anything else both ends prove they know the auth key, without sending it: the
+//! dialer sends a nonce, the listener answers with its own nonce and an HMAC over both,
+//! the dialer answers with its HMAC; until then frames are at most [`MAX_HELLO`] bytes and
+//! the exchange must end within [`LOGIN_TIMEOUT`]. Anything else is refused and closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::types::{Applied, Batch, NodeId, TypeConfig};
+
+/// Largest frame after login: a snapshot chunk (openraft sends 3 MiB) or a batch of
+/// maximal requests, with room.
+pub const MAX_FRAME: usize = 64 << 20;
+/// Largest frame before login.
+pub const MAX_HELLO: usize = 256;
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower's batch for the leader to propose.
+    Forward(Batch),
+    /// `node` is alive (sent to the leader).
+    Ping(NodeId),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The batch's log index and outcomes, or why it was not proposed.
+    Forward(Result<(u64, Applied), ForwardError>),
+    Pong,
+}
+
+/// Why a forwarded batch was not committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("not the leader (the leader is {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    node: NodeId,
+    nonce: [u8; 16],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Challenge {
+    nonce: [u8; 16],
+    proof: Vec<u8>,
+}
+
+fn proof(key: &[u8], role: &[u8], a: &[u8; 16], b: &[u8; 16]) -> Vec<u8> {
+    let mut m = <Hmac<sha1::Sha1>>::new_from_slice(key).expect("HMAC takes any key");
+    m.update(role);
+    m.update(a);
+    m.update(b);
+    m.finalize().into_bytes().to_vec()
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+fn bad(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// One frame, refusing one longer than `max` before reading its body.
+pub async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream, max: usize) -> std::io::Result<T> {
+    let len = s.read_u32().await? as usize;
+    if len > max {
+        return Err(bad(format!("peer frame of {len} bytes (at most {max})")));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(bad)
+}
+
+pub async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(v).map_err(bad)?;
+    if body.len() > MAX_FRAME {
+        return Err(bad(format!("frame of {} bytes is too large", body.len())));
+    }
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    s.write_all(&out).await
+}
+
+/// Dials `addr` and logs in as `me`.
+pub async fn dial(addr: &str, key: &[u8], me: NodeId) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    tokio::time::timeout(LOGIN_TIMEOUT, async {
+        let nonce: [u8; 16] = rand::random();
+        write_frame(&mut s, &Hello { node: me, nonce }).await?;
+        let c: Challenge = read_frame(&mut s, MAX_HELLO).await?;
+        if !same(&c.proof, &proof(key, b"listener", &nonce, &c.nonce)) {
+            return Err(bad("the peer does not know the cluster's auth key"));
+        }
+        write_frame(&mut s, &proof(key, b"dialer", &c.nonce, &nonce)).await?;
+        Ok(())
+    })
+    .await
+    .map_err(|_| bad("peer login timed out"))??;
+    Ok(s)
+}
+
+/// The listener's side of the login: the dialer's node id, or an error (then close).
+pub async fn accept_login(s: &mut TcpStream, key: &[u8]) -> std::io::Result<NodeId> {
+    tokio::time::timeout(LOGIN_TIMEOUT, async {
+        let h: Hello = read_frame(s, MAX_HELLO).await?;
+        let nonce: [u8; 16] = rand::random();
+        let p = proof(key, b"listener", &h.nonce, &nonce);
+        write_frame(s, &Challenge { nonce, proof: p }).await?;
+        let theirs: Vec<u8> = read_frame(s, MAX_HELLO).await?;
+        if !same(&theirs, &proof(key, b"dialer", &nonce, &h.nonce)) {
+            return Err(bad("a peer failed to prove it knows the auth key"));
+        }
+        Ok(h.node)
+    })
+    .await
+    .map_err(|_| bad("peer login timed out"))?
+}
+
+/// A connection to one peer, made again after any error.
+pub struct PeerClient {
+    addr: String,
+    key: Arc<Vec<u8>>,
+    me: NodeId,
+    conn: Option<TcpStream>,
+}
+
+impl PeerClient {
+    pub fn new(addr: String, key: Arc<Vec<u8>>, me: NodeId) -> PeerClient {
+        PeerClient {
+            addr,
+            key,
+            me,
+            conn: None,
+        }
+    }
+
+    /// One request and its reply, within `ttl`.
+    pub async fn call(&mut self, req: &PeerRequest, ttl: Duration) -> std::io::Result<PeerReply> {
+        let r = tokio::time::timeout(ttl, async {
+            if self.conn.is_none() {
+                self.conn = Some(dial(&self.addr, &self.key, self.me).await?);
+            }
+            let s = self.conn.as_mut().expect("connected above");
+            write_frame(s, req).await?;
+            read_frame::<PeerReply>(s, MAX_FRAME).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "peer RPC timed out",
+            ))
+        });
+        if r.is_err() {
+            // The stream may hold half a frame: start afresh next time.
+            self.conn = None;
+        }
+        r
+    }
+}
+
+/// openraft's network factory: a [`PeerClient`] per target.
+pub struct Network {
+    pub key: Arc<Vec<u8>>,
+    pub me: NodeId,
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    client: PeerClient,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            client: PeerClient::new(node.addr.clone(), self.key.clone(), self.me),
+        }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+fn unreachable<E: std::error::Error>(e: std::io::Error) -> RPCError<NodeId, BasicNode, E> {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        RPCError::Network(NetworkError::new(&e))
+    } else {
+        RPCError::Unreachable(Unreachable::new(&e))
+    }
+}
+
+fn odd_reply<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&bad("a reply of the wrong kind")))
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        match self
+            .client
+            .call(&PeerRequest::Append(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerReply::Append(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(odd_reply()),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self
+            .client
+            .call(&PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerReply::Snapshot(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(odd_reply()),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self
+            .client
+            .call(&PeerRequest::Vote(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerReply::Vote(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(odd_reply()),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+}

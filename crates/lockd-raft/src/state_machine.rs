@@ -28,6 +28,10 @@ use crate::types::{Applied, Batch, NodeId, TypeConfig};
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
+/// Per origin node, the last batch applied and its outcomes: a node has one batch in
+/// flight at a time, so a retry is always of its last, and gets that batch's outcomes.
+type Dedup = BTreeMap<NodeId, (u64, Vec<Outcome>)>;
+
 const SNAPSHOT: &str = "snapshot";
 
 /// What the state machine applies to. `apply` is called in log order, one batch at a
@@ -36,6 +40,10 @@ pub trait Table: Send + Sync + 'static {
     fn apply(&self, batch: &Batch) -> Vec<Outcome>;
     fn image(&self) -> TableImage;
     fn restore(&self, image: &TableImage) -> Result<(), BadImage>;
+    /// The latest time applied: a new leader's clock starts there.
+    fn last_now(&self) -> lockd_core::Millis;
+    /// Nodes the table holds as down (see `lockd_core::Command::NodeDown`).
+    fn down_nodes(&self) -> Vec<u16>;
 }
 
 /// A bare lock table, for tests and tools.
@@ -70,6 +78,14 @@ impl Table for MemTable {
         *self.lock() = LockTable::from_image(image)?;
         Ok(())
     }
+
+    fn last_now(&self) -> lockd_core::Millis {
+        self.lock().last_now()
+    }
+
+    fn down_nodes(&self) -> Vec<u16> {
+        self.lock().down_nodes().collect()
+    }
 }
 
 /// Everything a snapshot holds.
@@ -77,8 +93,7 @@ impl Table for MemTable {
 struct Image {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
-    /// Per origin node, the last batch applied.
-    dedup: BTreeMap<NodeId, u64>,
+    dedup: Dedup,
     table: TableImage,
 }
 
@@ -86,7 +101,7 @@ struct Image {
 struct Inner {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
-    dedup: BTreeMap<NodeId, u64>,
+    dedup: Dedup,
     /// The latest snapshot: its meta and its bytes.
     current: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
     built: u64,
@@ -213,16 +228,17 @@ impl<T: Table> RaftStateMachine<TypeConfig> for StateMachine<T> {
                     inner.membership = StoredMembership::new(Some(e.log_id), m);
                     Applied(Some(Vec::new()))
                 }
-                EntryPayload::Normal(batch) => {
-                    let last = inner.dedup.entry(batch.origin).or_insert(0);
-                    if batch.seq <= *last {
-                        Applied(None)
-                    } else {
-                        *last = batch.seq;
-                        drop(inner);
-                        Applied(Some(self.table.apply(&batch)))
+                EntryPayload::Normal(batch) => match inner.dedup.get(&batch.origin) {
+                    Some((seq, outcomes)) if *seq == batch.seq => Applied(Some(outcomes.clone())),
+                    Some((seq, _)) if *seq > batch.seq => Applied(None),
+                    _ => {
+                        let outcomes = self.table.apply(&batch);
+                        inner
+                            .dedup
+                            .insert(batch.origin, (batch.seq, outcomes.clone()));
+                        Applied(Some(outcomes))
                     }
-                }
+                },
             });
         }
         Ok(out)

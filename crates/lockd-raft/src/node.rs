@@ -1,0 +1,562 @@
+//! One cluster node: its Raft instance, the peer listener, and the proposer that turns
+//! client commands into log entries.
+//!
+//! **Group commit.** [`Cluster::submit`] queues commands; one proposer task per node takes
+//! everything queued as one [`Batch`] (one entry, one fsync on each node), and has one
+//! batch in flight at a time: the next one collects while it commits. On the leader a
+//! batch is proposed directly; on a follower it is forwarded to the leader, which stamps
+//! it with its time and proposes it. A batch is retried under the same number until it is
+//! committed or its deadline passes; the state machine applies a number once.
+//!
+//! **Answers are committed facts.** `submit` returns only when the batch is committed and
+//! applied by this node's own table, so that what the client is told and what this node
+//! shows agree.
+//!
+//! **Time.** The leader's clock continues from the last time the table applied when it
+//! was elected, so a leader change never moves time forward by a jump of clock skew; the
+//! new leader then proposes `Regrace`, giving every dead session its full grace again.
+//!
+//! **Liveness.** Every node pings the leader; the leader proposes `NodeDown` for a member
+//! not heard from for the detection time. A node that finds itself down (it was cut off)
+//! calls its `on_cut_off` hook (the server closes its clients' connections) and proposes
+//! `NodeUp`. At start a node proposes `NodeDown` and `NodeUp` for itself, which ends what
+//! its previous run left bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockd_core::{Command, Millis, Outcome};
+use openraft::{BasicNode, Raft, ServerState};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use crate::log_store::{self, LogStore};
+use crate::network::{
+    accept_login, read_frame, write_frame, ForwardError, Network, PeerClient, PeerReply,
+    PeerRequest, MAX_FRAME,
+};
+use crate::state_machine::{StateMachine, Table};
+use crate::types::{Applied, Batch, NodeId, TypeConfig};
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// 1 to 65535 (connection ids carry it in 16 bits).
+    pub node_id: NodeId,
+    /// Where the peer listener binds (and what the other nodes dial).
+    pub raft_addr: String,
+    /// The first members, used only when the data directory is new.
+    pub initial: BTreeMap<NodeId, String>,
+    pub key: Vec<u8>,
+    pub data_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A member not heard from for this long is declared down.
+    pub detect_ms: u64,
+    /// A snapshot every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (a node further behind is sent the
+    /// snapshot).
+    pub keep_log: u64,
+    /// A batch not committed within this time is answered `NoQuorum`.
+    pub commit_timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(node_id: NodeId, raft_addr: &str, data_dir: PathBuf, key: &[u8]) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            raft_addr: raft_addr.to_string(),
+            initial: BTreeMap::new(),
+            key: key.to_vec(),
+            data_dir,
+            heartbeat_ms: 150,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            detect_ms: 3000,
+            snapshot_every: 10_000,
+            keep_log: 1000,
+            commit_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What can go wrong for a submitted batch or at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("node id {0} is out of range (1 to 65535)")]
+    BadNodeId(NodeId),
+    #[error("cannot open the data directory {path}: {source}")]
+    Data {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Outcome>, ClusterError>>;
+
+/// A running node.
+pub struct Cluster<T: Table> {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    table: Arc<T>,
+    config: ClusterConfig,
+    queue: Mutex<Vec<(Vec<Command>, Reply)>>,
+    queued: Notify,
+    /// While leader: when it became leader and the table's time then.
+    leader_clock: Mutex<Option<(u64, Instant, Millis)>>,
+    /// While leader: when each member was last heard from.
+    seen: Mutex<HashMap<NodeId, Instant>>,
+    on_cut_off: Box<dyn Fn() + Send + Sync>,
+    stop: tokio_util_stop::Stop,
+}
+
+/// A tiny stop signal (the crate does not need all of tokio-util).
+mod tokio_util_stop {
+    #[derive(Default)]
+    pub struct Stop {
+        flag: std::sync::atomic::AtomicBool,
+        notify: tokio::sync::Notify,
+    }
+    impl Stop {
+        pub fn stop(&self) {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+        pub fn stopped(&self) -> bool {
+            self.flag.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        pub async fn wait(&self) {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.stopped() {
+                n.await;
+            }
+        }
+    }
+}
+
+impl<T: Table> Cluster<T> {
+    /// Opens the node's data, starts Raft, the peer listener and the node's tasks. A new
+    /// data directory with `initial` members is initialized by the lowest of them.
+    pub async fn start(
+        config: ClusterConfig,
+        table: Arc<T>,
+        on_cut_off: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Arc<Cluster<T>>, ClusterError> {
+        if config.node_id == 0 || config.node_id > u64::from(u16::MAX) {
+            return Err(ClusterError::BadNodeId(config.node_id));
+        }
+        let data = |source| ClusterError::Data {
+            path: config.data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(data)?;
+        let db = log_store::open(&config.data_dir.join("raft.redb"))
+            .map_err(|e| data(std::io::Error::other(e.to_string())))?;
+        let sm = StateMachine::open(db.clone(), table.clone()).map_err(data)?;
+        let listener = TcpListener::bind(&config.raft_addr)
+            .await
+            .map_err(|source| ClusterError::Listen {
+                addr: config.raft_addr.clone(),
+                source,
+            })?;
+        let raft_config = openraft::Config {
+            cluster_name: "lockd".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_min_ms,
+            election_timeout_max: config.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_log,
+            purge_batch_size: (config.snapshot_every / 4).clamp(1, 256),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = Network {
+            key: Arc::new(config.key.clone()),
+            me: config.node_id,
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            LogStore::new(db),
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let fresh = !raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if fresh && config.initial.keys().next() == Some(&config.node_id) {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .initial
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            raft.initialize(members)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        let node = Arc::new(Cluster {
+            id: config.node_id,
+            raft,
+            table,
+            config,
+            queue: Mutex::new(Vec::new()),
+            queued: Notify::new(),
+            leader_clock: Mutex::new(None),
+            seen: Mutex::new(HashMap::new()),
+            on_cut_off,
+            stop: Default::default(),
+        });
+        tokio::spawn(node.clone().serve_peers(listener));
+        tokio::spawn(node.clone().propose_loop());
+        tokio::spawn(node.clone().watch_leadership());
+        tokio::spawn(node.clone().liveness());
+        Ok(node)
+    }
+
+    /// Ends what this node's previous run left bound, once a leader is there: to be
+    /// awaited before serving clients.
+    pub async fn join(&self) -> Result<(), ClusterError> {
+        let me = self.id as u16;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .submit(vec![
+                    Command::NodeDown { node: me },
+                    Command::NodeUp { node: me },
+                ])
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ClusterError::NoQuorum(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commits `cmds` (with other nodes' and clients' commands in the same entry) and
+    /// returns their outcomes once this node's table applied them.
+    pub async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Outcome>, ClusterError> {
+        if self.stop.stopped() {
+            return Err(ClusterError::Shutdown);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((cmds, tx));
+        self.queued.notify_one();
+        rx.await.unwrap_or(Err(ClusterError::Shutdown))
+    }
+
+    /// Whether this node is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Stops the node's tasks and Raft.
+    pub async fn shutdown(&self) {
+        self.stop.stop();
+        self.queued.notify_one();
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// The time a leader stamps on an entry.
+    fn leader_now(&self) -> Option<Millis> {
+        let c = self.leader_clock.lock().unwrap_or_else(|p| p.into_inner());
+        c.map(|(_, at, base)| base + at.elapsed().as_millis() as Millis)
+    }
+
+    /// Proposes a batch as leader: its log index and outcomes.
+    async fn propose(&self, mut batch: Batch) -> Result<(u64, Applied), ForwardError> {
+        let Some(now) = self.leader_now() else {
+            return Err(ForwardError::NotLeader(self.raft.current_leader().await));
+        };
+        batch.now = now;
+        match self.raft.client_write(batch).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(e) => match e.forward_to_leader::<BasicNode>() {
+                Some(f) => Err(ForwardError::NotLeader(f.leader_id)),
+                None => Err(ForwardError::NoQuorum(e.to_string())),
+            },
+        }
+    }
+
+    fn leader_addr(&self, leader: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    async fn propose_loop(self: Arc<Self>) {
+        let mut seq = 0u64;
+        let mut peers: HashMap<NodeId, PeerClient> = HashMap::new();
+        // Each run numbers its batches above every earlier run's: its start time.
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        loop {
+            let waiting = self.queued.notified();
+            let work: Vec<(Vec<Command>, Reply)> =
+                std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if work.is_empty() {
+                if self.stop.stopped() {
+                    return;
+                }
+                waiting.await;
+                continue;
+            }
+            seq += 1;
+            let mut cmds = Vec::new();
+            let mut lens = Vec::with_capacity(work.len());
+            for (c, _) in &work {
+                lens.push(c.len());
+                cmds.extend(c.iter().cloned());
+            }
+            let batch = Batch {
+                origin: self.id,
+                seq: base + seq,
+                now: 0,
+                cmds,
+            };
+            let result = self.commit(batch, &mut peers).await;
+            let mut outcomes = match result {
+                Ok(o) => Ok(o.into_iter()),
+                Err(e) => Err(e.to_string()),
+            };
+            for ((_, reply), n) in work.into_iter().zip(lens) {
+                let r = match &mut outcomes {
+                    Ok(it) => Ok(it.by_ref().take(n).collect()),
+                    Err(e) => Err(ClusterError::NoQuorum(e.clone())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Commits one batch, retrying under its number until the deadline; waits for this
+    /// node to apply it.
+    async fn commit(
+        &self,
+        batch: Batch,
+        peers: &mut HashMap<NodeId, PeerClient>,
+    ) -> Result<Vec<Outcome>, ForwardError> {
+        let deadline = Instant::now() + self.config.commit_timeout;
+        let mut last = ForwardError::NoQuorum("no leader".into());
+        while Instant::now() < deadline && !self.stop.stopped() {
+            let leader = self.raft.current_leader().await;
+            let got = match leader {
+                Some(l) if l == self.id => self.propose(batch.clone()).await,
+                Some(l) => match self.leader_addr(l) {
+                    Some(addr) => {
+                        let c = peers.entry(l).or_insert_with(|| {
+                            PeerClient::new(addr, Arc::new(self.config.key.clone()), self.id)
+                        });
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match c.call(&PeerRequest::Forward(batch.clone()), left).await {
+                            Ok(PeerReply::Forward(r)) => r,
+                            Ok(_) => Err(ForwardError::NoQuorum("odd reply".into())),
+                            Err(e) => Err(ForwardError::NoQuorum(e.to_string())),
+                        }
+                    }
+                    None => Err(ForwardError::NotLeader(None)),
+                },
+                None => Err(ForwardError::NotLeader(None)),
+            };
+            match got {
+                Ok((index, Applied(Some(outcomes)))) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let applied = self
+                        .raft
+                        .wait(Some(left.max(Duration::from_secs(1))))
+                        .applied_index_at_least(Some(index), "applied here")
+                        .await;
+                    return match applied {
+                        Ok(_) => Ok(outcomes),
+                        Err(e) => Err(ForwardError::NoQuorum(e.to_string())),
+                    };
+                }
+                Ok((_, Applied(None))) => {
+                    return Err(ForwardError::NoQuorum("superseded batch".into()))
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    /// Sets the leader clock when this node becomes leader, and proposes `Regrace`.
+    async fn watch_leadership(self: Arc<Self>) {
+        let mut m = self.raft.metrics();
+        loop {
+            let (state, term) = {
+                let x = m.borrow_and_update();
+                (x.state, x.current_term)
+            };
+            if state == ServerState::Leader {
+                let newly = {
+                    let mut c = self.leader_clock.lock().unwrap_or_else(|p| p.into_inner());
+                    if c.is_none_or(|(t, _, _)| t != term) {
+                        *c = Some((term, Instant::now(), self.table.last_now()));
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if newly {
+                    // Every member has the detection time from now to report in.
+                    let members: Vec<NodeId> = m
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let now = Instant::now();
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.clear();
+                    seen.extend(members.into_iter().map(|id| (id, now)));
+                    drop(seen);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = me.submit(vec![Command::Regrace]).await;
+                    });
+                }
+            } else {
+                *self.leader_clock.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            tokio::select! {
+                r = m.changed() => if r.is_err() { return },
+                _ = self.stop.wait() => return,
+            }
+        }
+    }
+
+    /// Pings the leader; as leader, declares silent members down; as a member declared
+    /// down, ends its clients' connections and comes back up.
+    async fn liveness(self: Arc<Self>) {
+        let every = Duration::from_millis((self.config.detect_ms / 4).max(50));
+        let detect = Duration::from_millis(self.config.detect_ms);
+        let mut leader_client: Option<(NodeId, PeerClient)> = None;
+        let me = self.id as u16;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.stop.wait() => return,
+            }
+            if self.table.down_nodes().contains(&me) {
+                (self.on_cut_off)();
+                let _ = self.submit(vec![Command::NodeUp { node: me }]).await;
+            }
+            let leader = self.raft.current_leader().await;
+            if leader == Some(self.id) {
+                let silent: Vec<NodeId> = {
+                    let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.iter()
+                        .filter(|(id, at)| **id != self.id && at.elapsed() > detect)
+                        .map(|(id, _)| *id)
+                        .collect()
+                };
+                let down = self.table.down_nodes();
+                let cmds: Vec<Command> = silent
+                    .into_iter()
+                    .filter(|id| !down.contains(&(*id as u16)))
+                    .map(|id| Command::NodeDown { node: id as u16 })
+                    .collect();
+                if !cmds.is_empty() {
+                    tracing::warn!(
+                        ?cmds,
+                        "members silent past the detection time: declared down"
+                    );
+                    let _ = self.submit(cmds).await;
+                }
+            } else if let Some(l) = leader {
+                if leader_client.as_ref().is_none_or(|(id, _)| *id != l) {
+                    leader_client = self.leader_addr(l).map(|a| {
+                        (
+                            l,
+                            PeerClient::new(a, Arc::new(self.config.key.clone()), self.id),
+                        )
+                    });
+                }
+                if let Some((_, c)) = leader_client.as_mut() {
+                    let _ = c.call(&PeerRequest::Ping(self.id), every).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_peers(self: Arc<Self>, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(64));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = self.stop.wait() => return,
+            };
+            let Ok((mut s, peer)) = accepted else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = s.set_nodelay(true);
+                let from = match accept_login(&mut s, &me.config.key).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(%peer, "raft port: refused: {e}");
+                        return;
+                    }
+                };
+                while let Ok(req) = read_frame::<PeerRequest>(&mut s, MAX_FRAME).await {
+                    let reply = me.handle(from, req).await;
+                    if write_frame(&mut s, &reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, from: NodeId, req: PeerRequest) -> PeerReply {
+        if let Some(at) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&from)
+        {
+            *at = Instant::now();
+        }
+        match req {
+            PeerRequest::Append(r) => PeerReply::Append(self.raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerReply::Vote(self.raft.vote(r).await),
+            PeerRequest::Snapshot(r) => PeerReply::Snapshot(self.raft.install_snapshot(r).await),
+            PeerRequest::Forward(b) => PeerReply::Forward(self.propose(b).await),
+            PeerRequest::Ping(_) => PeerReply::Pong,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Three nodes on loopback, in one process, each with its own data directory and a bare
+//! lock table: commands submitted on any node are committed once, applied everywhere in
+//! the same order, and survive the loss of the leader and restarts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockd_core::{Acquired, Command, ConnId, Key, Mode, Outcome, SessionId, Wait};
+use lockd_raft::{Cluster, ClusterConfig, MemTable, Table};
+
+const KEY: &[u8] = b"cluster-test-key";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Nodes {
+    dirs: Vec<tempfile::TempDir>,
+    addrs: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, (Arc<Cluster<MemTable>>, Arc<MemTable>)>,
+    snapshot_every: u64,
+}
+
+impl Nodes {
+    async fn start(n: u64, snapshot_every: u64) -> Nodes {
+        let addrs: BTreeMap<u64, String> = (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut s = Nodes {
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            addrs,
+            nodes: BTreeMap::new(),
+            snapshot_every,
+        };
+        for i in 1..=n {
+            s.boot(i).await;
+        }
+        for (c, _) in s.nodes.values() {
+            tokio::time::timeout(Duration::from_secs(20), c.join())
+                .await
+                .expect("joined in time")
+                .expect("joined");
+        }
+        s
+    }
+
+    async fn boot(&mut self, i: u64) {
+        let mut cfg = ClusterConfig::new(
+            i,
+            &self.addrs[&i],
+            self.dirs[(i - 1) as usize].path().to_path_buf(),
+            KEY,
+        );
+        cfg.initial = self.addrs.clone();
+        cfg.heartbeat_ms = 50;
+        cfg.election_min_ms = 300;
+        cfg.election_max_ms = 600;
+        cfg.detect_ms = 1500;
+        cfg.snapshot_every = self.snapshot_every;
+        cfg.keep_log = 0;
+        let table = Arc::new(MemTable::new(lockd_core::Config::default()));
+        let c = Cluster::start(cfg, table.clone(), Box::new(|| {}))
+            .await
+            .expect("node starts");
+        self.nodes.insert(i, (c, table));
+    }
+
+    async fn kill(&mut self, i: u64) {
+        let (c, _) = self.nodes.remove(&i).unwrap();
+        c.shutdown().await;
+    }
+
+    async fn leader(&self) -> u64 {
+        for _ in 0..200 {
+            for (id, (c, _)) in &self.nodes {
+                if c.is_leader() {
+                    return *id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader elected");
+    }
+
+    fn follower(&self, leader: u64) -> u64 {
+        *self.nodes.keys().find(|&&i| i != leader).unwrap()
+    }
+
+    async fn submit(&self, on: u64, cmds: Vec<Command>) -> Vec<Outcome> {
+        self.nodes[&on].0.submit(cmds).await.expect("committed")
+    }
+
+    /// Every running node's table, once they applied the same log.
+    async fn converged(&self) -> lockd_core::TableImage {
+        for _ in 0..200 {
+            let imgs: Vec<_> = self.nodes.values().map(|(_, t)| t.image()).collect();
+            if imgs.windows(2).all(|w| w[0] == w[1]) {
+                return imgs[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the nodes' tables never agreed");
+    }
+}
+
+fn sid(c: u8) -> SessionId {
+    SessionId([c; 32])
+}
+
+fn conn(node: u64, c: u64) -> ConnId {
+    ConnId((node << 48) | c)
+}
+
+fn k(s: &str) -> Key {
+    Key::new(s.as_bytes()).unwrap()
+}
+
+fn acquire(session: SessionId, conn: ConnId, key: &str, wait: Wait) -> Command {
+    Command::Acquire {
+        session,
+        conn,
+        legacy: false,
+        mode: Mode::Ex,
+        keys: vec![k(key)],
+        wait,
+    }
+}
+
+fn token(o: &Outcome) -> u64 {
+    match o {
+        Outcome::Acquired(Acquired::Granted(t)) => *t,
+        other => panic!("not granted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_survive_the_leader_and_restarts() {
+    let mut c = Nodes::start(3, 20).await;
+    let leader = c.leader().await;
+    let f = c.follower(leader);
+    let other = *c.nodes.keys().find(|&&i| i != leader && i != f).unwrap();
+
+    // A lock taken through a follower.
+    let a = conn(f, 1);
+    let got = c
+        .submit(
+            f,
+            vec![
+                Command::Open {
+                    session: sid(b'a'),
+                    conn: a,
+                },
+                acquire(sid(b'a'), a, "k", Wait::No),
+            ],
+        )
+        .await;
+    let t1 = token(&got[1]);
+    // Another node's session conflicts, then waits.
+    let b = conn(other, 1);
+    let got = c
+        .submit(
+            other,
+            vec![
+                Command::Open {
+                    session: sid(b'b'),
+                    conn: b,
+                },
+                acquire(sid(b'b'), b, "k", Wait::No),
+            ],
+        )
+        .await;
+    assert_eq!(got[1], Outcome::Acquired(Acquired::Conflict));
+    let got = c
+        .submit(other, vec![acquire(sid(b'b'), b, "k", Wait::Queue)])
+        .await;
+    assert!(
+        matches!(got[0], Outcome::Acquired(Acquired::Queued(_))),
+        "{got:?}"
+    );
+    let img = c.converged().await;
+    assert_eq!(img.waiters.len(), 1);
+
+    // The leader dies: a new one is elected, the lock is still held, the waiter waits.
+    c.kill(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let x = conn(other, 2);
+    let got = c
+        .submit(
+            other,
+            vec![
+                Command::Open {
+                    session: sid(b'x'),
+                    conn: x,
+                },
+                acquire(sid(b'x'), x, "k", Wait::No),
+            ],
+        )
+        .await;
+    assert_eq!(
+        got[1],
+        Outcome::Acquired(Acquired::Conflict),
+        "the lock was lost with the leader"
+    );
+
+    // Released on one node: the waiter on the other is granted, with a later token.
+    c.submit(
+        f,
+        vec![Command::Release {
+            session: sid(b'a'),
+            conn: a,
+            legacy: false,
+            mode: Mode::Ex,
+            keys: vec![k("k")],
+            token: None,
+        }],
+    )
+    .await;
+    let img = c.converged().await;
+    assert!(img.waiters.is_empty());
+    let held = c.nodes[&other].1.lock().locks_of(&sid(b'b')).unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(held[0].token > t1, "tokens increase across a leader change");
+
+    // Many entries while the old leader is down: it comes back far behind, past several
+    // snapshots and purged log, and is caught up by snapshot.
+    let behind = c.nodes[&f]
+        .0
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap();
+    for i in 0..60u64 {
+        let s = sid(b'c');
+        let cc = conn(f, 10 + i);
+        c.submit(
+            f,
+            vec![
+                Command::Open {
+                    session: s,
+                    conn: cc,
+                },
+                acquire(s, cc, &format!("n{i}"), Wait::No),
+                Command::Disconnect { conn: cc },
+            ],
+        )
+        .await;
+    }
+    // The leader purges only while no replication reads the log, so it may take more
+    // entries (its replication to the dead node backs off between attempts).
+    let l = c.leader().await;
+    let mut i = 60u64;
+    loop {
+        let purged = c.nodes[&l]
+            .0
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map_or(0, |p| p.index);
+        if purged > behind {
+            break;
+        }
+        assert!(
+            i < 2000,
+            "the leader never purged the log the dead node needs"
+        );
+        let cc = conn(f, 10 + i);
+        c.submit(
+            f,
+            vec![
+                Command::Open {
+                    session: sid(b'c'),
+                    conn: cc,
+                },
+                Command::Disconnect { conn: cc },
+            ],
+        )
+        .await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.boot(leader).await;
+    let img = c.converged().await;
+    let snap = c.nodes[&leader].0.raft.metrics().borrow().snapshot;
+    assert!(
+        snap.is_some_and(|s| s.index > behind),
+        "caught up by snapshot: {snap:?}"
+    );
+    assert_eq!(c.nodes.len(), 3);
+    let t_before = img.next_token;
+
+    // Every node restarts from its own data; the table and the tokens go on.
+    for i in 1..=3 {
+        c.kill(i).await;
+    }
+    for i in 1..=3 {
+        c.boot(i).await;
+    }
+    let after = c.converged().await;
+    assert_eq!(after.next_token, t_before);
+    let l = c.leader().await;
+    let y = conn(l, 99);
+    let got = c
+        .submit(
+            l,
+            vec![
+                Command::Open {
+                    session: sid(b'y'),
+                    conn: y,
+                },
+                acquire(sid(b'y'), y, "fresh", Wait::No),
+            ],
+        )
+        .await;
+    assert!(token(&got[1]) >= t_before);
+    for i in 1..=3 {
+        c.kill(i).await;
+    }
+}
+
+/// The Raft port serves only peers that prove they know the auth key: a wrong key, an
+/// oversized first frame and garbage are refused and closed, and the node goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_port_refuses_strangers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Nodes::start(1, 1000).await;
+    let addr = c.addrs[&1].clone();
+    let wrong = lockd_raft::network::dial(&addr, b"not-the-key", 7).await;
+    assert!(wrong.is_err(), "a dialer with the wrong key logged in");
+    // A length prefix far past the pre-login bound: closed without reading the body.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // With the key, a peer is served.
+    let ok = lockd_raft::network::dial(&addr, KEY, 7).await;
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let got = c.submit(1, vec![Command::RaiseTokens { floor: 5 }]).await;
+    assert_eq!(got, vec![Outcome::Unit]);
+    c.nodes[&1].0.shutdown().await;
+}
