@@ -95,6 +95,20 @@ impl Nodes {
         self.nodes[&on].0.submit(cmds).await.expect("committed")
     }
 
+    /// Opens `session` on `conn` (a connection of node `on`) and tries EX on `key`.
+    async fn open_acquire(&self, on: u64, session: SessionId, conn: ConnId, key: &str) -> Outcome {
+        let mut got = self
+            .submit(
+                on,
+                vec![
+                    Command::Open { session, conn },
+                    acquire(session, conn, key, Wait::No),
+                ],
+            )
+            .await;
+        got.pop().expect("two outcomes")
+    }
+
     /// Every running node's table, once they applied the same log.
     async fn converged(&self) -> lockd_core::TableImage {
         for _ in 0..200 {
@@ -147,34 +161,12 @@ async fn locks_survive_the_leader_and_restarts() {
 
     // A lock taken through a follower.
     let a = conn(f, 1);
-    let got = c
-        .submit(
-            f,
-            vec![
-                Command::Open {
-                    session: sid(b'a'),
-                    conn: a,
-                },
-                acquire(sid(b'a'), a, "k", Wait::No),
-            ],
-        )
-        .await;
-    let t1 = token(&got[1]);
+    let got = c.open_acquire(f, sid(b'a'), a, "k").await;
+    let t1 = token(&got);
     // Another node's session conflicts, then waits.
     let b = conn(other, 1);
-    let got = c
-        .submit(
-            other,
-            vec![
-                Command::Open {
-                    session: sid(b'b'),
-                    conn: b,
-                },
-                acquire(sid(b'b'), b, "k", Wait::No),
-            ],
-        )
-        .await;
-    assert_eq!(got[1], Outcome::Acquired(Acquired::Conflict));
+    let got = c.open_acquire(other, sid(b'b'), b, "k").await;
+    assert_eq!(got, Outcome::Acquired(Acquired::Conflict));
     let got = c
         .submit(other, vec![acquire(sid(b'b'), b, "k", Wait::Queue)])
         .await;
@@ -190,20 +182,9 @@ async fn locks_survive_the_leader_and_restarts() {
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
     let x = conn(other, 2);
-    let got = c
-        .submit(
-            other,
-            vec![
-                Command::Open {
-                    session: sid(b'x'),
-                    conn: x,
-                },
-                acquire(sid(b'x'), x, "k", Wait::No),
-            ],
-        )
-        .await;
+    let got = c.open_acquire(other, sid(b'x'), x, "k").await;
     assert_eq!(
-        got[1],
+        got,
         Outcome::Acquired(Acquired::Conflict),
         "the lock was lost with the leader"
     );
@@ -307,19 +288,8 @@ async fn locks_survive_the_leader_and_restarts() {
     assert_eq!(after.next_token, t_before);
     let l = c.leader().await;
     let y = conn(l, 99);
-    let got = c
-        .submit(
-            l,
-            vec![
-                Command::Open {
-                    session: sid(b'y'),
-                    conn: y,
-                },
-                acquire(sid(b'y'), y, "fresh", Wait::No),
-            ],
-        )
-        .await;
-    assert!(token(&got[1]) >= t_before);
+    let got = c.open_acquire(l, sid(b'y'), y, "fresh").await;
+    assert!(token(&got) >= t_before);
     for i in 1..=3 {
         c.kill(i).await;
     }
