@@ -123,6 +123,8 @@ pub struct Cluster<T: Table> {
     seen: Mutex<HashMap<NodeId, Instant>>,
     on_cut_off: Box<dyn Fn() + Send + Sync>,
     stop: tokio_util_stop::Stop,
+    /// The store, to see it closed at shutdown.
+    db: std::sync::Weak<redb::Database>,
 }
 
 /// A tiny stop signal (the crate does not need all of tokio-util).
@@ -170,6 +172,7 @@ impl<T: Table> Cluster<T> {
         let db = log_store::open(&config.data_dir.join("raft.redb"))
             .map_err(|e| data(std::io::Error::other(e.to_string())))?;
         let sm = StateMachine::open(db.clone(), table.clone()).map_err(data)?;
+        let weak_db = Arc::downgrade(&db);
         let listener = TcpListener::bind(&config.raft_addr)
             .await
             .map_err(|source| ClusterError::Listen {
@@ -226,6 +229,7 @@ impl<T: Table> Cluster<T> {
             seen: Mutex::new(HashMap::new()),
             on_cut_off,
             stop: Default::default(),
+            db: weak_db,
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -276,11 +280,19 @@ impl<T: Table> Cluster<T> {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Stops the node's tasks and Raft.
+    /// Stops the node's tasks and Raft, and waits (up to 5 s) for the store to be closed,
+    /// so that the data directory can be opened again at once.
     pub async fn shutdown(&self) {
         self.stop.stop();
         self.queued.notify_one();
         let _ = self.raft.shutdown().await;
+        for _ in 0..500 {
+            if self.db.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!("the Raft store is still open 5 s after shutdown");
     }
 
     /// The time a leader stamps on an entry.
