@@ -581,6 +581,11 @@ impl LockTable {
     }
 
     /// Requests waiting in queues.
+    /// Whether queued request `w` still waits.
+    pub fn is_waiting(&self, w: WaitId) -> bool {
+        self.waiters.contains_key(&w)
+    }
+
     pub fn waiter_count(&self) -> usize {
         self.waiters.len()
     }

@@ -295,6 +295,11 @@ impl<T: Table> Cluster<T> {
         tracing::warn!("the Raft store is still open 5 s after shutdown");
     }
 
+    /// While this node leads: the time it stamps on entries (the table's time scale).
+    pub fn leader_time(&self) -> Option<Millis> {
+        self.leader_now()
+    }
+
     /// The time a leader stamps on an entry.
     fn leader_now(&self) -> Option<Millis> {
         let c = self.leader_clock.lock().unwrap_or_else(|p| p.into_inner());

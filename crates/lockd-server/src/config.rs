@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// A deliberately broken lock table, for tests (see `lockd_core::Config::fault`):
     /// honoured only with the `fault-injection` feature.
     pub fault: lockd_core::Fault,
+    /// Run as a node of a cluster (see docs/cluster.md); `None`: a standalone server.
+    pub cluster: Option<lockd_raft::ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -80,6 +82,7 @@ impl ServerConfig {
             max_grace: Duration::from_secs(3600),
             login_timeout: Some(Duration::from_secs(10)),
             fault: lockd_core::Fault::None,
+            cluster: None,
         }
     }
 }

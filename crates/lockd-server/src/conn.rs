@@ -35,6 +35,12 @@ enum Protocol {
     Native(Box<Native>),
 }
 
+/// In a cluster: the request being committed; nothing behind it is answered meanwhile.
+enum Committing {
+    Native(crate::native::Commit),
+    Legacy(crate::legacy::Commit),
+}
+
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -43,6 +49,8 @@ pub(crate) async fn serve(
     _permit: OwnedSemaphorePermit,
 ) {
     let conn = shared.new_conn_id();
+    // In a cluster, also ended when the cluster cuts this node off.
+    let shutdown = shared.connection_token(&shutdown);
     shared.counters.connections.fetch_add(1, Relaxed);
     shared.counters.connections_total.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
@@ -178,6 +186,7 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
     let mut eof = false;
     let mut closing = false;
     let mut unflushed = false;
+    let mut committing: Option<Committing> = None;
     let max_output = shared.config.max_pending_output;
     // Made once: a fresh `cancelled()` future per loop would re-register every time.
     let cancelled = shutdown.cancelled();
@@ -188,7 +197,7 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
         if !shared.ready.load(Relaxed) && shutdown.is_cancelled() {
             return "shutdown";
         }
-        if !input.is_empty() && pending.is_none() && !closing {
+        if !input.is_empty() && pending.is_none() && !closing && committing.is_none() {
             let p = protocol.get_or_insert_with(|| {
                 let (p, gauge) = if input[0] == b'*' {
                     (
@@ -206,8 +215,9 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                 p
             });
             match p {
-                Protocol::Legacy(l) => {
-                    if l.process(shared, &mut input, &mut output).is_err() {
+                Protocol::Legacy(l) => match l.process(shared, &mut input, &mut output) {
+                    Ok(c) => committing = c.map(Committing::Legacy),
+                    Err(_) => {
                         tracing::warn!(
                             conn = conn.0,
                             "request line longer than {} bytes: closing the connection",
@@ -215,11 +225,12 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                         );
                         return "line too long";
                     }
-                }
+                },
                 Protocol::Native(n) => match n.process(shared, &mut input, &mut output) {
                     Stop::Drained => {}
                     Stop::Wait(w) => *pending = Some(w),
                     Stop::Close => closing = true,
+                    Stop::Commit(c) => committing = Some(Committing::Native(c)),
                 },
             }
         }
@@ -230,7 +241,9 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
         if let (Some(Protocol::Native(n)), true) = (protocol.as_mut(), pending.is_some()) {
             if eof || n.quit_behind(&input) {
                 let w = pending.take().expect("a wait was pending");
-                n.finish_wait(shared, w, None, &mut output);
+                committing = n
+                    .finish_wait(shared, w, None, &mut output)
+                    .map(Committing::Native);
             }
         }
         if output.len() > crate::shared::PEAK_OUTPUT_FLOOR {
@@ -271,6 +284,13 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
             Some(Protocol::Native(n)) => n.authed,
         };
         let login = login_deadline.filter(|_| !logged_in);
+        let committed = async {
+            match committing.as_mut() {
+                Some(Committing::Native(c)) => (&mut c.fut).await,
+                Some(Committing::Legacy(c)) => (&mut c.fut).await,
+                None => std::future::pending().await,
+            }
+        };
         let wait = async {
             match pending.as_mut() {
                 Some(p) => tokio::select! {
@@ -331,10 +351,34 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
         // while the connection has work it is seen at the top of the loop instead.
         tokio::select! {
             biased;
+            done = committed => {
+                match (committing.take(), protocol.as_mut()) {
+                    (Some(Committing::Native(c)), Some(Protocol::Native(n))) => {
+                        match (c.then)(n, shared, done) {
+                            crate::native::Outcome::Reply(v) => v.encode(n.proto, &mut output),
+                            crate::native::Outcome::Wait(w) => *pending = Some(w),
+                            crate::native::Outcome::Close(v) => {
+                                v.encode(n.proto, &mut output);
+                                closing = true;
+                            }
+                            crate::native::Outcome::Commit(c) => {
+                                committing = Some(Committing::Native(c))
+                            }
+                        }
+                    }
+                    (Some(Committing::Legacy(c)), _) => match c.answer(shared, done) {
+                        Some(r) => r.write_to(&mut output),
+                        None => closing = true,
+                    },
+                    _ => unreachable!("a commit belongs to the connection's protocol"),
+                }
+            }
             granted = wait => {
                 let w = pending.take().expect("a wait was pending");
                 if let Some(Protocol::Native(n)) = protocol.as_mut() {
-                    n.finish_wait(shared, w, granted, &mut output);
+                    committing = n
+                        .finish_wait(shared, w, granted, &mut output)
+                        .map(Committing::Native);
                 }
             }
             event = io => match event {

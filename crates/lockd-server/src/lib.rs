@@ -16,6 +16,7 @@
 
 mod admin;
 mod auth_limit;
+mod backend;
 mod busy_poll;
 mod clock;
 mod config;
@@ -35,6 +36,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;
 pub use listener::{admin_address, check_data_dir, check_tls, Server, ServerError, ServerHandle};
 pub use lockd_core::Fault;
+pub use lockd_raft::ClusterConfig;
 pub use shared::Snapshot;
 pub use tls::TlsError;
 pub use tokio_util::sync::CancellationToken;

@@ -22,6 +22,8 @@ const REFUSED: &[u8] = b"-ERR max number of clients reached\r\n";
 
 #[derive(Debug, Error)]
 pub enum ServerError {
+    #[error("cluster: {0}")]
+    Cluster(#[from] lockd_raft::ClusterError),
     #[error(transparent)]
     Tokens(#[from] crate::tokens::NoRoom),
     #[error("cannot resolve listen address {address}: {source}")]
@@ -158,8 +160,32 @@ impl Server {
             (None, None) if !config.tls_required => None,
             _ => return Err(ServerError::TlsIncomplete),
         };
+        let cluster = config.cluster.clone();
         let mut shared = Shared::new(config, clock);
         shared.tls = tls;
+        if let Some(cfg) = cluster {
+            // The cluster's tokens are its replicated counter: no reservation file. Its
+            // data directory is the Raft store's.
+            let shared = Arc::new(shared);
+            let weak = Arc::downgrade(&shared);
+            let node = lockd_raft::Cluster::start(
+                cfg,
+                shared.clone(),
+                Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.cut_off();
+                    }
+                }),
+            )
+            .await?;
+            *shared.cluster.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
+            return Ok(Server {
+                listener,
+                admin,
+                shared,
+                token_store: None,
+            });
+        }
         let token_store = match data_dir {
             Some(dir) => {
                 let err = |source| ServerError::DataDir {
@@ -213,7 +239,25 @@ impl Server {
             token_store,
         } = self;
         let tracker = TaskTracker::new();
-        {
+        if let Some(node) = shared.cluster() {
+            // Clients are served once what this node's previous run left is ended, and
+            // tokens are above what a standalone server on this machine issued.
+            let joined = tokio::select! {
+                r = node.join() => r,
+                _ = shutdown.cancelled() => Err(lockd_raft::ClusterError::Shutdown),
+            };
+            if let Err(e) = joined {
+                tracing::error!("cannot join the cluster: {e}");
+            } else {
+                let floor = tokens::clock_floor();
+                let _ = node
+                    .submit(vec![lockd_core::Command::RaiseTokens { floor }])
+                    .await;
+                tracing::info!(node = node.id, "joined the cluster");
+            }
+            tracker.spawn(shared.clone().propose_expiry(shutdown.clone()));
+        }
+        if !shared.clustered {
             // The expiry timer is what releases dead sessions' locks: if it ever ended
             // other than by shutdown (a panic), start it again.
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
@@ -283,6 +327,11 @@ impl Server {
         drop(listener);
         tracker.close();
         tracker.wait().await;
+        if let Some(node) = shared.cluster() {
+            node.shutdown().await;
+            // The node holds the table; the table held the node: let go of both.
+            *shared.cluster.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         tracing::info!("lockd stopped");
     }
 }

@@ -18,7 +18,12 @@ pub(crate) struct Core {
     pub table: LockTable,
     /// Where to send how a queued request ended: its fencing token, or a refusal.
     pub waits: HashMap<WaitId, oneshot::Sender<Woken>>,
+    /// The receiving ends of `waits` made when a local request was queued, until its
+    /// connection takes it (at once on a standalone server; once the cluster's answer
+    /// reaches the connection, which may be after later entries granted it).
+    pub parked: HashMap<WaitId, oneshot::Receiver<Woken>>,
     wakeups: Vec<Wakeup>,
+    clustered: bool,
 }
 
 /// Server-level counters (the table keeps its own).
@@ -61,6 +66,12 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Requests seen, for the busy poller (`--busy-poll-us`).
     pub activity: crate::busy_poll::Activity,
+    /// A node of a cluster: commands are committed through it (see `backend`).
+    pub clustered: bool,
+    pub(crate) cluster: std::sync::RwLock<Option<std::sync::Arc<lockd_raft::Cluster<Shared>>>>,
+    /// In a cluster: cancelled when the cluster declared this node down, which ends every
+    /// client connection made before (their sessions were let go); then replaced.
+    pub(crate) cut: Mutex<Option<tokio_util::sync::CancellationToken>>,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -89,6 +100,9 @@ pub struct Snapshot {
 
 impl Shared {
     pub fn new(config: ServerConfig, clock: Clock) -> Shared {
+        let clustered = config.cluster.is_some();
+        // A cluster node's connection ids carry its node id (see `lockd_core::conn_node`).
+        let node_bits = config.cluster.as_ref().map_or(0, |c| c.node_id << 48);
         let table = LockTable::new(Config {
             max_locks: config.max_locks,
             grace_ms: config.lock_timeout.as_millis() as Millis,
@@ -101,7 +115,9 @@ impl Shared {
             core: Mutex::new(Core {
                 table,
                 waits: HashMap::new(),
+                parked: HashMap::new(),
                 wakeups: Vec::new(),
+                clustered: config.cluster.is_some(),
             }),
             clock,
             signer: Signer::new(config.auth_key.as_bytes(), config.auth_scheme),
@@ -114,8 +130,11 @@ impl Shared {
             auth_limit: Default::default(),
             tls: None,
             ready: std::sync::atomic::AtomicBool::new(false),
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1 | node_bits),
             activity: Default::default(),
+            clustered,
+            cluster: Default::default(),
+            cut: Default::default(),
         }
     }
 
@@ -144,9 +163,16 @@ impl Shared {
     /// once per batch of requests rather than once per request.
     pub fn with_at<R>(&self, now: Millis, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
-        if core.table.next_expiry().is_some_and(|at| at <= now) {
+        // A cluster's table expires sessions only by log entries, at the leader's time.
+        if !self.clustered && core.table.next_expiry().is_some_and(|at| at <= now) {
             core.table.apply(&Command::Expire, now);
         }
+        // A cluster's times are the leader's (see `lockd_raft::node`).
+        let now = if self.clustered {
+            core.table.last_now()
+        } else {
+            now
+        };
         let r = f(&mut core, now);
         let mut expired = Vec::new();
         core.table.take_expired(&mut expired);
@@ -208,10 +234,28 @@ impl Shared {
         }
     }
 
+    /// Runs `f` on the core (table and waits) as it is: no expiry, no wakeups delivered.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut core);
+        core.deliver_wakeups();
+        r
+    }
+
+    /// Takes the wait of a local request that the cluster queued (see `Core::parked`).
+    pub(crate) fn take_parked(&self, w: WaitId) -> Option<oneshot::Receiver<Woken>> {
+        self.with_core(|core| core.parked.remove(&w))
+    }
+
     /// Runs `f` on the table without expiring anything first: for read-only views.
     pub fn read<R>(&self, f: impl FnOnce(&lockd_core::LockTable, Millis) -> R) -> R {
         let now = self.clock.now();
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let now = if self.clustered {
+            core.table.last_now()
+        } else {
+            now
+        };
         f(&core.table, now)
     }
 
@@ -236,6 +280,16 @@ impl Shared {
     /// The connection closed: its sessions die or are forgotten, its wait (if any) is
     /// withdrawn.
     pub fn disconnect(&self, conn: ConnId, wait: Option<WaitId>) {
+        if self.clustered {
+            self.with_core(|core| {
+                if let Some(w) = wait {
+                    core.waits.remove(&w);
+                    core.parked.remove(&w);
+                }
+            });
+            self.disconnect_in_cluster(conn);
+            return;
+        }
         self.with(|core, now| {
             if let Some(w) = wait {
                 core.waits.remove(&w);
@@ -247,10 +301,40 @@ impl Shared {
 }
 
 impl Core {
-    /// Applies one command to the table (see `lockd_core::Command`): every change a
-    /// request makes goes through here, so that a replicated table can take its place.
+    /// Applies one command to the table (see `lockd_core::Command`): every change goes
+    /// through here, on a standalone server and on every node of a cluster. A request of
+    /// this server's own (`local`) that is queued gets its wait registered here, under
+    /// the same lock, so that no later grant can miss it.
+    pub fn apply_from(&mut self, cmd: &Command, now: Millis, local: bool) -> Outcome {
+        let o = self.table.apply(cmd, now);
+        match &o {
+            Outcome::Acquired(lockd_core::Acquired::Queued(w)) if local => {
+                let (tx, rx) = oneshot::channel();
+                self.waits.insert(*w, tx);
+                self.parked.insert(*w, rx);
+            }
+            Outcome::Done(true) => {
+                if let Command::TimeOut { wait } = cmd {
+                    self.waits.remove(wait);
+                    self.parked.remove(wait);
+                }
+            }
+            _ => {}
+        }
+        // On a standalone server the closing connection removes its own wait; in a
+        // cluster its wait may not have reached it yet.
+        if self.clustered && matches!(cmd, Command::Disconnect { .. } | Command::NodeDown { .. }) {
+            // Waits withdrawn by the table without an answer: nobody will collect them.
+            let table = &self.table;
+            self.waits.retain(|w, _| table.is_waiting(*w));
+            self.parked.retain(|w, _| table.is_waiting(*w));
+        }
+        o
+    }
+
+    /// [`Core::apply_from`] for this server's own request.
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
-        self.table.apply(cmd, now)
+        self.apply_from(cmd, now, true)
     }
 
     /// Hands granted queued requests to their waiters; true if there were any.

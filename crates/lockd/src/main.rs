@@ -65,7 +65,7 @@ fn error_text(e: &anyhow::Error) -> String {
 fn init_logging(json: bool) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     // Never fails, so logging can never panic lockd (see lockd_server::logging); colour
     // only for a person at a terminal, not in files or the journal.
     let fmt = tracing_subscriber::fmt()

@@ -126,6 +126,29 @@ pub struct Cli {
     )]
     pub max_waiters_per_key: Option<usize>,
 
+    /// Run as node N (1 to 65535) of a cluster (docs/cluster.md); needs --raft-address
+    /// and --data-dir [default: a standalone server]
+    #[arg(long = "node-id", alias = "nodeId", env = "LOCKD_NODE_ID")]
+    pub node_id: Option<u64>,
+
+    /// Where this node's Raft port listens, HOST:PORT (peers only: they prove they know
+    /// the auth key)
+    #[arg(
+        long = "raft-address",
+        alias = "raftAddress",
+        env = "LOCKD_RAFT_ADDRESS"
+    )]
+    pub raft_address: Option<String>,
+
+    /// The first members, ID=HOST:PORT,...; used only when --data-dir holds no cluster
+    /// yet (a restarted node rejoins from its own data)
+    #[arg(
+        long = "initial-cluster",
+        alias = "initialCluster",
+        env = "LOCKD_INITIAL_CLUSTER"
+    )]
+    pub initial_cluster: Option<String>,
+
     /// Worker threads; 1 runs everything on one thread, which costs the least CPU per
     /// request [default: 1]
     #[arg(long, env = "LOCKD_THREADS")]
@@ -235,6 +258,12 @@ struct FileOptions {
     max_waiters: Option<usize>,
     #[serde(alias = "maxWaitersPerKey")]
     max_waiters_per_key: Option<usize>,
+    #[serde(alias = "nodeId")]
+    node_id: Option<u64>,
+    #[serde(alias = "raftAddress")]
+    raft_address: Option<String>,
+    #[serde(alias = "initialCluster")]
+    initial_cluster: Option<String>,
 }
 
 /// Where the auth key came from.
@@ -379,6 +408,12 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         }
     };
     server.auth_key = auth_key;
+    server.cluster = cluster_config(
+        cli.node_id.or(file.node_id),
+        cli.raft_address.or(file.raft_address),
+        cli.initial_cluster.or(file.initial_cluster),
+        &server,
+    )?;
     let threads = cli.threads.or(file.threads).unwrap_or(1);
     if threads == 0 {
         bail!("--threads must be at least 1");
@@ -455,6 +490,59 @@ pub fn check(s: &Settings) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(notes)
+}
+
+/// The cluster settings, checked: all or none of them, and the node in its own list.
+fn cluster_config(
+    node_id: Option<u64>,
+    raft_address: Option<String>,
+    initial: Option<String>,
+    server: &ServerConfig,
+) -> anyhow::Result<Option<lockd_server::ClusterConfig>> {
+    let Some(id) = node_id else {
+        if raft_address.is_some() || initial.is_some() {
+            bail!("--raft-address and --initial-cluster need --node-id (this node's id in the cluster)");
+        }
+        return Ok(None);
+    };
+    if id == 0 || id > u64::from(u16::MAX) {
+        bail!("--node-id must be 1 to 65535; got {id}");
+    }
+    let Some(raft) = raft_address else {
+        bail!("--node-id needs --raft-address (where this node's Raft port listens)");
+    };
+    let Some(dir) = server.data_dir.clone() else {
+        bail!("--node-id needs --data-dir (where the node keeps its Raft log and snapshots)");
+    };
+    let mut members = std::collections::BTreeMap::new();
+    for part in initial
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (i, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--initial-cluster: {part:?} is not ID=HOST:PORT"))?;
+        let i: u64 = i
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--initial-cluster: {i:?} is not a node id"))?;
+        if members.insert(i, addr.trim().to_string()).is_some() {
+            bail!("--initial-cluster names node {i} twice");
+        }
+    }
+    if !members.is_empty() && members.get(&id) != Some(&raft) {
+        bail!(
+            "--initial-cluster must list this node as {id}={raft} (it lists {})",
+            members
+                .get(&id)
+                .map_or("nothing for it".to_string(), |a| a.clone())
+        );
+    }
+    let mut c = lockd_server::ClusterConfig::new(id, &raft, dir, server.auth_key.as_bytes());
+    c.initial = members;
+    Ok(Some(c))
 }
 
 /// The listen address: an IP address or a host name, without a port (the port is its own

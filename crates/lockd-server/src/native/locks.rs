@@ -2,9 +2,8 @@
 
 use lockd_core::{Acquired, Command, Key, Mode, Outcome as Applied, Wait};
 use lockd_proto::resp::Value;
-use tokio::sync::oneshot;
 
-use super::args::{uint, upper, Args, Reply};
+use super::args::{uint, upper, Args};
 use super::{Native, Outcome, PendingWait};
 use crate::shared::Shared;
 
@@ -55,18 +54,27 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
         keys,
         wait,
     };
-    shared.with_at(n.now, |core, now| {
-        let got = match core.apply(&cmd, now) {
+    n.run(shared, cmd, move |n, shared, applied, parked| {
+        let got = match applied {
             Applied::Acquired(a) => a,
-            Applied::NodeDown => return Outcome::Reply(node_down()),
+            Applied::NodeDown => return Outcome::Close(node_down()),
             other => unreachable!("ACQUIRE answered {other:?}"),
         };
         match got {
             Acquired::Granted(token) => Outcome::Reply(Value::Integer(token as i64)),
             Acquired::Conflict => Outcome::Reply(Value::Null),
             Acquired::Queued(id) => {
-                let (tx, rx) = oneshot::channel();
-                core.waits.insert(id, tx);
+                let Some(rx) = parked else {
+                    // The wait was withdrawn before this reply came (the connection or
+                    // node let go meanwhile).
+                    return Outcome::Reply(Value::Null);
+                };
+                // Timed on this server's clock, from when the queueing was known here.
+                let now = if shared.clustered {
+                    shared.clock.now()
+                } else {
+                    n.now
+                };
                 Outcome::Wait(PendingWait {
                     id,
                     rx,
@@ -107,17 +115,24 @@ pub(super) fn node_down() -> Value {
 }
 
 /// The count a RELEASE or RELEASEALL outcome reports.
-fn released(o: Applied) -> Reply {
+fn released(_: &mut Native, _: &Shared, o: Applied, _: Option<super::Parked>) -> Outcome {
     match o {
-        Applied::Released(n) => Ok(Value::Integer(i64::from(n))),
-        Applied::NodeDown => Err(node_down()),
+        Applied::Released(n) => Outcome::Reply(Value::Integer(i64::from(n))),
+        Applied::NodeDown => Outcome::Close(node_down()),
         other => unreachable!("RELEASE answered {other:?}"),
     }
 }
 
 /// RELEASE SH|EX key [key ...], or RELEASE TOKEN token SH|EX key [key ...]: only the locks
 /// that still carry that grant's token (so a stale release is a no-op).
-pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
+    match release_command(n, args) {
+        Ok(cmd) => n.run(shared, cmd, released),
+        Err(e) => Outcome::Reply(e),
+    }
+}
+
+fn release_command(n: &Native, args: Args) -> Result<Command, Value> {
     let rest = args.arity(2, usize::MAX)?;
     let (token, rest) = if upper(rest[0]) == "TOKEN" {
         let [_, t, more @ ..] = rest else {
@@ -132,26 +147,27 @@ pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     };
     let mode = mode(rest[0])?;
     let keys = keys(&rest[1..])?;
-    let cmd = Command::Release {
+    Ok(Command::Release {
         session: n.session,
         conn: n.conn,
         legacy: false,
         mode,
         keys,
         token,
-    };
-    released(shared.with_at(n.now, |core, now| core.apply(&cmd, now)))
+    })
 }
 
 /// RELEASEALL
-pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Reply {
-    args.arity(0, 0)?;
+pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
+    if let Err(e) = args.arity(0, 0) {
+        return Outcome::Reply(e);
+    }
     let cmd = Command::ReleaseAll {
         session: n.session,
         conn: n.conn,
         legacy: false,
     };
-    released(shared.with_at(n.now, |core, now| core.apply(&cmd, now)))
+    n.run(shared, cmd, released)
 }
 
 /// The answer to an ACQUIRE that would take the locks held past `--max-locks`: on arrival,

@@ -16,6 +16,7 @@ use lockd_core::{Command, ConnId, Millis, Outcome as Applied, SessionId, WaitId}
 use lockd_proto::resp::{parse_spans, Limits, Value};
 use tokio::sync::oneshot;
 
+use crate::backend::{CommitFuture, Committed};
 use crate::clock::Laps;
 use crate::shared::Shared;
 
@@ -37,6 +38,18 @@ pub(crate) enum Outcome {
     Wait(PendingWait),
     /// Reply, then close the connection.
     Close(Value),
+    /// In a cluster: wait for the commit, then render its outcome.
+    Commit(Commit),
+}
+
+/// Rendering a committed outcome, once it is known.
+pub(crate) type Then = Box<dyn FnOnce(&mut Native, &Shared, Committed) -> Outcome + Send>;
+
+/// A command committing through the cluster, and what to do with its outcome. Nothing
+/// else on the connection is answered meanwhile: replies stay in request order.
+pub(crate) struct Commit {
+    pub fut: CommitFuture,
+    pub then: Then,
 }
 
 /// How processing stopped.
@@ -46,6 +59,7 @@ pub(crate) enum Stop {
     Wait(PendingWait),
     /// Flush the output, then close.
     Close,
+    Commit(Commit),
 }
 
 pub(crate) struct Native {
@@ -62,12 +76,19 @@ pub(crate) struct Native {
     pub close_after_reply: bool,
     /// While a request waits: how far the input behind it was searched for a QUIT.
     quit_scan: usize,
+    /// Whether the table has this connection's own session (in a cluster it is opened
+    /// with the connection's first command that changes the table).
+    opened: bool,
 }
 
 impl Native {
     pub fn new(shared: &Shared, conn: ConnId, peer: std::net::IpAddr) -> Native {
         let session = loop {
             let id = random_session_id();
+            if shared.clustered {
+                // 190 bits of randomness: opened with the first command (see `run`).
+                break id;
+            }
             let open = Command::Open { session: id, conn };
             if shared.with(|core, now| core.apply(&open, now)) == Applied::Done(true) {
                 break id;
@@ -83,7 +104,59 @@ impl Native {
             now: 0,
             close_after_reply: false,
             quit_scan: 0,
+            opened: !shared.clustered,
         }
+    }
+
+    /// Applies `cmd` (on a standalone server, now; in a cluster, once committed) and
+    /// renders its outcome with `render`, which also gets the wait of a queued ACQUIRE.
+    /// Both backends take this one path.
+    pub(super) fn run<R>(&mut self, shared: &Shared, cmd: Command, render: R) -> Outcome
+    where
+        R: FnOnce(&mut Native, &Shared, Applied, Option<Parked>) -> Outcome + Send + 'static,
+    {
+        if !shared.clustered {
+            let (o, parked) = shared.with_at(self.now, |core, now| {
+                let o = core.apply(&cmd, now);
+                let parked = queued(&o).and_then(|w| core.parked.remove(&w));
+                (o, parked)
+            });
+            return render(self, shared, o, parked);
+        }
+        let opening = !self.opened;
+        let mut cmds = Vec::with_capacity(2);
+        if opening {
+            cmds.push(Command::Open {
+                session: self.session,
+                conn: self.conn,
+            });
+        }
+        cmds.push(cmd);
+        Outcome::Commit(Commit {
+            fut: shared.submit(cmds),
+            then: Box::new(move |n, shared, committed| match committed {
+                Ok(mut outcomes) => {
+                    let o = outcomes.pop().expect("one outcome per command");
+                    if opening {
+                        match outcomes.first() {
+                            Some(Applied::Done(true)) => n.opened = true,
+                            Some(Applied::NodeDown) => return Outcome::Close(locks::node_down()),
+                            _ => {
+                                return Outcome::Close(Value::error(
+                                    "ERR session id collision; reconnect",
+                                ))
+                            }
+                        }
+                    }
+                    if o == Applied::NodeDown {
+                        return Outcome::Close(locks::node_down());
+                    }
+                    let parked = queued(&o).and_then(|w| shared.take_parked(w));
+                    render(n, shared, o, parked)
+                }
+                Err(e) => Outcome::Reply(no_quorum(&e)),
+            }),
+        })
     }
 
     /// The limits on the next request: small until the connection has authenticated.
@@ -146,6 +219,7 @@ impl Native {
                 }
                 Outcome::Reply(v) => v.encode(self.proto, out),
                 Outcome::Wait(w) => return Stop::Wait(w),
+                Outcome::Commit(c) => return Stop::Commit(c),
                 Outcome::Close(v) => {
                     v.encode(self.proto, out);
                     return Stop::Close;
@@ -190,9 +264,9 @@ impl Native {
             b"SELECT" => connection::select(args),
             b"COMMAND" => Ok(Value::Array(Vec::new())),
             b"ACQUIRE" => return locks::acquire(self, shared, args),
-            b"RELEASE" => locks::release(self, shared, args),
-            b"RELEASEALL" => locks::release_all(self, shared, args),
-            b"SESSION" => session::session(self, shared, args),
+            b"RELEASE" => return locks::release(self, shared, args),
+            b"RELEASEALL" => return locks::release_all(self, shared, args),
+            b"SESSION" => return session::session(self, shared, args),
             b"INSPECT" => info::inspect(shared, args),
             b"LOCKS" => info::locks(self, shared, args),
             b"STATS" => info::stats(shared, args),
@@ -202,22 +276,57 @@ impl Native {
     }
 
     /// The wait ended: granted with a token, or it timed out or was withdrawn (`None`).
+    /// In a cluster a withdrawal is committed first (the grant may come first): then the
+    /// reply is the commit's to write.
     pub fn finish_wait(
         &mut self,
         shared: &Shared,
         wait: PendingWait,
         woken: Option<lockd_core::Woken>,
         out: &mut BytesMut,
-    ) {
+    ) -> Option<Commit> {
         let waited = shared.clock.now().saturating_sub(wait.since);
         shared.metrics.wait_seconds.observe(waited as f64 / 1000.0);
-        let outcome = woken.or_else(|| shared.end_wait(wait.id, wait.rx));
-        match outcome {
-            Some(lockd_core::Woken::Granted(t)) => Value::Integer(t as i64),
-            Some(lockd_core::Woken::TooManyLocks) => locks::too_many_locks(shared),
-            None => Value::Null,
+        if woken.is_none() && shared.clustered {
+            let mut rx = wait.rx;
+            return Some(Commit {
+                fut: shared.submit(vec![Command::TimeOut { wait: wait.id }]),
+                then: Box::new(move |_, shared, committed| {
+                    // Withdrawn, or answered first: the answer is in the channel.
+                    let woken = match committed {
+                        Ok(o) if o.first() == Some(&Applied::Done(true)) => None,
+                        _ => rx.try_recv().ok(),
+                    };
+                    Outcome::Reply(woken_reply(shared, woken))
+                }),
+            });
         }
-        .encode(self.proto, out);
+        let outcome = woken.or_else(|| shared.end_wait(wait.id, wait.rx));
+        woken_reply(shared, outcome).encode(self.proto, out);
+        None
+    }
+}
+
+/// The receiving end of a queued request's wait.
+pub(crate) type Parked = oneshot::Receiver<lockd_core::Woken>;
+
+fn queued(o: &Applied) -> Option<WaitId> {
+    match o {
+        Applied::Acquired(lockd_core::Acquired::Queued(w)) => Some(*w),
+        _ => None,
+    }
+}
+
+/// The reply when a cluster command could not be committed (native.md: CLUSTERDOWN).
+pub(crate) fn no_quorum(e: &lockd_raft::ClusterError) -> Value {
+    Value::error(format!("CLUSTERDOWN no quorum: {e}"))
+}
+
+fn woken_reply(shared: &Shared, woken: Option<lockd_core::Woken>) -> Value {
+    match woken {
+        Some(lockd_core::Woken::Granted(t)) => Value::Integer(t as i64),
+        Some(lockd_core::Woken::TooManyLocks) => locks::too_many_locks(shared),
+        None => Value::Null,
     }
 }
 

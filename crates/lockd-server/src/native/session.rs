@@ -4,29 +4,60 @@ use lockd_core::{Command, Outcome, ResumeError, SessionId};
 use lockd_proto::resp::Value;
 
 use super::args::{uint, upper, Args, Reply};
-use super::Native;
+use super::{Native, Outcome as Answer};
 use crate::shared::Shared;
 
-pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Reply {
+pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Answer {
+    match command(n, shared, args) {
+        Ok(Some((cmd, sub))) => n.run(shared, cmd, move |n, shared, o, _| {
+            Answer::Reply(render(n, shared, o, sub).unwrap_or_else(|e| e))
+        }),
+        Ok(None) => Answer::Reply(Value::bulk(n.session.0)),
+        Err(e) => Answer::Reply(e),
+    }
+}
+
+/// The command a SESSION subcommand makes (none for SESSION alone).
+fn command(n: &Native, shared: &Shared, args: Args) -> Result<Option<(Command, Sub)>, Value> {
     let rest = args.arity(0, 2)?;
     let Some(sub) = rest.first() else {
-        return Ok(Value::bulk(n.session.0));
+        return Ok(None);
     };
     match (upper(sub).as_str(), rest.len()) {
         ("RESUME", 2) => {
             let Some(id) = SessionId::from_bytes(rest[1]) else {
                 return Err(Value::error("NOSESSION no such session (ids are 32 bytes)"));
             };
-            let cmd = Command::Resume {
-                conn: n.conn,
-                current: n.session,
-                session: id,
-            };
-            let resumed = match shared.with(|core, now| core.apply(&cmd, now)) {
-                Outcome::Resumed(r) => r,
-                Outcome::NodeDown => return Err(super::locks::node_down()),
-                other => unreachable!("SESSION RESUME answered {other:?}"),
-            };
+            Ok(Some((
+                Command::Resume {
+                    conn: n.conn,
+                    current: n.session,
+                    session: id,
+                },
+                Sub::Resume(id),
+            )))
+        }
+        ("GRACE", 2) => {
+            let asked = uint(rest[1], "grace")?;
+            // No client keeps its locks past what the operator allows (`--max-grace`).
+            let max = u64::try_from(shared.config.max_grace.as_millis()).unwrap_or(u64::MAX);
+            Ok(Some((
+                Command::SetGrace {
+                    session: n.session,
+                    grace_ms: asked.min(max),
+                },
+                Sub::Grace((asked > max).then_some(max)),
+            )))
+        }
+        _ => Err(Value::error(
+            "ERR unknown SESSION subcommand (SESSION, SESSION RESUME id, SESSION GRACE ms)",
+        )),
+    }
+}
+
+fn render(n: &mut Native, shared: &Shared, o: Outcome, sub: Sub) -> Reply {
+    match (o, sub) {
+        (Outcome::Resumed(resumed), Sub::Resume(id)) => {
             resumed.map_err(|e| match e {
                 ResumeError::NoSession => {
                     Value::error("NOSESSION no such session (never existed, or expired)")
@@ -37,24 +68,17 @@ pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Reply {
             shared.expiry_changed.notify_one();
             Ok(Value::ok())
         }
-        ("GRACE", 2) => {
-            let asked = uint(rest[1], "grace")?;
-            // No client keeps its locks past what the operator allows (`--max-grace`).
-            let max = u64::try_from(shared.config.max_grace.as_millis()).unwrap_or(u64::MAX);
-            let ms = asked.min(max);
-            let cmd = Command::SetGrace {
-                session: n.session,
-                grace_ms: ms,
-            };
-            shared.with(|core, now| core.apply(&cmd, now));
-            Ok(if asked > max {
-                Value::Simple(format!("OK capped at {max} ms (the server's --max-grace)"))
-            } else {
-                Value::ok()
-            })
-        }
-        _ => Err(Value::error(
-            "ERR unknown SESSION subcommand (SESSION, SESSION RESUME id, SESSION GRACE ms)",
-        )),
+        (Outcome::Done(_), Sub::Grace(capped)) => Ok(match capped {
+            Some(max) => Value::Simple(format!("OK capped at {max} ms (the server's --max-grace)")),
+            None => Value::ok(),
+        }),
+        (other, _) => unreachable!("SESSION answered {other:?}"),
     }
+}
+
+/// Which SESSION subcommand a command came from.
+enum Sub {
+    Resume(SessionId),
+    /// The cap applied to the grace asked for, if any.
+    Grace(Option<u64>),
 }

@@ -1,0 +1,120 @@
+//! Three lockd servers as one cluster on loopback: both protocols on every node, a wait on
+//! one node granted by a release on another, the leader killed with locks held, and a
+//! session resumed on another node after its node went away.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lockd_server::ClusterConfig;
+
+use crate::harness::{key, session, Client, Resp, TestServer, AUTH_KEY, R};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Three {
+    _dirs: Vec<tempfile::TempDir>,
+    nodes: BTreeMap<u64, TestServer>,
+}
+
+async fn three() -> Three {
+    let raft: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = BTreeMap::new();
+    for i in 1..=3u64 {
+        let mut c = ClusterConfig::new(
+            i,
+            &raft[&i],
+            dirs[(i - 1) as usize].path().to_path_buf(),
+            AUTH_KEY.as_bytes(),
+        );
+        c.initial = raft.clone();
+        c.heartbeat_ms = 50;
+        c.election_min_ms = 300;
+        c.election_max_ms = 600;
+        c.detect_ms = 1000;
+        let s = TestServer::start_with(move |cfg| {
+            cfg.cluster = Some(c);
+            cfg.lock_timeout = Duration::from_secs(30);
+        })
+        .await;
+        nodes.insert(i, s);
+    }
+    // Serving once joined: a native PING is answered at once, so try a change.
+    for s in nodes.values() {
+        let mut ok = false;
+        for _ in 0..200 {
+            let mut r = Resp::authed(s.addr).await;
+            if matches!(r.call(&["SESSION", "GRACE", "1000"]).await, R::Simple(ref s) if s.starts_with("OK"))
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok, "node never served a change");
+    }
+    Three { _dirs: dirs, nodes }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader() {
+    let mut c = three().await;
+    let addr = |c: &Three, i: u64| c.nodes[&i].addr;
+    // Legacy: a lock taken on node 1 is held for node 2's clients too.
+    let k = key(1);
+    let mut l1 = Client::connect(addr(&c, 1)).await;
+    let mut l2 = Client::connect(addr(&c, 2)).await;
+    let (sa, sb) = (session('a'), session('b'));
+    assert_eq!(l1.call(&sa, "ACQUIRE", "EX", &k).await, "ACQUIRED");
+    assert_eq!(l2.call(&sb, "ACQUIRE", "SH", &k).await, "CANT_ACQUIRE");
+
+    // Native: a wait on node 2 is granted when node 3's holder lets go.
+    let mut n3 = Resp::authed(addr(&c, 3)).await;
+    let t1 = n3.call(&["ACQUIRE", "EX", "0", "job"]).await.int();
+    let mut n2 = Resp::authed(addr(&c, 2)).await;
+    n2.send(&["ACQUIRE", "EX", "10000", "job"]).await;
+    assert!(n2.nothing_to_read().await, "granted while held");
+    assert_eq!(n3.call(&["RELEASE", "EX", "job"]).await.int(), 1);
+    let t2 = n2.recv().await.int();
+    assert!(t2 > t1, "tokens increase: {t1} then {t2}");
+
+    // A session on node 3 that will outlive its node.
+    let mut n3b = Resp::authed(addr(&c, 3)).await;
+    let orphan = n3b.call(&["SESSION"]).await.text();
+    n3b.call(&["SESSION", "GRACE", "30000"]).await;
+    n3b.call(&["ACQUIRE", "EX", "0", "orphan"]).await.int();
+
+    // Kill node 3 (with node 1 or 2 as leader, or itself): locks stay, node 3's session is
+    // resumed on node 1 after the cluster noticed.
+    let gone = c.nodes.remove(&3).unwrap();
+    gone.shutdown.cancel();
+    let _ = gone.task.await;
+    drop((n3, n3b));
+    let mut n1 = Resp::authed(addr(&c, 1)).await;
+    let mut resumed = false;
+    for _ in 0..100 {
+        let r = n1.call(&["SESSION", "RESUME", &orphan]).await;
+        if r == R::Simple("OK".into()) {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the session of the dead node was never resumed");
+    let locks = n1.call(&["LOCKS"]).await;
+    assert_eq!(locks.items().len(), 1, "its lock came with it");
+    assert_eq!(l2.call(&sb, "ACQUIRE", "SH", &k).await, "CANT_ACQUIRE");
+    let mut other = Resp::authed(addr(&c, 2)).await;
+    assert_eq!(other.call(&["ACQUIRE", "EX", "0", "orphan"]).await, R::Null);
+    for s in c.nodes.values() {
+        s.shutdown.cancel();
+    }
+}
