@@ -81,6 +81,10 @@ pub enum Command {
     Regrace,
     /// Every later token is at least `floor`.
     RaiseTokens { floor: u64 },
+    /// The cluster's first command, from the node that made it: tokens start at `floor`
+    /// (above what a standalone lockd in that node's data directory issued), and nodes
+    /// serve clients only once this is applied.
+    Bootstrap { floor: u64 },
     /// Changes `maxLocks` (cluster configuration).
     SetMaxLocks { max_locks: u64 },
 }
@@ -232,6 +236,11 @@ impl LockTable {
                 self.raise_next_token(*floor);
                 Outcome::Unit
             }
+            Command::Bootstrap { floor } => {
+                self.raise_next_token(*floor);
+                self.bootstrapped = true;
+                Outcome::Unit
+            }
             Command::SetMaxLocks { max_locks } => {
                 self.set_max_locks(*max_locks);
                 Outcome::Unit
@@ -248,6 +257,11 @@ impl LockTable {
     /// the locks each lost) into `out`.
     pub fn take_expired(&mut self, out: &mut Vec<(SessionId, u32)>) {
         out.append(&mut self.expired);
+    }
+
+    /// Whether `Command::Bootstrap` was applied.
+    pub fn bootstrapped(&self) -> bool {
+        self.bootstrapped
     }
 
     /// The latest time applied.

@@ -42,6 +42,7 @@ pub struct TableImage {
     pub last_now: Millis,
     pub counters: Counters,
     pub down_nodes: Vec<u16>,
+    pub bootstrapped: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +175,7 @@ impl LockTable {
             last_now: self.last_now,
             counters: self.counters.clone(),
             down_nodes: self.down_nodes.iter().copied().collect(),
+            bootstrapped: self.bootstrapped,
         }
     }
 
@@ -329,6 +331,7 @@ impl LockTable {
         t.last_now = img.last_now;
         t.counters = img.counters.clone();
         t.down_nodes = img.down_nodes.iter().copied().collect();
+        t.bootstrapped = img.bootstrapped;
         Ok(t)
     }
 }

@@ -274,6 +274,7 @@ pub struct LockTable {
     pub(crate) expired: Vec<(SessionId, u32)>,
     /// Cluster nodes declared down (see `Command::NodeDown`).
     pub(crate) down_nodes: BTreeSet<u16>,
+    pub(crate) bootstrapped: bool,
 }
 
 /// The sessions bound to one connection.
@@ -319,6 +320,7 @@ impl LockTable {
             last_now: 0,
             expired: Vec::new(),
             down_nodes: BTreeSet::new(),
+            bootstrapped: false,
         }
     }
 

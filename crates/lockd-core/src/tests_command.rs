@@ -39,6 +39,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => Just(Command::Expire),
         1 => Just(Command::Regrace),
         1 => (0u64..40).prop_map(|floor| Command::RaiseTokens { floor }),
+        1 => (0u64..40).prop_map(|floor| Command::Bootstrap { floor }),
     ]
 }
 

@@ -63,6 +63,9 @@ pub struct ClusterConfig {
     pub keep_log: u64,
     /// A batch not committed within this time is answered `NoQuorum`.
     pub commit_timeout: Duration,
+    /// Where the cluster's tokens start, if this node makes the cluster (see
+    /// `lockd_core::Command::Bootstrap`).
+    pub token_floor: u64,
 }
 
 impl ClusterConfig {
@@ -80,6 +83,7 @@ impl ClusterConfig {
             snapshot_every: 10_000,
             keep_log: 1000,
             commit_timeout: Duration::from_secs(5),
+            token_floor: 0,
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Cluster<T: Table> {
     /// While leader: when each member was last heard from.
     seen: Mutex<HashMap<NodeId, Instant>>,
     on_cut_off: Box<dyn Fn() + Send + Sync>,
+    /// This node made the cluster (at this start): it proposes `Bootstrap`.
+    made_it: bool,
     stop: tokio_util_stop::Stop,
     /// The store, to see it closed at shutdown.
     db: std::sync::Weak<redb::Database>,
@@ -208,7 +214,8 @@ impl<T: Table> Cluster<T> {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if fresh && config.initial.keys().next() == Some(&config.node_id) {
+        let made_it = fresh && config.initial.keys().next() == Some(&config.node_id);
+        if made_it {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .initial
                 .iter()
@@ -228,6 +235,7 @@ impl<T: Table> Cluster<T> {
             leader_clock: Mutex::new(None),
             seen: Mutex::new(HashMap::new()),
             on_cut_off,
+            made_it,
             stop: Default::default(),
             db: weak_db,
         });
@@ -238,26 +246,37 @@ impl<T: Table> Cluster<T> {
         Ok(node)
     }
 
-    /// Ends what this node's previous run left bound, once a leader is there: to be
-    /// awaited before serving clients.
+    /// Ends what this node's previous run left bound, once a leader is there, and waits
+    /// until the cluster is bootstrapped (by the node that made it): to be awaited before
+    /// serving clients, so that no token is issued below the cluster's floor.
     pub async fn join(&self) -> Result<(), ClusterError> {
         let me = self.id as u16;
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut cmds = Vec::new();
+        if self.made_it {
+            cmds.push(Command::Bootstrap {
+                floor: self.config.token_floor,
+            });
+        }
+        cmds.extend([Command::NodeDown { node: me }, Command::NodeUp { node: me }]);
         loop {
-            match self
-                .submit(vec![
-                    Command::NodeDown { node: me },
-                    Command::NodeUp { node: me },
-                ])
-                .await
-            {
-                Ok(_) => return Ok(()),
+            match self.submit(cmds.clone()).await {
+                Ok(_) => break,
                 Err(ClusterError::NoQuorum(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) => return Err(e),
             }
         }
+        while !self.table.bootstrapped() {
+            if Instant::now() > deadline || self.stop.stopped() {
+                return Err(ClusterError::NoQuorum(
+                    "the cluster was never bootstrapped by its first node".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Commits `cmds` (with other nodes' and clients' commands in the same entry) and

@@ -44,6 +44,8 @@ pub trait Table: Send + Sync + 'static {
     fn last_now(&self) -> lockd_core::Millis;
     /// Nodes the table holds as down (see `lockd_core::Command::NodeDown`).
     fn down_nodes(&self) -> Vec<u16>;
+    /// Whether the cluster's `Bootstrap` was applied.
+    fn bootstrapped(&self) -> bool;
 }
 
 /// A bare lock table, for tests and tools.
@@ -85,6 +87,10 @@ impl Table for MemTable {
 
     fn down_nodes(&self) -> Vec<u16> {
         self.lock().down_nodes().collect()
+    }
+
+    fn bootstrapped(&self) -> bool {
+        self.lock().bootstrapped()
     }
 }
 

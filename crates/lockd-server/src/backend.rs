@@ -149,4 +149,8 @@ impl Table for Shared {
     fn down_nodes(&self) -> Vec<u16> {
         self.read(|t, _| t.down_nodes().collect())
     }
+
+    fn bootstrapped(&self) -> bool {
+        self.read(|t, _| t.bootstrapped())
+    }
 }

@@ -165,7 +165,15 @@ impl Server {
         shared.tls = tls;
         if let Some(cfg) = cluster {
             // The cluster's tokens are its replicated counter: no reservation file. Its
-            // data directory is the Raft store's.
+            // data directory is the Raft store's; one that a standalone lockd used keeps
+            // its token limit, and the cluster's tokens start above it.
+            let recorded = match std::fs::read_to_string(cfg.data_dir.join(crate::tokens::FILE)) {
+                Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+                Err(_) => 0,
+            };
+            shared.cluster_token_floor = recorded.saturating_add(1);
+            let mut cfg = cfg;
+            cfg.token_floor = tokens::clock_floor().max(shared.cluster_token_floor);
             let shared = Arc::new(shared);
             let weak = Arc::downgrade(&shared);
             let node = lockd_raft::Cluster::start(
@@ -249,7 +257,7 @@ impl Server {
             if let Err(e) = joined {
                 tracing::error!("cannot join the cluster: {e}");
             } else {
-                let floor = tokens::clock_floor();
+                let floor = tokens::clock_floor().max(shared.cluster_token_floor);
                 let _ = node
                     .submit(vec![lockd_core::Command::RaiseTokens { floor }])
                     .await;

@@ -72,6 +72,9 @@ pub(crate) struct Shared {
     /// In a cluster: cancelled when the cluster declared this node down, which ends every
     /// client connection made before (their sessions were let go); then replaced.
     pub(crate) cut: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// In a cluster: tokens start at least here (above a standalone run's in the same
+    /// data directory).
+    pub(crate) cluster_token_floor: u64,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -135,6 +138,7 @@ impl Shared {
             clustered,
             cluster: Default::default(),
             cut: Default::default(),
+            cluster_token_floor: 0,
         }
     }
 

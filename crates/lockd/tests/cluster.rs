@@ -1,0 +1,153 @@
+//! Three `lockd` processes as one cluster (issue 13): the flags are checked, a lock taken
+//! on one node holds on the others, `kill -9` of a node loses no acknowledged lock and a
+//! node restarted from its data directory rejoins with fencing tokens still increasing.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KEY: &str = "cluster-operator-key";
+
+fn node(i: u64, raft: &[String; 3], dir: &std::path::Path) -> Running {
+    let initial = format!("1={},2={},3={}", raft[0], raft[1], raft[2]);
+    Running::start(
+        lockd()
+            .args(["--auth-key", KEY, "--node-id", &i.to_string()])
+            .args(["--raft-address", &raft[(i - 1) as usize]])
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(["--initial-cluster", &initial])
+            .stdout(Stdio::null()),
+    )
+}
+
+/// Retries `f` until it answers `want` (10 s at most): a node serves once it joined.
+fn eventually(mut f: impl FnMut() -> String, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = f();
+        if want(&got) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_cluster_flags_are_checked() {
+    for (args, says) in [
+        (&["--node-id", "1"][..], "--raft-address"),
+        (&["--raft-address", "127.0.0.1:1"][..], "--node-id"),
+        (
+            &["--node-id", "0", "--raft-address", "127.0.0.1:1"][..],
+            "1 to 65535",
+        ),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--raft-address",
+                "127.0.0.1:1",
+                "--data-dir",
+                "/tmp/x",
+                "--initial-cluster",
+                "2=127.0.0.1:2",
+            ][..],
+            "must list this node",
+        ),
+        (
+            &["--node-id", "1", "--raft-address", "127.0.0.1:1"][..],
+            "--data-dir",
+        ),
+    ] {
+        let out = lockd()
+            .args(["--auth-key", KEY])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn three_processes_keep_their_locks_through_kill_9_and_restart() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let raft: [String; 3] = std::array::from_fn(|_| format!("127.0.0.1:{}", free_port()));
+    // Node 1's directory was a standalone lockd's, whose tokens reached far past the clock.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let standalone = now_us + 1_000_000_000_000;
+    std::fs::write(
+        dirs[0].path().join("token-limit"),
+        format!("{standalone}\n"),
+    )
+    .unwrap();
+    let mut nodes: Vec<Running> = (1..=3)
+        .map(|i| node(i, &raft, dirs[i as usize - 1].path()))
+        .collect();
+    let on = |n: &Running| Native::connect(n.port, KEY);
+    let mut a = on(&nodes[1]);
+    let t1 = eventually(
+        || a.call(&["ACQUIRE", "EX", "0", "deploy"]),
+        |r| r.starts_with(':'),
+    );
+    let t1: u64 = t1
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("{t1}"));
+    assert!(
+        t1 > standalone,
+        "token {t1} not above the standalone run's {standalone}"
+    );
+    let mut b = on(&nodes[2]);
+    assert_eq!(
+        b.call(&["ACQUIRE", "EX", "0", "deploy"]),
+        "$-1",
+        "held across nodes"
+    );
+
+    // kill -9 the first node (it initialized the cluster; most often the leader).
+    signal(&nodes[0].child, libc::SIGKILL);
+    nodes[0].wait();
+    let got = eventually(
+        || b.call(&["ACQUIRE", "EX", "0", "other"]),
+        |r| r.starts_with(':'),
+    );
+    let t2: u64 = got
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("{got}"));
+    assert!(t2 > t1, "tokens increase across the loss: {t1} then {t2}");
+    assert_eq!(
+        b.call(&["ACQUIRE", "EX", "0", "deploy"]),
+        "$-1",
+        "the lock was lost with the node"
+    );
+
+    // Back from its data directory: it serves, sees the locks, and tokens go on rising.
+    nodes[0] = node(1, &raft, dirs[0].path());
+    let mut c = on(&nodes[0]);
+    let got = eventually(
+        || c.call(&["ACQUIRE", "EX", "0", "third"]),
+        |r| r.starts_with(':'),
+    );
+    let t3: u64 = got
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("{got}"));
+    assert!(t3 > t2, "{t2} then {t3}");
+    assert_eq!(c.call(&["ACQUIRE", "EX", "0", "deploy"]), "$-1");
+    for n in &nodes {
+        signal(&n.child, libc::SIGTERM);
+    }
+    for mut n in nodes {
+        let (status, log) = n.wait();
+        assert!(status.success(), "{status}: {log}");
+    }
+}
