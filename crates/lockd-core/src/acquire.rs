@@ -76,6 +76,29 @@ impl LockTable {
         result
     }
 
+    /// [`LockTable::acquire`] for a native request from `conn`: refused
+    /// ([`Acquired::NotBound`]) unless the session exists and is bound to `conn`.
+    pub(crate) fn acquire_bound(
+        &mut self,
+        id: SessionId,
+        conn: crate::types::ConnId,
+        mode: Mode,
+        keys: &[Key],
+        wait: Wait,
+        now: Millis,
+    ) -> Acquired {
+        if self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks {
+            self.counters.too_many_locks += 1;
+            return Acquired::TooManyLocks;
+        }
+        match self.find_session(&id) {
+            Some(s) if self.session(s).conn == Some(conn) => {
+                self.acquire_for(s, mode, keys, wait, now)
+            }
+            _ => Acquired::NotBound,
+        }
+    }
+
     fn acquire_for(
         &mut self,
         s: u32,

@@ -142,9 +142,11 @@ impl LockTable {
             let mut gone = self.expire(now);
             self.expired.append(&mut gone);
         }
-        if let Some(conn) = cmd.conn() {
-            if self.down_nodes.contains(&conn_node(conn)) {
-                return Outcome::NodeDown;
+        if !self.down_nodes.is_empty() {
+            if let Some(conn) = cmd.conn() {
+                if self.down_nodes.contains(&conn_node(conn)) {
+                    return Outcome::NodeDown;
+                }
             }
         }
         match cmd {
@@ -171,10 +173,10 @@ impl LockTable {
             } => {
                 if *legacy {
                     self.use_session(*session, *conn);
-                } else if self.session_state(session).and_then(|s| s.conn) != Some(*conn) {
-                    return Outcome::Acquired(Acquired::NotBound);
+                    Outcome::Acquired(self.acquire(*session, *mode, keys, *wait, now))
+                } else {
+                    Outcome::Acquired(self.acquire_bound(*session, *conn, *mode, keys, *wait, now))
                 }
-                Outcome::Acquired(self.acquire(*session, *mode, keys, *wait, now))
             }
             Command::Release {
                 session,

@@ -309,6 +309,7 @@ impl Core {
     /// through here, on a standalone server and on every node of a cluster. A request of
     /// this server's own (`local`) that is queued gets its wait registered here, under
     /// the same lock, so that no later grant can miss it.
+    #[inline]
     pub fn apply_from(&mut self, cmd: &Command, now: Millis, local: bool) -> Outcome {
         let o = self.table.apply(cmd, now);
         match &o {
@@ -337,6 +338,7 @@ impl Core {
     }
 
     /// [`Core::apply_from`] for this server's own request.
+    #[inline]
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
         self.apply_from(cmd, now, true)
     }

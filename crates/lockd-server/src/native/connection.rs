@@ -81,7 +81,14 @@ pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
         ("version", Value::bulk(env!("CARGO_PKG_VERSION"))),
         ("proto", Value::Integer(proto as i64)),
         ("id", Value::Integer(n.conn.0 as i64)),
-        ("mode", Value::bulk(if shared.clustered { "cluster" } else { "standalone" })),
+        (
+            "mode",
+            Value::bulk(if shared.clustered {
+                "cluster"
+            } else {
+                "standalone"
+            }),
+        ),
         ("role", Value::bulk("master")),
         ("modules", Value::Array(Vec::new())),
     ]))
