@@ -136,9 +136,16 @@ pub struct Args {
     /// The redis-server binary to spawn.
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: std::path::PathBuf,
-    /// Server address, when not spawning one.
+    /// Server address, when not spawning one; several, comma-separated, for the nodes of
+    /// a cluster: connection i goes to the i-th (modulo their number).
     #[arg(long, default_value = "127.0.0.1:7531")]
     pub addr: String,
+    /// pingpong: a connection that fails (its node was killed, or the cluster had no
+    /// quorum) connects again, to the next address, as a new session, and goes on; counted
+    /// as `reconnects`, not errors. What it held is with its dead session then, and is
+    /// no longer in the shadow table.
+    #[arg(long)]
+    pub reconnect: bool,
     /// Auth key of the server (a spawned lockd gets this one).
     #[arg(long, env = "LOCKD_AUTH_KEY", default_value = "lockbench")]
     pub auth_key: String,

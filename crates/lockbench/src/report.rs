@@ -21,6 +21,8 @@ pub struct Report {
     pub grants: u64,
     pub refusals: u64,
     pub errors: u64,
+    /// Connections made again after a failure (`--reconnect`).
+    pub reconnects: u64,
     pub violations: u64,
     pub latency_us_p50: Option<u64>,
     pub latency_us_p99: Option<u64>,
@@ -67,6 +69,7 @@ impl Report {
             grants: 0,
             refusals: 0,
             errors: 0,
+            reconnects: 0,
             violations: 0,
             latency_us_p50: None,
             latency_us_p99: None,
@@ -154,6 +157,9 @@ impl Report {
         let _ = writeln!(s, "grants        {}", self.grants);
         let _ = writeln!(s, "refusals      {}", self.refusals);
         let _ = writeln!(s, "errors        {}", self.errors);
+        if self.reconnects > 0 {
+            let _ = writeln!(s, "reconnects    {}", self.reconnects);
+        }
         let _ = writeln!(s, "violations    {}", self.violations);
         let _ = writeln!(
             s,

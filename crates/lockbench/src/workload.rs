@@ -48,10 +48,16 @@ async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<Client>> {
 }
 
 /// Opens the connections numbered `ids` (each its own session), one after another.
+/// The address of connection `i` (several: one per cluster node, round robin).
+fn addr_of(addr: &str, i: usize) -> &str {
+    let n = addr.split(',').count();
+    addr.split(',').nth(i % n).unwrap_or(addr).trim()
+}
+
 async fn connect_ids(args: &Args, addr: &str, ids: &[usize]) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(ids.len());
     for &i in ids {
-        let mut c = Client::connect(addr, args.protocol, &args.auth_key, i as u32)
+        let mut c = Client::connect(addr_of(addr, i), args.protocol, &args.auth_key, i as u32)
             .await
             .with_context(|| format!("connection {i}"))?;
         c.ping().await.with_context(|| format!("connection {i}"))?;
@@ -145,6 +151,7 @@ struct Counts {
     grants: u64,
     refusals: u64,
     errors: u64,
+    reconnects: u64,
 }
 
 fn pick_mode(mode: LockMode, rng: &mut impl Rng) -> LockMode {
@@ -259,6 +266,7 @@ where
             report.grants += r.grants;
             report.refusals += r.refusals;
             report.errors += r.errors;
+            report.reconnects += r.reconnects;
         }
     }
     if let Some(e) = first_error {
@@ -283,94 +291,135 @@ async fn pingpong(
 ) -> anyhow::Result<Report> {
     let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
     let hold = Duration::from_micros(args.hold_us);
+    let survive = args.reconnect.then(|| {
+        (
+            addr.to_string(),
+            args.protocol,
+            args.auth_key.clone(),
+            args.connections,
+        )
+    });
     let (report, _, _) = drive(
         args,
         addr,
         server,
         duration,
-        move |i, mut c, shadow, deadline, mut r| async move {
-            let mut rng = rand::rngs::SmallRng::from_entropy();
-            let session = i as u32;
-            // Reused for every batch: the client must cost less than the server it measures.
-            let mut keys_buf: Vec<u64> = Vec::with_capacity(depth * per);
-            let mut modes: Vec<LockMode> = Vec::with_capacity(depth);
-            let mut outcomes = Vec::with_capacity(depth);
-            let mut held: Vec<usize> = Vec::with_capacity(depth);
-            while Instant::now() < deadline {
-                keys_buf.clear();
-                modes.clear();
-                for _ in 0..depth {
-                    keys_buf.extend((0..per).map(|_| rng.gen_range(0..keys)));
-                    modes.push(pick_mode(mode, &mut rng));
+        move |i, mut c, shadow, deadline, mut r| {
+            let survive = survive.clone();
+            async move {
+                let mut rng = rand::rngs::SmallRng::from_entropy();
+                let mut session = i as u32;
+                let mut lives = 0usize;
+                // A failed batch: with --reconnect, a new session on the next node (what
+                // this one held is let go in the shadow table before every release, and
+                // an acquire whose answer was lost was never recorded in it).
+                macro_rules! lost {
+                    () => {{
+                        let Some((addrs, protocol, key, conns)) = survive.as_ref() else {
+                            break;
+                        };
+                        r.counts.errors -= 1;
+                        let mut back = None;
+                        while back.is_none() && Instant::now() < deadline {
+                            lives += 1;
+                            r.counts.reconnects += 1;
+                            session = (i + lives * conns) as u32;
+                            let a = addr_of(addrs, i + lives);
+                            match Client::connect(a, *protocol, key, session).await {
+                                Ok(c2) => back = Some(c2),
+                                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                            }
+                        }
+                        match back {
+                            Some(c2) => {
+                                c = c2;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }};
                 }
-                let reqs: Vec<Req> = keys_buf
-                    .chunks(per)
-                    .zip(&modes)
-                    .map(|(k, &m)| Req::Acquire {
-                        keys: k,
-                        mode: m,
-                        timeout_ms: 0,
-                    })
-                    .collect();
-                if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
-                    break;
-                }
-                held.clear();
-                for (j, o) in outcomes.iter().enumerate() {
-                    if *o == Outcome::Granted {
-                        r.counts.grants += 1;
+                // Reused for every batch: the client must cost less than the server it measures.
+                let mut keys_buf: Vec<u64> = Vec::with_capacity(depth * per);
+                let mut modes: Vec<LockMode> = Vec::with_capacity(depth);
+                let mut outcomes = Vec::with_capacity(depth);
+                let mut held: Vec<usize> = Vec::with_capacity(depth);
+                while Instant::now() < deadline {
+                    keys_buf.clear();
+                    modes.clear();
+                    for _ in 0..depth {
+                        keys_buf.extend((0..per).map(|_| rng.gen_range(0..keys)));
+                        modes.push(pick_mode(mode, &mut rng));
+                    }
+                    let reqs: Vec<Req> = keys_buf
+                        .chunks(per)
+                        .zip(&modes)
+                        .map(|(k, &m)| Req::Acquire {
+                            keys: k,
+                            mode: m,
+                            timeout_ms: 0,
+                        })
+                        .collect();
+                    if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
+                        lost!();
+                    }
+                    held.clear();
+                    for (j, o) in outcomes.iter().enumerate() {
+                        if *o == Outcome::Granted {
+                            r.counts.grants += 1;
+                            for &key in &keys_buf[j * per..(j + 1) * per] {
+                                shadow.granted(key, session, modes[j]);
+                            }
+                            held.push(j);
+                        } else {
+                            r.counts.refusals += 1;
+                        }
+                    }
+                    if held.is_empty() {
+                        continue;
+                    }
+                    // Hold while marked held: the shadow table sees a double grant only while
+                    // two holders overlap, so a hold widens what it can catch.
+                    if !hold.is_zero() {
+                        tokio::time::sleep(hold).await;
+                    }
+                    // Same-session duplicates within a batch are one lock on the server.
+                    for &j in &held {
                         for &key in &keys_buf[j * per..(j + 1) * per] {
-                            shadow.granted(key, session, modes[j]);
-                        }
-                        held.push(j);
-                    } else {
-                        r.counts.refusals += 1;
-                    }
-                }
-                if held.is_empty() {
-                    continue;
-                }
-                // Hold while marked held: the shadow table sees a double grant only while
-                // two holders overlap, so a hold widens what it can catch.
-                if !hold.is_zero() {
-                    tokio::time::sleep(hold).await;
-                }
-                // Same-session duplicates within a batch are one lock on the server.
-                for &j in &held {
-                    for &key in &keys_buf[j * per..(j + 1) * per] {
-                        shadow.releasing(key, session, modes[j]);
-                    }
-                }
-                let reqs: Vec<Req> = held
-                    .iter()
-                    .map(|&j| Req::Release {
-                        keys: &keys_buf[j * per..(j + 1) * per],
-                        mode: modes[j],
-                    })
-                    .collect();
-                if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
-                    break;
-                }
-                // Each release must let go of exactly the locks it names that this batch
-                // has not let go of yet: fewer means a lock the client believed it held
-                // was not held.
-                let mut gone: Vec<(u64, LockMode)> = Vec::with_capacity(depth * per);
-                for (&j, o) in held.iter().zip(outcomes.iter()) {
-                    let mut expect = 0;
-                    for &key in &keys_buf[j * per..(j + 1) * per] {
-                        if !gone.contains(&(key, modes[j])) {
-                            gone.push((key, modes[j]));
-                            expect += 1;
+                            shadow.releasing(key, session, modes[j]);
                         }
                     }
-                    if let Outcome::Released(Some(n)) = *o {
-                        if n != expect {
-                            shadow.violations.fetch_add(1, Ordering::Relaxed);
+                    let reqs: Vec<Req> = held
+                        .iter()
+                        .map(|&j| Req::Release {
+                            keys: &keys_buf[j * per..(j + 1) * per],
+                            mode: modes[j],
+                        })
+                        .collect();
+                    if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
+                        lost!();
+                    }
+                    // Each release must let go of exactly the locks it names that this batch
+                    // has not let go of yet: fewer means a lock the client believed it held
+                    // was not held.
+                    let mut gone: Vec<(u64, LockMode)> = Vec::with_capacity(depth * per);
+                    for (&j, o) in held.iter().zip(outcomes.iter()) {
+                        let mut expect = 0;
+                        for &key in &keys_buf[j * per..(j + 1) * per] {
+                            if !gone.contains(&(key, modes[j])) {
+                                gone.push((key, modes[j]));
+                                expect += 1;
+                            }
+                        }
+                        if let Outcome::Released(Some(n)) = *o {
+                            if n != expect {
+                                shadow.violations.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
+                r
             }
-            r
         },
     )
     .await?;

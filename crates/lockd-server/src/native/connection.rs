@@ -89,7 +89,14 @@ pub(super) fn hello(n: &mut Native, shared: &Shared, args: Args) -> Reply {
                 "standalone"
             }),
         ),
-        ("role", Value::bulk("master")),
+        // In a cluster, as Redis says of a replica: this node is not the leader.
+        (
+            "role",
+            Value::bulk(match shared.cluster() {
+                Some(c) if !c.is_leader() => "replica",
+                _ => "master",
+            }),
+        ),
         ("modules", Value::Array(Vec::new())),
     ]))
 }
