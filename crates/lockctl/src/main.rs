@@ -25,7 +25,9 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Server address
+    /// Server address; or several, comma-separated, for the nodes of a cluster (lockctl
+    /// connects to the first that answers and, when its node is lost, resumes its session
+    /// on another)
     #[arg(
         long,
         env = "LOCKD_ADDR",
@@ -182,10 +184,9 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
             .await
             .map_err(Failure::from),
         Some(ca) => {
-            let host = cli
-                .addr
-                .rsplit_once(':')
-                .map_or(cli.addr.as_str(), |(h, _)| h);
+            // With several nodes, the first one's host (give --tls-name otherwise).
+            let first = cli.addr.split(',').next().unwrap_or_default().trim();
+            let host = first.rsplit_once(':').map_or(first, |(h, _)| h);
             let name = cli.tls_name.as_deref().unwrap_or(host);
             let tls = lockd_client::TlsOptions::from_ca_file(ca, name)
                 .map_err(|e| Failure::usage(e.to_string()))?;

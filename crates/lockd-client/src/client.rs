@@ -19,7 +19,10 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
+    /// One address, or several (the nodes of a cluster), comma-separated.
     addr: String,
+    /// Which of them the current connection is to.
+    at: std::sync::atomic::AtomicUsize,
     auth_key: String,
     tls: Option<TlsOptions>,
     conn: Mutex<Arc<Conn>>,
@@ -184,11 +187,12 @@ impl Client {
         auth_key: &str,
         tls: Option<TlsOptions>,
     ) -> Result<Client, Error> {
-        let conn = open(addr, auth_key, tls.as_ref()).await?;
+        let (conn, at) = open_any(addr, 0, auth_key, tls.as_ref()).await?;
         let session = text(conn.call(&[b"SESSION"]).await?)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 addr: addr.to_string(),
+                at: at.into(),
                 auth_key: auth_key.to_string(),
                 tls,
                 conn: Mutex::new(Arc::new(conn)),
@@ -255,13 +259,22 @@ impl Client {
     /// the session, and so every lock of its guards, survived; false if it had expired
     /// (its locks are gone; the client now has a new, empty session and every older guard
     /// reports [`Guard::may_be_lost`]).
+    ///
+    /// With several addresses (a cluster's nodes), the next one after the node of the lost
+    /// connection is tried first. A session still bound to a node that died is resumed once
+    /// the cluster has declared that node down (a few seconds): until then this answers
+    /// [`Error::Session`] (`BUSYSESSION`), and calling it again later succeeds.
     pub async fn reconnect(&self) -> Result<bool, Error> {
-        let conn = open(
+        use std::sync::atomic::Ordering::SeqCst;
+        let start = self.inner.at.load(SeqCst) + 1;
+        let (conn, at) = open_any(
             &self.inner.addr,
+            start,
             &self.inner.auth_key,
             self.inner.tls.as_ref(),
         )
         .await?;
+        self.inner.at.store(at, SeqCst);
         let old = self.session_id();
         let resumed = match conn.call(&[b"SESSION", b"RESUME", old.as_bytes()]).await? {
             Value::Simple(_) => true,
@@ -496,6 +509,38 @@ impl Client {
             })
             .collect()
     }
+}
+
+/// Connects to the first of the comma-separated `addrs`, from the `start`-th on (round
+/// robin), that answers: the connection and that address's position.
+async fn open_any(
+    addrs: &str,
+    start: usize,
+    auth_key: &str,
+    tls: Option<&TlsOptions>,
+) -> Result<(Conn, usize), Error> {
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(Error::Connect {
+            addr: addrs.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"),
+        });
+    }
+    let mut last = None;
+    for k in 0..list.len() {
+        let i = (start + k) % list.len();
+        match open(list[i], auth_key, tls).await {
+            Ok(c) => return Ok((c, i)),
+            // A wrong key is wrong on every node.
+            Err(e @ Error::Auth(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address was tried"))
 }
 
 async fn open(addr: &str, auth_key: &str, tls: Option<&TlsOptions>) -> Result<Conn, Error> {

@@ -26,6 +26,11 @@
 //! [`Guard::may_be_lost`]; [`Client::reconnect`] resumes the session, locks included, if
 //! it is back within the session's grace period.
 //!
+//! The address may name several nodes of a lockd cluster, comma-separated
+//! (`"10.0.0.1:7531,10.0.0.2:7531,10.0.0.3:7531"`): the client connects to the first that
+//! answers, and [`Client::reconnect`] moves to the next one and resumes the session there,
+//! so guards keep their locks through the loss of the node they were connected to.
+//!
 //! [`QuorumClient`] takes locks on a majority of several independent servers.
 
 mod client;

@@ -782,3 +782,93 @@ async fn guards_and_the_servers_locks_always_agree() {
     }
     srv.shutdown.cancel();
 }
+
+/// Issue 13: a client given the nodes of a cluster keeps its guard's lock through the loss
+/// of the node it was connected to: `reconnect` moves to another node and resumes the
+/// session there once the cluster has declared the dead node down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_survives_the_loss_of_its_cluster_node() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let raft: std::collections::BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", free())))
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for i in 1..=3u64 {
+        let mut c = lockd_server::ClusterConfig::new(
+            i,
+            &raft[&i],
+            dirs[(i - 1) as usize].path().to_path_buf(),
+            KEY.as_bytes(),
+        );
+        c.initial = raft.clone();
+        c.heartbeat_ms = 50;
+        c.election_min_ms = 300;
+        c.election_max_ms = 600;
+        c.detect_ms = 1000;
+        let mut config = ServerConfig::new("127.0.0.1", 0, KEY);
+        config.cluster = Some(c);
+        let s = Server::bind(config).await.unwrap();
+        let addr = s.local_addr().to_string();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(s.run(shutdown.clone()));
+        nodes.push((addr, shutdown, task));
+    }
+    let all = nodes
+        .iter()
+        .map(|(a, _, _)| a.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let c = Client::connect(&all, KEY).await.unwrap();
+    c.set_grace(Duration::from_secs(30)).await.unwrap();
+    let g = c
+        .acquire(Mode::Ex, &["deploy"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The client is on the first node; it dies.
+    let (_, stop, task) = nodes.remove(0);
+    stop.cancel();
+    let _ = task.await;
+    tokio::time::timeout(Duration::from_secs(5), c.connection_lost())
+        .await
+        .expect("loss noticed");
+    assert!(g.may_be_lost());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.reconnect().await {
+            Ok(true) => break,
+            Ok(false) => panic!("the session was forgotten: its lock is lost"),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        !g.may_be_lost(),
+        "resumed on another node: the guard holds again"
+    );
+    let other = Client::connect(&nodes[1].0, KEY).await.unwrap();
+    assert!(
+        other
+            .try_acquire(Mode::Ex, &["deploy"])
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock was lost with its node"
+    );
+    g.release().await.unwrap();
+    assert!(other
+        .acquire(Mode::Ex, &["deploy"], Duration::from_secs(10))
+        .await
+        .is_ok());
+    for (_, stop, _) in &nodes {
+        stop.cancel();
+    }
+}
