@@ -27,6 +27,11 @@ impl<'a> Args<'a> {
         Args { items }
     }
 
+    /// Every item, the command name first.
+    pub fn all(&self) -> &[&'a [u8]] {
+        &self.items
+    }
+
     /// The command name, upper-cased (names longer than any command come back empty, as
     /// an unknown command). No allocation: this runs for every request.
     pub fn name(&self) -> CommandName {

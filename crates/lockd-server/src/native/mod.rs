@@ -108,6 +108,28 @@ impl Native {
         }
     }
 
+    /// A read in a cluster: linearizable, it is answered from this node's table once an
+    /// entry committed after the read arrived has been applied here (so the table holds
+    /// every change acknowledged before), at the cost of one round of consensus.
+    fn linearized(&mut self, shared: &Shared, args: Args) -> Outcome {
+        let owned: Vec<Vec<u8>> = args.all().iter().map(|a| a.to_vec()).collect();
+        Outcome::Commit(Commit {
+            fut: shared.submit(Vec::new()),
+            then: Box::new(move |n, shared, committed| {
+                if let Err(e) = committed {
+                    return Outcome::Reply(no_quorum(&e));
+                }
+                let args = Args::new(owned.iter().map(Vec::as_slice).collect());
+                let reply = match args.name().as_bytes() {
+                    b"INSPECT" => info::inspect(shared, args),
+                    b"LOCKS" => info::locks(n, shared, args),
+                    _ => info::stats(shared, args),
+                };
+                Outcome::Reply(reply.unwrap_or_else(|e| e))
+            }),
+        })
+    }
+
     /// Applies `cmd` (on a standalone server, now; in a cluster, once committed) and
     /// renders its outcome with `render`, which also gets the wait of a queued ACQUIRE.
     /// Both backends take this one path.
@@ -267,6 +289,9 @@ impl Native {
             b"RELEASE" => return locks::release(self, shared, args),
             b"RELEASEALL" => return locks::release_all(self, shared, args),
             b"SESSION" => return session::session(self, shared, args),
+            b"INSPECT" | b"LOCKS" | b"STATS" if shared.clustered => {
+                return self.linearized(shared, args)
+            }
             b"INSPECT" => info::inspect(shared, args),
             b"LOCKS" => info::locks(self, shared, args),
             b"STATS" => info::stats(shared, args),

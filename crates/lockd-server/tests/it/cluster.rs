@@ -79,6 +79,10 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
     // Native: a wait on node 2 is granted when node 3's holder lets go.
     let mut n3 = Resp::authed(addr(&c, 3)).await;
     let t1 = n3.call(&["ACQUIRE", "EX", "0", "job"]).await.int();
+    // Reads are linearizable: another node's INSPECT, right after, sees the grant.
+    let mut n1r = Resp::authed(addr(&c, 1)).await;
+    let seen = n1r.call(&["INSPECT", "job"]).await;
+    assert_eq!(seen.get("holders").items().len(), 1, "{seen:?}");
     let mut n2 = Resp::authed(addr(&c, 2)).await;
     n2.send(&["ACQUIRE", "EX", "10000", "job"]).await;
     assert!(n2.nothing_to_read().await, "granted while held");
