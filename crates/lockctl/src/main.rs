@@ -119,6 +119,11 @@ enum Command {
     Locks { session: String },
     /// Show the server's counters.
     Stats,
+    /// A cluster node's view of the cluster: `lockctl cluster status`.
+    Cluster {
+        #[arg(value_parser = ["status"])]
+        what: String,
+    },
     /// Check that the server answers (and that the key is right).
     Ping,
 }
@@ -383,6 +388,44 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             } else {
                 for (k, v) in stats {
                     println!("{k:<18} {v}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Cluster { .. } => {
+            let status = client.cluster_status().await?;
+            if json {
+                println!("{status}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&status).map_err(|e| {
+                    Failure::new(exit::SOFTWARE, format!("odd CLUSTER STATUS: {e}"))
+                })?;
+                println!(
+                    "node {} is {}; leader {}; term {}; log {} applied {} snapshot {}",
+                    v["node"],
+                    v["role"].as_str().unwrap_or("?"),
+                    v["leader"],
+                    v["term"],
+                    v["last_log_index"],
+                    v["applied_index"],
+                    v["snapshot_index"]
+                );
+                for m in v["members"].as_array().into_iter().flatten() {
+                    println!(
+                        "  member {:<3} {:<22} lag {:<8} {}",
+                        m["id"],
+                        m["raft_address"].as_str().unwrap_or("?"),
+                        if m["lag"].is_null() {
+                            "-".to_string()
+                        } else {
+                            m["lag"].to_string()
+                        },
+                        if m["down"].as_bool() == Some(true) {
+                            "DOWN"
+                        } else {
+                            "up"
+                        }
+                    );
                 }
             }
             Ok(0)

@@ -497,6 +497,12 @@ impl Client {
         parse_locks(self.conn().call(&args).await?)
     }
 
+    /// A cluster node's view of the cluster, as JSON (see docs/cluster.md): role, leader,
+    /// term, log and applied index, members and their lag.
+    pub async fn cluster_status(&self) -> Result<String, Error> {
+        text(self.conn().call(&[b"CLUSTER", b"STATUS"]).await?)
+    }
+
     /// The server's counters, by name.
     pub async fn stats(&self) -> Result<Vec<(String, i64)>, Error> {
         let v = self.conn().call(&[b"STATS"]).await?;

@@ -18,6 +18,6 @@ pub mod node;
 pub mod state_machine;
 pub mod types;
 
-pub use node::{Cluster, ClusterConfig, ClusterError};
+pub use node::{Cluster, ClusterConfig, ClusterError, ClusterStatus, MemberStatus};
 pub use state_machine::{MemTable, StateMachine, Table};
 pub use types::{Batch, NodeId, TypeConfig};

@@ -88,6 +88,34 @@ impl ClusterConfig {
     }
 }
 
+/// A node's view of the cluster, for `/v1/cluster`, `lockctl cluster status` and metrics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub node: NodeId,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    /// On the leader: milliseconds since a majority last acknowledged it.
+    pub quorum_ack_ms: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub raft_address: String,
+    /// Known to the leader only: the last log index replicated to the member.
+    pub matched_index: Option<u64>,
+    /// Known to the leader only: how many entries the member is behind.
+    pub lag: Option<u64>,
+    /// Declared down by the cluster (its sessions were let go).
+    pub down: bool,
+}
+
 /// What can go wrong for a submitted batch or at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -292,6 +320,48 @@ impl<T: Table> Cluster<T> {
             .push((cmds, tx));
         self.queued.notify_one();
         rx.await.unwrap_or(Err(ClusterError::Shutdown))
+    }
+
+    /// The node's view of the cluster now.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let down = self.table.down_nodes();
+        let last = m.last_log_index.unwrap_or(0);
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.as_ref().map_or(0, |l| l.index));
+                MemberStatus {
+                    id: *id,
+                    raft_address: node.addr.clone(),
+                    matched_index: matched,
+                    lag: matched.map(|x| last.saturating_sub(x)),
+                    down: down.contains(&(*id as u16)),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node: self.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                _ => "learner",
+            },
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            quorum_ack_ms: m.millis_since_quorum_ack,
+            members,
+        }
     }
 
     /// Whether this node is the leader now.

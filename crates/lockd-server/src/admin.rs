@@ -145,6 +145,7 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/locks", get(locks))
         .route("/v1/locks/{key}", get(lock))
         .route("/v1/sessions", get(sessions))
@@ -213,7 +214,11 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
-    let body = st.shared.metrics.render(&st.shared.snapshot());
+    let cluster = st.shared.cluster().map(|c| c.status());
+    let body = st
+        .shared
+        .metrics
+        .render_with(&st.shared.snapshot(), cluster.as_ref());
     (
         [(
             header::CONTENT_TYPE,
@@ -221,6 +226,14 @@ async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+/// The node's view of the cluster (404 on a standalone server).
+async fn cluster(State(st): State<AdminState>) -> Response {
+    match st.shared.cluster() {
+        Some(c) => Json(c.status()).into_response(),
+        None => (StatusCode::NOT_FOUND, "not a cluster node\n").into_response(),
+    }
 }
 
 async fn readyz(State(st): State<AdminState>) -> impl IntoResponse {

@@ -27,6 +27,11 @@ struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabel {
+    member: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -74,7 +79,8 @@ impl Metrics {
     }
 
     /// The metrics in the OpenMetrics text format (which Prometheus reads).
-    pub fn render(&self, s: &Snapshot) -> String {
+    /// The metrics as OpenMetrics text; a cluster node's figures too when given.
+    pub fn render_with(&self, s: &Snapshot, cluster: Option<&lockd_raft::ClusterStatus>) -> String {
         let mut r = Registry::with_prefix("lockd");
         let conns: Family<ProtocolLabel, Gauge> = Family::default();
         conns
@@ -173,6 +179,52 @@ impl Metrics {
             "Seconds since start",
             ConstGauge::new((s.uptime_ms / 1000) as i64),
         );
+        if let Some(c) = cluster {
+            r.register(
+                "cluster_leader",
+                "1 if this node is the cluster's leader",
+                ConstGauge::new(i64::from(c.role == "leader")),
+            );
+            for (name, help, v) in [
+                ("cluster_term", "Raft term", c.term),
+                (
+                    "cluster_last_log_index",
+                    "Last index in this node's Raft log",
+                    c.last_log_index,
+                ),
+                (
+                    "cluster_applied_index",
+                    "Last index this node's table applied",
+                    c.applied_index,
+                ),
+                (
+                    "cluster_snapshot_index",
+                    "Index of this node's latest snapshot",
+                    c.snapshot_index,
+                ),
+            ] {
+                r.register(name, help, ConstGauge::new(v as i64));
+            }
+            let lag: Family<MemberLabel, Gauge> = Family::default();
+            let down: Family<MemberLabel, Gauge> = Family::default();
+            for m in &c.members {
+                let l = MemberLabel { member: m.id };
+                if let Some(x) = m.lag {
+                    lag.get_or_create(&l).set(x as i64);
+                }
+                down.get_or_create(&l).set(i64::from(m.down));
+            }
+            r.register(
+                "cluster_member_lag_entries",
+                "Entries a member is behind the leader's log (on the leader)",
+                lag,
+            );
+            r.register(
+                "cluster_member_down",
+                "1 if the cluster declared the member down",
+                down,
+            );
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);

@@ -3,9 +3,10 @@
 //!
 //! Each command family is one file: `connection` (PING, HELLO, AUTH, QUIT, CLIENT, SELECT,
 //! COMMAND), `locks` (ACQUIRE, RELEASE, RELEASEALL), `session` (SESSION), `info`
-//! (INSPECT, LOCKS, STATS). A new verb is one function in one of them and one arm below.
+//! (INSPECT, LOCKS, STATS), `cluster` (CLUSTER STATUS). A new verb is one function in one of them and one arm below.
 
 mod args;
+mod cluster;
 mod connection;
 mod info;
 mod locks;
@@ -295,6 +296,7 @@ impl Native {
             b"INSPECT" => info::inspect(shared, args),
             b"LOCKS" => info::locks(self, shared, args),
             b"STATS" => info::stats(shared, args),
+            b"CLUSTER" => cluster::cluster(shared, args),
             _ => Err(args.unknown()),
         };
         Outcome::Reply(reply.unwrap_or_else(|e| e))

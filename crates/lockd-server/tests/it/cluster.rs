@@ -68,6 +68,23 @@ async fn three() -> Three {
 async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader() {
     let mut c = three().await;
     let addr = |c: &Three, i: u64| c.nodes[&i].addr;
+    // Every node reports the cluster: the same leader, three members, one leader role.
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut roles = Vec::new();
+    for i in 1..=3 {
+        let mut r = Resp::authed(addr(&c, i)).await;
+        let status: serde_json::Value =
+            serde_json::from_str(&r.call(&["CLUSTER", "STATUS"]).await.text()).unwrap();
+        assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+        leaders.insert(status["leader"].as_u64().unwrap());
+        roles.push(status["role"].as_str().unwrap().to_string());
+    }
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+    assert_eq!(
+        roles.iter().filter(|r| *r == "leader").count(),
+        1,
+        "{roles:?}"
+    );
     // Legacy: a lock taken on node 1 is held for node 2's clients too.
     let k = key(1);
     let mut l1 = Client::connect(addr(&c, 1)).await;

@@ -679,3 +679,21 @@ async fn release_token_lets_go_only_of_that_grant() {
         .err()
         .starts_with("ERR wrong number"));
 }
+
+/// A standalone lockd refuses CLUSTER as a Redis without cluster mode does, so that a
+/// Redis Cluster client does not take it for one.
+#[tokio::test]
+async fn cluster_subcommands_are_refused_on_a_standalone_server() {
+    let srv = TestServer::start().await;
+    let mut c = Resp::authed(srv.addr).await;
+    assert!(c
+        .call(&["CLUSTER", "INFO"])
+        .await
+        .err()
+        .contains("cluster support disabled"));
+    assert!(c
+        .call(&["CLUSTER", "STATUS"])
+        .await
+        .err()
+        .contains("not a cluster node"));
+}
