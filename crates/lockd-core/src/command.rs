@@ -82,11 +82,55 @@ pub enum Command {
     /// Every later token is at least `floor`.
     RaiseTokens { floor: u64 },
     /// The cluster's first command, from the node that made it: tokens start at `floor`
-    /// (above what a standalone lockd in that node's data directory issued), and nodes
-    /// serve clients only once this is applied.
-    Bootstrap { floor: u64 },
+    /// (above what a standalone lockd in that node's data directory issued), the table's
+    /// settings become the cluster's (every node applies with them, whatever its own
+    /// flags), and nodes serve clients only once this is applied.
+    Bootstrap { floor: u64, settings: Settings },
     /// Changes `maxLocks` (cluster configuration).
     SetMaxLocks { max_locks: u64 },
+}
+
+/// What the table's behaviour depends on: in a cluster, the same on every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Settings {
+    pub max_locks: u64,
+    pub grace_ms: Millis,
+    pub max_waiters: usize,
+    pub max_waiters_per_key: usize,
+}
+
+impl Settings {
+    /// The settings `config` holds.
+    pub fn of(config: &crate::Config) -> Settings {
+        Settings {
+            max_locks: config.max_locks,
+            grace_ms: config.grace_ms,
+            max_waiters: config.max_waiters,
+            max_waiters_per_key: config.max_waiters_per_key,
+        }
+    }
+
+    /// Each setting where `self` and `other` differ: (name, self's, other's).
+    pub fn differences(&self, other: &Settings) -> Vec<(&'static str, u64, u64)> {
+        [
+            ("max-locks", self.max_locks, other.max_locks),
+            ("lock-timeout (ms)", self.grace_ms, other.grace_ms),
+            (
+                "max-waiters",
+                self.max_waiters as u64,
+                other.max_waiters as u64,
+            ),
+            (
+                "max-waiters-per-key",
+                self.max_waiters_per_key as u64,
+                other.max_waiters_per_key as u64,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .collect()
+    }
 }
 
 /// What a [`Command`] did.
@@ -238,8 +282,12 @@ impl LockTable {
                 self.raise_next_token(*floor);
                 Outcome::Unit
             }
-            Command::Bootstrap { floor } => {
+            Command::Bootstrap { floor, settings } => {
                 self.raise_next_token(*floor);
+                self.config.max_locks = settings.max_locks;
+                self.config.grace_ms = settings.grace_ms;
+                self.config.max_waiters = settings.max_waiters;
+                self.config.max_waiters_per_key = settings.max_waiters_per_key;
                 self.bootstrapped = true;
                 Outcome::Unit
             }

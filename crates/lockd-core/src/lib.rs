@@ -24,7 +24,7 @@ mod table;
 mod types;
 
 pub use acquire::{Acquired, Wait};
-pub use command::{conn_node, Command, Outcome};
+pub use command::{conn_node, Command, Outcome, Settings};
 pub use deadlock::SEARCH_BUDGET as DEADLOCK_SEARCH_BUDGET;
 pub use error::KeyError;
 pub use image::{BadImage, ConnImage, KeyImage, SessionImage, TableImage, WaiterImage};

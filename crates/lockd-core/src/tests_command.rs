@@ -39,7 +39,10 @@ fn command() -> impl Strategy<Value = Command> {
         1 => Just(Command::Expire),
         1 => Just(Command::Regrace),
         1 => (0u64..40).prop_map(|floor| Command::RaiseTokens { floor }),
-        1 => (0u64..40).prop_map(|floor| Command::Bootstrap { floor }),
+        1 => (0u64..40, 1u64..20, 1000u64..3000).prop_map(|(floor, max_locks, grace_ms)| Command::Bootstrap {
+            floor,
+            settings: crate::Settings { max_locks, grace_ms, max_waiters: 6, max_waiters_per_key: 3 },
+        }),
     ]
 }
 

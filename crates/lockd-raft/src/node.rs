@@ -66,6 +66,8 @@ pub struct ClusterConfig {
     /// Where the cluster's tokens start, if this node makes the cluster (see
     /// `lockd_core::Command::Bootstrap`).
     pub token_floor: u64,
+    /// The table's settings, if this node makes the cluster: they become the cluster's.
+    pub settings: lockd_core::Settings,
 }
 
 impl ClusterConfig {
@@ -84,6 +86,7 @@ impl ClusterConfig {
             keep_log: 1000,
             commit_timeout: Duration::from_secs(5),
             token_floor: 0,
+            settings: lockd_core::Settings::of(&lockd_core::Config::default()),
         }
     }
 }
@@ -284,6 +287,7 @@ impl<T: Table> Cluster<T> {
         if self.made_it {
             cmds.push(Command::Bootstrap {
                 floor: self.config.token_floor,
+                settings: self.config.settings,
             });
         }
         cmds.extend([Command::NodeDown { node: me }, Command::NodeUp { node: me }]);

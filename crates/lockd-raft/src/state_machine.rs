@@ -46,6 +46,8 @@ pub trait Table: Send + Sync + 'static {
     fn down_nodes(&self) -> Vec<u16>;
     /// Whether the cluster's `Bootstrap` was applied.
     fn bootstrapped(&self) -> bool;
+    /// The settings the table applies with (the cluster's, once bootstrapped).
+    fn settings(&self) -> lockd_core::Settings;
 }
 
 /// A bare lock table, for tests and tools.
@@ -91,6 +93,10 @@ impl Table for MemTable {
 
     fn bootstrapped(&self) -> bool {
         self.lock().bootstrapped()
+    }
+
+    fn settings(&self) -> lockd_core::Settings {
+        lockd_core::Settings::of(self.lock().config())
     }
 }
 

@@ -153,4 +153,8 @@ impl Table for Shared {
     fn bootstrapped(&self) -> bool {
         self.read(|t, _| t.bootstrapped())
     }
+
+    fn settings(&self) -> lockd_core::Settings {
+        self.read(|t, _| lockd_core::Settings::of(t.config()))
+    }
 }

@@ -174,6 +174,7 @@ impl Server {
             shared.cluster_token_floor = recorded.saturating_add(1);
             let mut cfg = cfg;
             cfg.token_floor = tokens::clock_floor().max(shared.cluster_token_floor);
+            cfg.settings = shared.read(|t, _| lockd_core::Settings::of(t.config()));
             let shared = Arc::new(shared);
             let weak = Arc::downgrade(&shared);
             let node = lockd_raft::Cluster::start(
@@ -262,6 +263,21 @@ impl Server {
                     .submit(vec![lockd_core::Command::RaiseTokens { floor }])
                     .await;
                 tracing::info!(node = node.id, "joined the cluster");
+                // The table applies with the cluster's settings; flags that disagree are
+                // said to be ignored rather than applied differently on this node.
+                let own = lockd_core::Settings {
+                    max_locks: shared.config.max_locks,
+                    grace_ms: shared.config.lock_timeout.as_millis() as u64,
+                    max_waiters: shared.config.max_waiters,
+                    max_waiters_per_key: shared.config.max_waiters_per_key,
+                };
+                let cluster = lockd_raft::Table::settings(&*shared);
+                for (name, mine, theirs) in own.differences(&cluster) {
+                    tracing::warn!(
+                        "--{name} is {mine} on this node but {theirs} in the cluster (set when it \
+                         was made): the cluster's {theirs} applies here too"
+                    );
+                }
             }
             tracker.spawn(shared.clone().propose_expiry(shutdown.clone()));
         }

@@ -12,10 +12,15 @@ use common::*;
 const KEY: &str = "cluster-operator-key";
 
 fn node(i: u64, raft: &[String; 3], dir: &std::path::Path) -> Running {
+    node_with(i, raft, dir, &[])
+}
+
+fn node_with(i: u64, raft: &[String; 3], dir: &std::path::Path, extra: &[&str]) -> Running {
     let initial = format!("1={},2={},3={}", raft[0], raft[1], raft[2]);
     Running::start(
         lockd()
             .args(["--auth-key", KEY, "--node-id", &i.to_string()])
+            .args(extra)
             .args(["--raft-address", &raft[(i - 1) as usize]])
             .args(["--data-dir", dir.to_str().unwrap()])
             .args(["--initial-cluster", &initial])
@@ -150,4 +155,38 @@ fn three_processes_keep_their_locks_through_kill_9_and_restart() {
         let (status, log) = n.wait();
         assert!(status.success(), "{status}: {log}");
     }
+}
+
+/// One configuration: the table's settings are the cluster's (those of the node that made
+/// it); a node whose flags disagree says so and applies the cluster's, never its own.
+#[test]
+fn a_node_with_other_settings_applies_the_clusters_and_says_so() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let raft: [String; 3] = std::array::from_fn(|_| format!("127.0.0.1:{}", free_port()));
+    let mut nodes = vec![
+        node_with(1, &raft, dirs[0].path(), &["--max-locks", "2"]),
+        node(2, &raft, dirs[1].path()),
+        node(3, &raft, dirs[2].path()),
+    ];
+    let mut c = Native::connect(nodes[2].port, KEY);
+    let first = eventually(
+        || c.call(&["ACQUIRE", "EX", "0", "a"]),
+        |r| r.starts_with(':'),
+    );
+    assert!(first.starts_with(':'), "{first}");
+    assert!(c.call(&["ACQUIRE", "EX", "0", "b"]).starts_with(':'));
+    let third = c.call(&["ACQUIRE", "EX", "0", "c"]);
+    assert!(
+        third.starts_with("-TOOMANYLOCKS") && third.contains("maximum of 2"),
+        "node 3 applied its own --max-locks: {third}"
+    );
+    for n in &nodes {
+        signal(&n.child, libc::SIGTERM);
+    }
+    let logs: Vec<String> = nodes.iter_mut().map(|n| n.wait().1).collect();
+    assert!(
+        logs[2].contains("--max-locks is 10000 on this node but 2 in the cluster"),
+        "node 3 did not say so: {}",
+        logs[2]
+    );
 }

@@ -173,8 +173,14 @@ pub(super) fn release_all(n: &mut Native, shared: &Shared, args: Args) -> Outcom
 /// The answer to an ACQUIRE that would take the locks held past `--max-locks`: on arrival,
 /// or when a queued one's turn came (see `lockd_core::Woken`).
 pub(super) fn too_many_locks(shared: &Shared) -> Value {
-    Value::error(format!(
-        "TOOMANYLOCKS the server holds its maximum of {} locks",
+    // In a cluster the table's (the cluster's setting). Never called under the table's
+    // lock: renders run after it is released.
+    let max = if shared.clustered {
+        shared.read(|t, _| t.config().max_locks)
+    } else {
         shared.config.max_locks
+    };
+    Value::error(format!(
+        "TOOMANYLOCKS the server holds its maximum of {max} locks"
     ))
 }
