@@ -280,6 +280,7 @@ impl Server {
                 }
             }
             tracker.spawn(shared.clone().propose_expiry(shutdown.clone()));
+            tracker.spawn(shared.clone().commit_disconnects(shutdown.clone()));
         }
         if !shared.clustered {
             // The expiry timer is what releases dead sessions' locks: if it ever ended

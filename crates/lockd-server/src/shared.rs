@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     /// In a cluster: tokens start at least here (above a standalone run's in the same
     /// data directory).
     pub(crate) cluster_token_floor: u64,
+    /// In a cluster: closed connections whose `Disconnect` is not committed yet.
+    pub(crate) closed: Mutex<Vec<ConnId>>,
+    pub(crate) closed_notify: Notify,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -139,6 +142,8 @@ impl Shared {
             cluster: Default::default(),
             cut: Default::default(),
             cluster_token_floor: 0,
+            closed: Mutex::new(Vec::new()),
+            closed_notify: Notify::new(),
         }
     }
 

@@ -107,6 +107,23 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
     let t2 = n2.recv().await.int();
     assert!(t2 > t1, "tokens increase: {t1} then {t2}");
 
+    // A closed connection's session dies in the cluster: with a grace of 300 ms its lock
+    // is free soon after (the leader expires it), for a client of another node.
+    let mut brief = Resp::authed(addr(&c, 2)).await;
+    brief.call(&["SESSION", "GRACE", "300"]).await;
+    brief.call(&["ACQUIRE", "EX", "0", "brief"]).await.int();
+    drop(brief);
+    let mut next = Resp::authed(addr(&c, 1)).await;
+    let mut freed = false;
+    for _ in 0..50 {
+        if matches!(next.call(&["ACQUIRE", "EX", "0", "brief"]).await, R::Int(_)) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a closed connection's lock was never let go after its grace");
+
     // A session on node 3 that will outlive its node.
     let mut n3b = Resp::authed(addr(&c, 3)).await;
     let orphan = n3b.call(&["SESSION"]).await.text();
