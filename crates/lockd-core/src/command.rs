@@ -179,6 +179,8 @@ impl LockTable {
     /// whose grace has passed are released first (see [`LockTable::take_expired`]), so no
     /// command ever sees a lock that should be gone; queued requests that the command
     /// granted or refused are in [`LockTable::take_wakeups`].
+    // Inlined where the command is built, the match folds to the one arm it can take.
+    #[inline]
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
         let now = now.max(self.last_now);
         self.last_now = now;

@@ -170,6 +170,7 @@ impl Shared {
 
     /// [`Shared::with`] at a time the caller read already: a connection reads the clock
     /// once per batch of requests rather than once per request.
+    #[inline]
     pub fn with_at<R>(&self, now: Millis, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         // A cluster's table expires sessions only by log entries, at the leader's time.

@@ -134,6 +134,7 @@ impl Native {
     /// Applies `cmd` (on a standalone server, now; in a cluster, once committed) and
     /// renders its outcome with `render`, which also gets the wait of a queued ACQUIRE.
     /// Both backends take this one path.
+    #[inline]
     pub(super) fn run<R>(&mut self, shared: &Shared, cmd: Command, render: R) -> Outcome
     where
         R: FnOnce(&mut Native, &Shared, Applied, Option<Parked>) -> Outcome + Send + 'static,

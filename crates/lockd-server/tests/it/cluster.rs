@@ -122,13 +122,21 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(freed, "a closed connection's lock was never let go after its grace");
+    assert!(
+        freed,
+        "a closed connection's lock was never let go after its grace"
+    );
 
     // A session on node 3 that will outlive its node.
     let mut n3b = Resp::authed(addr(&c, 3)).await;
     let orphan = n3b.call(&["SESSION"]).await.text();
     n3b.call(&["SESSION", "GRACE", "30000"]).await;
     n3b.call(&["ACQUIRE", "EX", "0", "orphan"]).await.int();
+
+    // And a legacy session on node 3.
+    let sc = session('c');
+    let mut l3 = Client::connect(addr(&c, 3)).await;
+    assert_eq!(l3.call(&sc, "ACQUIRE", "EX", &key(2)).await, "ACQUIRED");
 
     // Kill node 3 (with node 1 or 2 as leader, or itself): locks stay, node 3's session is
     // resumed on node 1 after the cluster noticed.
@@ -152,6 +160,14 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
     assert_eq!(l2.call(&sb, "ACQUIRE", "SH", &k).await, "CANT_ACQUIRE");
     let mut other = Resp::authed(addr(&c, 2)).await;
     assert_eq!(other.call(&["ACQUIRE", "EX", "0", "orphan"]).await, R::Null);
+    // The legacy session's lock survived its node; its next request, on another node,
+    // takes the session back with it.
+    drop(l3);
+    assert_eq!(l2.call(&sb, "ACQUIRE", "EX", &key(2)).await, "CANT_ACQUIRE");
+    let mut l1b = Client::connect(addr(&c, 1)).await;
+    assert_eq!(l1b.call(&sc, "ACQUIRE", "EX", &key(3)).await, "ACQUIRED");
+    assert_eq!(l1b.call(&sc, "RELEASE", "EX", &key(2)).await, "RELEASED");
+    assert_eq!(l2.call(&sb, "ACQUIRE", "EX", &key(2)).await, "ACQUIRED");
     for s in c.nodes.values() {
         s.shutdown.cancel();
     }

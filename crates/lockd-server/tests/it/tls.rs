@@ -281,3 +281,38 @@ async fn silent_and_stalled_tls_connections_are_closed_by_the_login_timeout() {
     assert_eq!(line_call(&mut s, b"*1\r\n$4\r\nPING\r\n").await, "+PONG");
     std::fs::remove_dir_all(&c.dir).ok();
 }
+
+/// A cluster node serves TLS clients as a standalone server does (one node that makes
+/// its own cluster here): the commit path is behind the same connection code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_serves_tls_clients() {
+    let c = certs("cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let raft = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let mut node =
+        lockd_server::ClusterConfig::new(1, &raft, dir.path().to_path_buf(), AUTH_KEY.as_bytes());
+    node.initial = [(1, raft.clone())].into_iter().collect();
+    node.election_min_ms = 300;
+    node.election_max_ms = 600;
+    let (cert, key_file) = (c.cert.clone(), c.key.clone());
+    let srv = TestServer::start_with(move |cfg| {
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key_file);
+        cfg.cluster = Some(node);
+    })
+    .await;
+    let mut native = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{AUTH_KEY}\r\n", AUTH_KEY.len());
+    assert_eq!(line_call(&mut native, auth.as_bytes()).await, "+OK");
+    let acq = "*4\r\n$7\r\nACQUIRE\r\n$2\r\nEX\r\n$1\r\n0\r\n$4\r\njobs\r\n";
+    let got = line_call(&mut native, acq.as_bytes()).await;
+    assert!(got.starts_with(':'), "{got}");
+    let mut legacy = BufReader::new(tls_connect(srv.addr, &c.der).await.unwrap());
+    let req = line(&session('a'), "ACQUIRE", "EX", &key(1));
+    assert_eq!(line_call(&mut legacy, req.as_bytes()).await, "ACQUIRED");
+    srv.shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
