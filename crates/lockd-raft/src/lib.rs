@@ -16,6 +16,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 
 pub use node::{Cluster, ClusterConfig, ClusterError, ClusterStatus, MemberStatus};

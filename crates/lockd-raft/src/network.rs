@@ -21,8 +21,15 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::PeerTls;
+
+/// A peer connection: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+pub type Stream = Box<dyn Io>;
 
 use crate::types::{Applied, Batch, NodeId, TypeConfig};
 
@@ -93,7 +100,10 @@ fn bad(what: impl std::fmt::Display) -> std::io::Error {
 }
 
 /// One frame, refusing one longer than `max` before reading its body.
-pub async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream, max: usize) -> std::io::Result<T> {
+pub async fn read_frame<T: DeserializeOwned, S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    max: usize,
+) -> std::io::Result<T> {
     let len = s.read_u32().await? as usize;
     if len > max {
         return Err(bad(format!("peer frame of {len} bytes (at most {max})")));
@@ -103,7 +113,10 @@ pub async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream, max: usize) -> s
     postcard::from_bytes(&buf).map_err(bad)
 }
 
-pub async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> std::io::Result<()> {
+pub async fn write_frame<T: Serialize, S: AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    v: &T,
+) -> std::io::Result<()> {
     let body = postcard::to_stdvec(v).map_err(bad)?;
     if body.len() > MAX_FRAME {
         return Err(bad(format!("frame of {} bytes is too large", body.len())));
@@ -111,13 +124,30 @@ pub async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> std::io::Res
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
-    s.write_all(&out).await
+    s.write_all(&out).await?;
+    // TLS buffers records.
+    s.flush().await
 }
 
-/// Dials `addr` and logs in as `me`.
-pub async fn dial(addr: &str, key: &[u8], me: NodeId) -> std::io::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+/// Dials `addr` (over mutual TLS when the node has a certificate) and logs in as `me`.
+pub async fn dial(
+    addr: &str,
+    key: &[u8],
+    me: NodeId,
+    tls: Option<&PeerTls>,
+) -> std::io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut s: Stream = match tls {
+        None => Box::new(tcp),
+        Some(t) => {
+            let name = crate::tls::server_name(addr).map_err(bad)?;
+            let tls = tokio::time::timeout(LOGIN_TIMEOUT, t.connector.connect(name, tcp))
+                .await
+                .map_err(|_| bad("peer TLS handshake timed out"))??;
+            Box::new(tls)
+        }
+    };
     tokio::time::timeout(LOGIN_TIMEOUT, async {
         let nonce: [u8; 16] = rand::random();
         write_frame(&mut s, &Hello { node: me, nonce }).await?;
@@ -134,7 +164,10 @@ pub async fn dial(addr: &str, key: &[u8], me: NodeId) -> std::io::Result<TcpStre
 }
 
 /// The listener's side of the login: the dialer's node id, or an error (then close).
-pub async fn accept_login(s: &mut TcpStream, key: &[u8]) -> std::io::Result<NodeId> {
+pub async fn accept_login<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    key: &[u8],
+) -> std::io::Result<NodeId> {
     tokio::time::timeout(LOGIN_TIMEOUT, async {
         let h: Hello = read_frame(s, MAX_HELLO).await?;
         let nonce: [u8; 16] = rand::random();
@@ -155,15 +188,17 @@ pub struct PeerClient {
     addr: String,
     key: Arc<Vec<u8>>,
     me: NodeId,
-    conn: Option<TcpStream>,
+    tls: Option<PeerTls>,
+    conn: Option<Stream>,
 }
 
 impl PeerClient {
-    pub fn new(addr: String, key: Arc<Vec<u8>>, me: NodeId) -> PeerClient {
+    pub fn new(addr: String, key: Arc<Vec<u8>>, me: NodeId, tls: Option<PeerTls>) -> PeerClient {
         PeerClient {
             addr,
             key,
             me,
+            tls,
             conn: None,
         }
     }
@@ -172,11 +207,11 @@ impl PeerClient {
     pub async fn call(&mut self, req: &PeerRequest, ttl: Duration) -> std::io::Result<PeerReply> {
         let r = tokio::time::timeout(ttl, async {
             if self.conn.is_none() {
-                self.conn = Some(dial(&self.addr, &self.key, self.me).await?);
+                self.conn = Some(dial(&self.addr, &self.key, self.me, self.tls.as_ref()).await?);
             }
             let s = self.conn.as_mut().expect("connected above");
             write_frame(s, req).await?;
-            read_frame::<PeerReply>(s, MAX_FRAME).await
+            read_frame::<PeerReply, _>(s, MAX_FRAME).await
         })
         .await
         .unwrap_or_else(|_| {
@@ -197,6 +232,7 @@ impl PeerClient {
 pub struct Network {
     pub key: Arc<Vec<u8>>,
     pub me: NodeId,
+    pub tls: Option<PeerTls>,
 }
 
 pub struct PeerNetwork {
@@ -210,7 +246,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
         PeerNetwork {
             target,
-            client: PeerClient::new(node.addr.clone(), self.key.clone(), self.me),
+            client: PeerClient::new(
+                node.addr.clone(),
+                self.key.clone(),
+                self.me,
+                self.tls.clone(),
+            ),
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct ClusterConfig {
     pub token_floor: u64,
     /// The table's settings, if this node makes the cluster: they become the cluster's.
     pub settings: lockd_core::Settings,
+    /// Mutual TLS on the Raft port (see `tls`); `None`: plain TCP (the auth-key login
+    /// still authenticates peers).
+    pub tls: Option<crate::tls::PeerTlsFiles>,
 }
 
 impl ClusterConfig {
@@ -87,6 +90,7 @@ impl ClusterConfig {
             commit_timeout: Duration::from_secs(5),
             token_floor: 0,
             settings: lockd_core::Settings::of(&lockd_core::Config::default()),
+            tls: None,
         }
     }
 }
@@ -138,6 +142,8 @@ pub enum ClusterError {
     },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("Raft port TLS: {0}")]
+    Tls(String),
     #[error("the node is shutting down")]
     Shutdown,
 }
@@ -159,6 +165,7 @@ pub struct Cluster<T: Table> {
     on_cut_off: Box<dyn Fn() + Send + Sync>,
     /// This node made the cluster (at this start): it proposes `Bootstrap`.
     made_it: bool,
+    tls: Option<crate::tls::PeerTls>,
     stop: tokio_util_stop::Stop,
     /// The store, to see it closed at shutdown.
     db: std::sync::Weak<redb::Database>,
@@ -228,9 +235,14 @@ impl<T: Table> Cluster<T> {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let tls = match &config.tls {
+            Some(f) => Some(crate::tls::PeerTls::load(f).map_err(ClusterError::Tls)?),
+            None => None,
+        };
         let network = Network {
             key: Arc::new(config.key.clone()),
             me: config.node_id,
+            tls: tls.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -267,6 +279,7 @@ impl<T: Table> Cluster<T> {
             seen: Mutex::new(HashMap::new()),
             on_cut_off,
             made_it,
+            tls,
             stop: Default::default(),
             db: weak_db,
         });
@@ -481,7 +494,12 @@ impl<T: Table> Cluster<T> {
                 Some(l) => match self.leader_addr(l) {
                     Some(addr) => {
                         let c = peers.entry(l).or_insert_with(|| {
-                            PeerClient::new(addr, Arc::new(self.config.key.clone()), self.id)
+                            PeerClient::new(
+                                addr,
+                                Arc::new(self.config.key.clone()),
+                                self.id,
+                                self.tls.clone(),
+                            )
                         });
                         let left = deadline.saturating_duration_since(Instant::now());
                         match c.call(&PeerRequest::Forward(batch.clone()), left).await {
@@ -607,7 +625,12 @@ impl<T: Table> Cluster<T> {
                     leader_client = self.leader_addr(l).map(|a| {
                         (
                             l,
-                            PeerClient::new(a, Arc::new(self.config.key.clone()), self.id),
+                            PeerClient::new(
+                                a,
+                                Arc::new(self.config.key.clone()),
+                                self.id,
+                                self.tls.clone(),
+                            ),
                         )
                     });
                 }
@@ -628,13 +651,34 @@ impl<T: Table> Cluster<T> {
                 a = listener.accept() => a,
                 _ = self.stop.wait() => return,
             };
-            let Ok((mut s, peer)) = accepted else {
+            let Ok((tcp, peer)) = accepted else {
                 continue;
             };
             let me = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ = s.set_nodelay(true);
+                let _ = tcp.set_nodelay(true);
+                let mut s: crate::network::Stream = match &me.tls {
+                    None => Box::new(tcp),
+                    Some(t) => {
+                        let hs = tokio::time::timeout(
+                            crate::network::LOGIN_TIMEOUT,
+                            t.acceptor.accept(tcp),
+                        )
+                        .await;
+                        match hs {
+                            Ok(Ok(tls)) => Box::new(tls),
+                            Ok(Err(e)) => {
+                                tracing::warn!(%peer, "raft port: TLS refused: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer, "raft port: TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
                 let from = match accept_login(&mut s, &me.config.key).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -642,7 +686,7 @@ impl<T: Table> Cluster<T> {
                         return;
                     }
                 };
-                while let Ok(req) = read_frame::<PeerRequest>(&mut s, MAX_FRAME).await {
+                while let Ok(req) = read_frame::<PeerRequest, _>(&mut s, MAX_FRAME).await {
                     let reply = me.handle(from, req).await;
                     if write_frame(&mut s, &reply).await.is_err() {
                         return;

@@ -24,10 +24,19 @@ struct Nodes {
     addrs: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, (Arc<Cluster<MemTable>>, Arc<MemTable>)>,
     snapshot_every: u64,
+    tls: Option<Vec<lockd_raft::tls::PeerTlsFiles>>,
 }
 
 impl Nodes {
     async fn start(n: u64, snapshot_every: u64) -> Nodes {
+        Self::start_tls(n, snapshot_every, None).await
+    }
+
+    async fn start_tls(
+        n: u64,
+        snapshot_every: u64,
+        tls: Option<Vec<lockd_raft::tls::PeerTlsFiles>>,
+    ) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n)
             .map(|i| (i, format!("127.0.0.1:{}", free_port())))
             .collect();
@@ -36,6 +45,7 @@ impl Nodes {
             addrs,
             nodes: BTreeMap::new(),
             snapshot_every,
+            tls,
         };
         for i in 1..=n {
             s.boot(i).await;
@@ -63,6 +73,7 @@ impl Nodes {
         cfg.detect_ms = 1500;
         cfg.snapshot_every = self.snapshot_every;
         cfg.keep_log = 0;
+        cfg.tls = self.tls.as_ref().map(|t| t[(i - 1) as usize].clone());
         let table = Arc::new(MemTable::new(lockd_core::Config::default()));
         let c = Cluster::start(cfg, table.clone(), Box::new(|| {}))
             .await
@@ -302,7 +313,7 @@ async fn the_raft_port_refuses_strangers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = Nodes::start(1, 1000).await;
     let addr = c.addrs[&1].clone();
-    let wrong = lockd_raft::network::dial(&addr, b"not-the-key", 7).await;
+    let wrong = lockd_raft::network::dial(&addr, b"not-the-key", 7, None).await;
     assert!(wrong.is_err(), "a dialer with the wrong key logged in");
     // A length prefix far past the pre-login bound: closed without reading the body.
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -313,9 +324,94 @@ async fn the_raft_port_refuses_strangers() {
         .expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     // With the key, a peer is served.
-    let ok = lockd_raft::network::dial(&addr, KEY, 7).await;
+    let ok = lockd_raft::network::dial(&addr, KEY, 7, None).await;
     assert!(ok.is_ok(), "{:?}", ok.err());
     let got = c.submit(1, vec![Command::RaiseTokens { floor: 5 }]).await;
     assert_eq!(got, vec![Outcome::Unit]);
     c.nodes[&1].0.shutdown().await;
+}
+
+/// Certificates for `n` nodes on 127.0.0.1, signed by one CA, and a stranger's signed by
+/// another, written under `dir`.
+fn pki(
+    dir: &std::path::Path,
+    n: usize,
+) -> (
+    Vec<lockd_raft::tls::PeerTlsFiles>,
+    lockd_raft::tls::PeerTlsFiles,
+) {
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        (rcgen::Issuer::new(p, key), path)
+    };
+    let (issuer, ca_path) = ca("cluster-ca");
+    let (other, _) = ca("other-ca");
+    let leaf = |issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = p.signed_by(&key, issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        lockd_raft::tls::PeerTlsFiles {
+            cert: c,
+            key: k,
+            ca: ca_path.clone(),
+        }
+    };
+    let nodes = (1..=n)
+        .map(|i| leaf(&issuer, &format!("node{i}")))
+        .collect();
+    (nodes, leaf(&other, "stranger"))
+}
+
+/// With certificates, the Raft port speaks mutual TLS: the cluster works, and a dialer
+/// without TLS, or with a certificate the cluster's CA did not sign, is refused even with
+/// the right auth key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_port_speaks_mutual_tls_with_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, stranger) = pki(dir.path(), 3);
+    let mut c = Nodes::start_tls(3, 1000, Some(files.clone())).await;
+    let leader = c.leader().await;
+    let f = c.follower(leader);
+    let a = conn(f, 1);
+    assert!(matches!(
+        c.open_acquire(f, sid(b'a'), a, "k").await,
+        Outcome::Acquired(Acquired::Granted(_))
+    ));
+    let addr = c.addrs[&leader].clone();
+    let plain = lockd_raft::network::dial(&addr, KEY, 9, None).await;
+    assert!(plain.is_err(), "a plaintext peer logged in");
+    let theirs = lockd_raft::tls::PeerTls::load(&stranger).unwrap();
+    let foreign = lockd_raft::network::dial(&addr, KEY, 9, Some(&theirs)).await;
+    assert!(
+        foreign.is_err(),
+        "a peer with a foreign certificate logged in"
+    );
+    let ours = lockd_raft::tls::PeerTls::load(&files[0]).unwrap();
+    let member = lockd_raft::network::dial(&addr, KEY, 9, Some(&ours)).await;
+    assert!(member.is_ok(), "{:?}", member.err());
+    // Killing the leader still elects another over TLS, with the lock held.
+    c.kill(leader).await;
+    let l2 = c.leader().await;
+    let x = conn(l2, 5);
+    assert_eq!(
+        c.open_acquire(l2, sid(b'x'), x, "k").await,
+        Outcome::Acquired(Acquired::Conflict)
+    );
+    for i in [1, 2, 3] {
+        if c.nodes.contains_key(&i) {
+            c.kill(i).await;
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::ServerConfig;
 pub use listener::{admin_address, check_data_dir, check_tls, Server, ServerError, ServerHandle};
 pub use lockd_core::Fault;
+pub use lockd_raft::tls::PeerTlsFiles;
 pub use lockd_raft::ClusterConfig;
 pub use shared::Snapshot;
 pub use tls::TlsError;

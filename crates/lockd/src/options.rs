@@ -179,6 +179,12 @@ pub struct Cli {
     #[arg(long = "tls-key", alias = "tlsKey", env = "LOCKD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// Cluster: the CA certificate(s) (PEM) that sign the nodes' certificates. With
+    /// --tls-cert/--tls-key and --node-id the Raft port speaks mutual TLS, each node's
+    /// certificate valid for its --raft-address [default: the node's own --tls-cert]
+    #[arg(long = "tls-ca", alias = "tlsCa", env = "LOCKD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Refuse clients that do not use TLS
     #[arg(
         long = "tls-required",
@@ -260,6 +266,8 @@ struct FileOptions {
     max_waiters_per_key: Option<usize>,
     #[serde(alias = "nodeId")]
     node_id: Option<u64>,
+    #[serde(alias = "tlsCa")]
+    tls_ca: Option<PathBuf>,
     #[serde(alias = "raftAddress")]
     raft_address: Option<String>,
     #[serde(alias = "initialCluster")]
@@ -414,6 +422,21 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         cli.initial_cluster.or(file.initial_cluster),
         &server,
     )?;
+    let tls_ca = cli.tls_ca.or(file.tls_ca);
+    match (&mut server.cluster, &server.tls_cert, &server.tls_key) {
+        (Some(c), Some(cert), Some(key)) => {
+            c.tls = Some(lockd_server::PeerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: tls_ca.unwrap_or_else(|| cert.clone()),
+            })
+        }
+        _ if tls_ca.is_some() => bail!(
+            "--tls-ca is the CA of the cluster's node certificates: it needs --node-id, \
+             --tls-cert and --tls-key"
+        ),
+        _ => {}
+    }
     let threads = cli.threads.or(file.threads).unwrap_or(1);
     if threads == 0 {
         bail!("--threads must be at least 1");

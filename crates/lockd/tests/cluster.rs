@@ -46,6 +46,10 @@ fn the_cluster_flags_are_checked() {
         (&["--node-id", "1"][..], "--raft-address"),
         (&["--raft-address", "127.0.0.1:1"][..], "--node-id"),
         (
+            &["--tls-ca", "/tmp/ca.pem"][..],
+            "--tls-ca is the CA of the cluster",
+        ),
+        (
             &["--node-id", "0", "--raft-address", "127.0.0.1:1"][..],
             "1 to 65535",
         ),
