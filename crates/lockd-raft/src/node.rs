@@ -162,6 +162,8 @@ pub struct Cluster<T: Table> {
     leader_clock: Mutex<Option<(u64, Instant, Millis)>>,
     /// While leader: when each member was last heard from.
     seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Since when this node has known no leader (or, as leader, no quorum).
+    leaderless_since: Mutex<Option<Instant>>,
     on_cut_off: Box<dyn Fn() + Send + Sync>,
     /// This node made the cluster (at this start): it proposes `Bootstrap`.
     made_it: bool,
@@ -277,6 +279,7 @@ impl<T: Table> Cluster<T> {
             queued: Notify::new(),
             leader_clock: Mutex::new(None),
             seen: Mutex::new(HashMap::new()),
+            leaderless_since: Mutex::new(Some(Instant::now())),
             on_cut_off,
             made_it,
             tls,
@@ -478,6 +481,28 @@ impl<T: Table> Cluster<T> {
         }
     }
 
+    /// Whether this node has had no leader (as leader: no quorum) for longer than a
+    /// failover takes (twice the longest election timeout): then a command is answered
+    /// "no quorum" at once instead of after the commit timeout.
+    fn long_without_quorum(&self) -> bool {
+        let failover = Duration::from_millis(2 * self.config.election_max_ms);
+        let m = self.raft.metrics().borrow().clone();
+        let mut since = self
+            .leaderless_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let ack = m.millis_since_quorum_ack;
+        let has_quorum = match m.state {
+            ServerState::Leader => ack.is_some_and(|ms| ms < failover.as_millis() as u64),
+            _ => m.current_leader.is_some(),
+        };
+        if has_quorum {
+            *since = None;
+            return false;
+        }
+        since.get_or_insert_with(Instant::now).elapsed() > failover
+    }
+
     /// Commits one batch, retrying under its number until the deadline; waits for this
     /// node to apply it.
     async fn commit(
@@ -485,6 +510,11 @@ impl<T: Table> Cluster<T> {
         batch: Batch,
         peers: &mut HashMap<NodeId, PeerClient>,
     ) -> Result<Vec<Outcome>, ForwardError> {
+        if self.long_without_quorum() {
+            return Err(ForwardError::NoQuorum(
+                "this node has had no leader with a quorum for longer than a failover takes".into(),
+            ));
+        }
         let deadline = Instant::now() + self.config.commit_timeout;
         let mut last = ForwardError::NoQuorum("no leader".into());
         while Instant::now() < deadline && !self.stop.stopped() {
@@ -575,6 +605,8 @@ impl<T: Table> Cluster<T> {
             } else {
                 *self.leader_clock.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
+            // Keeps the leaderless clock running between commands.
+            self.long_without_quorum();
             tokio::select! {
                 r = m.changed() => if r.is_err() { return },
                 _ = self.stop.wait() => return,

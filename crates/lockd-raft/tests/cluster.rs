@@ -415,3 +415,51 @@ async fn the_raft_port_speaks_mutual_tls_with_certificates() {
         }
     }
 }
+
+/// Without a quorum a node changes nothing and says so: within the commit timeout at
+/// first (a failover may be under way), then at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_quorum_says_so() {
+    let mut c = Nodes::start(3, 1000).await;
+    let leader = c.leader().await;
+    let survivor = c.follower(leader);
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|&i| i != survivor).collect();
+    for i in others {
+        c.kill(i).await;
+    }
+    let (node, table) = c.nodes[&survivor].clone();
+    let x = conn(survivor, 3);
+    let first = node
+        .submit(vec![Command::Open {
+            session: sid(b'q'),
+            conn: x,
+        }])
+        .await;
+    assert!(
+        matches!(first, Err(lockd_raft::ClusterError::NoQuorum(_))),
+        "{first:?}"
+    );
+    // Past a failover's time without a leader: at once.
+    tokio::time::sleep(Duration::from_millis(2 * 600 + 200)).await;
+    let t0 = std::time::Instant::now();
+    let again = node
+        .submit(vec![Command::Open {
+            session: sid(b'q'),
+            conn: x,
+        }])
+        .await;
+    assert!(
+        matches!(again, Err(lockd_raft::ClusterError::NoQuorum(_))),
+        "{again:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        table.lock().session_state(&sid(b'q')).is_none(),
+        "a change without a quorum"
+    );
+    node.shutdown().await;
+}
