@@ -521,3 +521,117 @@ fn a_silently_stalled_connection_stops_the_command() {
         "{waited:?}"
     );
 }
+
+/// Issue 13: `lockctl lock` against a cluster (`--addr n1,n2,n3`) keeps its command's lock
+/// through the loss of the node it was connected to: it resumes the session on another
+/// node, the command goes on, and nobody else gets the lock meanwhile.
+#[test]
+fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let raft: std::collections::BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", free())))
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut addrs = Vec::new();
+    let mut stops = Vec::new();
+    for i in 1..=3u64 {
+        let mut c = lockd_server::ClusterConfig::new(
+            i,
+            &raft[&i],
+            dirs[(i - 1) as usize].path().to_path_buf(),
+            KEY.as_bytes(),
+        );
+        c.initial = raft.clone();
+        c.heartbeat_ms = 50;
+        c.election_min_ms = 300;
+        c.election_max_ms = 600;
+        c.detect_ms = 1000;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = lockd_server::CancellationToken::new();
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, KEY);
+                config.cluster = Some(c);
+                let s = lockd_server::Server::bind(config).await.unwrap();
+                tx.send(s.local_addr().to_string()).unwrap();
+                s.run(s2).await;
+            });
+        });
+        addrs.push(rx.recv().unwrap());
+        stops.push(stop);
+    }
+    let all = addrs.join(",");
+    let child = lockctl(
+        &all,
+        &["lock", "deploy", "--", "sh", "-c", "sleep 8; echo finished"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Held (once lockctl got it), seen from node 3.
+    let held = |addr: &str| {
+        use std::io::{BufRead, Write};
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let cmd = |args: &[&str]| {
+            let mut out = format!("*{}\r\n", args.len());
+            for a in args {
+                out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+            out
+        };
+        r.get_mut()
+            .write_all(cmd(&["AUTH", KEY]).as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        r.get_mut()
+            .write_all(cmd(&["ACQUIRE", "EX", "0", "deploy"]).as_bytes())
+            .unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        line.trim_end() == "$-1"
+    };
+    let t0 = std::time::Instant::now();
+    while !held(&addrs[2]) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // lockctl is connected to node 1 (the first that answered): it dies.
+    stops[0].cancel();
+    for _ in 0..30 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(held(&addrs[2]), "the lock passed to another session");
+    }
+    let out = child.wait_with_output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "lockctl: {:?}\n{so}\n{se}",
+        out.status
+    );
+    assert!(so.contains("finished"), "{so}");
+    assert!(se.contains("resumed"), "{se}");
+    for s in &stops {
+        s.cancel();
+    }
+}
