@@ -573,14 +573,15 @@ fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
         stops.push(stop);
     }
     let all = addrs.join(",");
-    let child = lockctl(
-        &all,
-        &["lock", "deploy", "--", "sh", "-c", "sleep 8; echo finished"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    // The command says when it runs: lockctl is then past its set-up (a loss before that
+    // ends lockctl without running the command, which is right, but not this test).
+    let mark = dirs[0].path().join("running");
+    let script = format!("touch {}; sleep 8; echo finished", mark.display());
+    let child = lockctl(&all, &["lock", "deploy", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Held (once lockctl got it), seen from node 3.
     let held = |addr: &str| {
         use std::io::{BufRead, Write};
@@ -606,13 +607,14 @@ fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
         line.trim_end() == "$-1"
     };
     let t0 = std::time::Instant::now();
-    while !held(&addrs[2]) {
+    while !mark.exists() {
         assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "never locked"
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the command never ran"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert!(held(&addrs[2]), "the command runs without the lock");
     // lockctl is connected to node 1 (the first that answered): it dies.
     stops[0].cancel();
     for _ in 0..30 {
