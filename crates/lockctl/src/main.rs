@@ -126,6 +126,10 @@ enum Command {
     },
     /// Check that the server answers (and that the key is right).
     Ping,
+    /// Print shell completions for lockctl (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print lockctl's man page (roff).
+    Man,
 }
 
 fn parse_signal(s: &str) -> Result<i32, String> {
@@ -161,6 +165,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    // Made from the flags' definitions, without a server.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "lockctl",
+                &mut std::io::stdout(),
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => Failure::other(format!("cannot write the man page: {e}")).report(json),
+            };
+        }
+        _ => {}
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -439,5 +464,6 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Completions { .. } | Command::Man => unreachable!("answered in main"),
     }
 }

@@ -637,3 +637,33 @@ fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
         s.cancel();
     }
 }
+
+/// Issue 16: completions and the man page come from the flags' definitions, without a
+/// server; bash accepts the bash script.
+#[test]
+fn completions_and_the_man_page_need_no_server() {
+    for (shell, marker) in [
+        ("bash", "complete -F _lockctl"),
+        ("zsh", "#compdef lockctl"),
+        ("fish", "complete -c lockctl"),
+    ] {
+        let o = run("127.0.0.1:1", &["completions", shell]);
+        assert!(o.status.success(), "{shell}: {o:?}");
+        assert!(stdout(&o).contains(marker), "{shell}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains("cluster"),
+            "{shell}: subcommands are completed"
+        );
+    }
+    let script = stdout(&run("127.0.0.1:1", &["completions", "bash"]));
+    let check = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(check.success(), "bash rejects the completion script");
+    let man = stdout(&run("127.0.0.1:1", &["man"]));
+    assert!(
+        man.contains(".TH lockctl 1") && man.contains("LOCKD_ADDR"),
+        "{man}"
+    );
+}

@@ -12,6 +12,23 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
     let cli = options::Cli::parse();
+    // Made from the flags' definitions (packaging: man page, completions).
+    if let Some(shell) = cli.print_completions {
+        use clap::CommandFactory;
+        let mut cmd = options::Cli::command();
+        clap_complete::generate(shell, &mut cmd, "lockd", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if cli.print_man {
+        use clap::CommandFactory;
+        return match clap_mangen::Man::new(options::Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lockd: cannot write the man page: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let check = cli.check_config;
     let settings = match options::resolve(cli) {
         Ok(s) => s,
