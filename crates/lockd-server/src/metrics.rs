@@ -120,6 +120,22 @@ impl Metrics {
             "Keys held or waited on",
             ConstGauge::new(s.keys as i64),
         );
+        // The bounds, beside what they bound, for alerts on the ratio.
+        r.register(
+            "max_locks",
+            "The most locks held at once (--max-locks; in a cluster, the cluster's)",
+            ConstGauge::new(s.max_locks as i64),
+        );
+        r.register(
+            "max_clients",
+            "The most client connections at once (--max-clients)",
+            ConstGauge::new(s.max_clients as i64),
+        );
+        r.register(
+            "resident_memory_bytes",
+            "Resident memory of the lockd process",
+            ConstGauge::new(crate::sys::resident_bytes() as i64),
+        );
         let t = &s.table;
         for (name, help, v) in [
             ("grants", "Granted ACQUIREs", t.grants),

@@ -102,6 +102,9 @@ pub struct Snapshot {
     pub keys: usize,
     pub waiters: usize,
     pub table: Counters,
+    /// The table's bound on locks held (in a cluster, the cluster's setting).
+    pub max_locks: u64,
+    pub max_clients: usize,
 }
 
 impl Shared {
@@ -241,6 +244,8 @@ impl Shared {
             keys: t.key_count(),
             waiters: t.waiter_count(),
             table: t.counters().clone(),
+            max_locks: t.config().max_locks,
+            max_clients: self.config.max_clients,
         }
     }
 

@@ -298,3 +298,73 @@ async fn silent_admin_connections_are_closed_and_bounded() {
     .expect("a silent connection is closed by the server");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
+
+/// Issue 16: every metric the shipped Grafana dashboard and Prometheus rules name is one
+/// lockd exports (scraped from a running node of a one-node cluster, after a bad request,
+/// so that every family has a sample).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let mut node =
+        lockd_server::ClusterConfig::new(1, &raft, dir.path().to_path_buf(), AUTH_KEY.as_bytes());
+    node.initial = [(1, raft.clone())].into_iter().collect();
+    node.election_min_ms = 300;
+    node.election_max_ms = 600;
+    let srv = TestServer::start_with(move |c| {
+        c.http_address = Some("127.0.0.1:0".into());
+        c.cluster = Some(node);
+    })
+    .await;
+    let mut legacy = srv.connect().await;
+    assert_eq!(
+        legacy.call(&session('a'), "ACQUIRE", "EX", &key(1)).await,
+        "ACQUIRED"
+    );
+    legacy.send(b"garbage\n").await;
+    assert_eq!(legacy.recv().await, "BAD_FORMAT");
+    let (code, body) = http_get(srv.admin.unwrap(), "/metrics", None).await;
+    assert_eq!(code, 200);
+    // Sample names: a counter is exposed as NAME_total, a histogram as NAME_bucket etc.
+    let mut exported = std::collections::BTreeSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap_or(""));
+            match kind {
+                "counter" => {
+                    exported.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        exported.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => {
+                    exported.insert(name.to_string());
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in ["dist/grafana/lockd.json", "dist/prometheus/lockd-rules.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut named = 0;
+        for (i, _) in text.match_indices("lockd_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            named += 1;
+            assert!(
+                exported.contains(&name),
+                "{file} names {name}, which lockd does not export; it does: {exported:?}"
+            );
+        }
+        assert!(named > 10, "{file} names only {named} metrics");
+    }
+    srv.shutdown.cancel();
+}
