@@ -68,7 +68,13 @@ impl Shared {
                 .iter()
                 .map(|&conn| Command::Disconnect { conn })
                 .collect();
-            match self.submit(cmds).await {
+            // Shutdown does not wait for a commit (the cluster ends this node's sessions
+            // when it restarts).
+            let done = tokio::select! {
+                r = self.submit(cmds) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match done {
                 Ok(_) => pause = std::time::Duration::from_millis(50),
                 Err(ClusterError::Shutdown) => return,
                 Err(_) => {
@@ -120,7 +126,10 @@ impl Shared {
                 continue;
             };
             if at <= now {
-                let _ = c.submit(vec![Command::Expire]).await;
+                tokio::select! {
+                    _ = c.submit(vec![Command::Expire]) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }

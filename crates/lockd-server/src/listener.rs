@@ -259,9 +259,10 @@ impl Server {
                 tracing::error!("cannot join the cluster: {e}");
             } else {
                 let floor = tokens::clock_floor().max(shared.cluster_token_floor);
-                let _ = node
-                    .submit(vec![lockd_core::Command::RaiseTokens { floor }])
-                    .await;
+                tokio::select! {
+                    _ = node.submit(vec![lockd_core::Command::RaiseTokens { floor }]) => {}
+                    _ = shutdown.cancelled() => {}
+                }
                 tracing::info!(node = node.id, "joined the cluster");
                 // The table applies with the cluster's settings; flags that disagree are
                 // said to be ignored rather than applied differently on this node.
