@@ -212,11 +212,16 @@ pub struct Cli {
     pub check_config: bool,
 
     /// Print shell completions for lockd (bash, zsh, fish, elvish, powershell) and exit
-    #[arg(long = "print-completions", value_name = "SHELL", hide = true)]
+    #[arg(
+        long = "print-completions",
+        alias = "printCompletions",
+        value_name = "SHELL",
+        hide = true
+    )]
     pub print_completions: Option<clap_complete::Shell>,
 
     /// Print lockd's man page (roff) and exit
-    #[arg(long = "print-man", hide = true)]
+    #[arg(long = "print-man", alias = "printMan", hide = true)]
     pub print_man: bool,
 
     /// TOML file with any of these options (kebab-case or camelCase names); flags and
