@@ -208,11 +208,18 @@ fn mode(shared: bool) -> Mode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let key = auth_key(cli)?;
+    let (key, from) = auth_key(cli)?;
+    // A refused key says which key lockctl used, so that a stale key file is found.
+    let refused = |e: lockd_client::Error| {
+        match e {
+        lockd_client::Error::Auth(m) => Failure::from(lockd_client::Error::Auth(format!(
+            "{m} (lockctl used the key from {from}; give --auth-key or LOCKD_AUTH_KEY to use another)"
+        ))),
+        other => Failure::from(other),
+    }
+    };
     match &cli.tls_ca {
-        None => Client::connect(&cli.addr, &key)
-            .await
-            .map_err(Failure::from),
+        None => Client::connect(&cli.addr, &key).await.map_err(refused),
         Some(ca) => {
             // With several nodes, the first one's host (give --tls-name otherwise).
             let first = cli.addr.split(',').next().unwrap_or_default().trim();
@@ -222,22 +229,33 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
                 .map_err(|e| Failure::usage(e.to_string()))?;
             Client::connect_tls(&cli.addr, &key, tls)
                 .await
-                .map_err(Failure::from)
+                .map_err(refused)
         }
     }
 }
 
-/// The auth key: --auth-key or LOCKD_AUTH_KEY, else the key file.
-fn auth_key(cli: &Cli) -> Result<String, Failure> {
+/// The auth key: --auth-key or LOCKD_AUTH_KEY, else the key file; and where it came from,
+/// for the message when the server refuses it.
+fn auth_key(cli: &Cli) -> Result<(String, String), Failure> {
     if let Some(k) = &cli.auth_key {
-        return Ok(k.clone());
+        let from = if std::env::var_os("LOCKD_AUTH_KEY").is_some() {
+            "--auth-key or LOCKD_AUTH_KEY"
+        } else {
+            "--auth-key"
+        };
+        return Ok((k.clone(), from.to_string()));
     }
     let path = cli
         .key_file
         .clone()
         .unwrap_or_else(lockd_client::default_key_file);
     std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
+        .map(|s| {
+            (
+                s.trim().to_string(),
+                format!("the key file {}", path.display()),
+            )
+        })
         .map_err(|e| {
             Failure::usage(format!(
                 "no auth key: give --auth-key or LOCKD_AUTH_KEY, or make {} readable ({e})",

@@ -667,3 +667,35 @@ fn completions_and_the_man_page_need_no_server() {
         "{man}"
     );
 }
+
+/// Issue 16: a refused key says where lockctl got it, so that a stale key file (left by an
+/// earlier lockd that generated its key) is found at once.
+#[test]
+fn a_refused_key_names_where_it_came_from() {
+    let addr = server();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth-key");
+    std::fs::write(&file, "an-old-generated-key\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lockctl"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOCKD_")) {
+        c.env_remove(k);
+    }
+    let o = c
+        .args([
+            "--addr",
+            &addr,
+            "--key-file",
+            file.to_str().unwrap(),
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("WRONGPASS") && err.contains(file.to_str().unwrap()),
+        "{err}"
+    );
+    let o = run(&addr, &["ping"]);
+    assert!(o.status.success(), "{o:?}");
+}
