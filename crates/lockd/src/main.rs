@@ -128,6 +128,10 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
     }
     .context("cannot start the async runtime")?;
     let threads = settings.threads;
+    let key_file = match &settings.key_source {
+        options::KeySource::Generated(p) | options::KeySource::File(p) => Some(p.clone()),
+        options::KeySource::Given => None,
+    };
     rt.block_on(async move {
         // Before the port opens: a SIGTERM that comes as soon as clients can connect must
         // stop lockd gracefully, not kill it with the default action.
@@ -142,6 +146,18 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
             options = %options::describe(&config, threads),
             "lockd listening"
         );
+        // The one line a person needs to connect, with commands that work as printed.
+        let a = server.local_addr();
+        let key = match &key_file {
+            Some(p) => format!("\"$(cat {})\"", p.display()),
+            None => "YOUR-AUTH-KEY".to_string(),
+        };
+        lockd_server::logging::say(&format!(
+            "lockd: connect to {a}: redis-cli -h {} -p {} -a {key} PING, or lockctl --addr {a}{} ping",
+            a.ip(),
+            a.port(),
+            if key_file.is_some() { "" } else { " --auth-key YOUR-AUTH-KEY" },
+        ));
         let shutdown = CancellationToken::new();
         let Signals { term, int, hup } = signals;
         tokio::spawn(on_signal(term, int, shutdown.clone()));

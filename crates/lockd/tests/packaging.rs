@@ -30,3 +30,52 @@ fn lockd_prints_its_man_page_and_completions() {
         );
     }
 }
+
+/// Issue 16: at start-up lockd prints (on standard output, for a person) the one line
+/// needed to connect, and its redis-cli command works as printed.
+#[test]
+fn the_start_up_line_says_how_to_connect_and_works_as_printed() {
+    use std::io::BufRead;
+    let redis_cli = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if missing("redis-cli", redis_cli) {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut child = lockd()
+        .args(["--port", "0"])
+        .env("XDG_STATE_HOME", state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("lockd: connect to") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no connect line");
+    }
+    let addr = line["lockd: connect to ".len()..]
+        .split(':')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(
+        line.contains(&format!("lockctl --addr {addr} ping")),
+        "{line}"
+    );
+    let cmd = &line[line.find("redis-cli").unwrap()..line.find(" PING").unwrap() + 5];
+    let got = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "PONG",
+        "{cmd}: {got:?}"
+    );
+    signal(&child, libc::SIGTERM);
+    wait_exit(&mut child);
+}
