@@ -115,8 +115,11 @@ enum Command {
     },
     /// Show the holders and waiters of a key.
     Inspect { key: String },
-    /// Show the locks of a session.
-    Locks { session: String },
+    /// Show the locks of a session (a session is always named by --session).
+    Locks {
+        #[arg(long)]
+        session: String,
+    },
     /// Show the server's counters.
     Stats,
     /// A cluster node's view of the cluster: `lockctl cluster status`.

@@ -225,7 +225,7 @@ fn acquire_then_release_by_session_with_json() {
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(info["holders"][0]["session"], session.as_str());
     assert_eq!(info["holders"][0]["mode"], "EX");
-    let o = run(&addr, &["--json", "locks", &session]);
+    let o = run(&addr, &["--json", "locks", "--session", &session]);
     let locks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(locks.as_array().unwrap().len(), 2);
     let o = run(&addr, &["--json", "stats"]);
@@ -698,4 +698,39 @@ fn a_refused_key_names_where_it_came_from() {
     );
     let o = run(&addr, &["ping"]);
     assert!(o.status.success(), "{o:?}");
+}
+
+/// Issue 16: the README's synopsis of `lockctl lock` matches `--help`: every flag it shows
+/// exists, with the default it shows.
+#[test]
+fn the_readmes_synopsis_matches_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let synopsis = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("`lockctl lock ["))
+        .and_then(|l| l.split('`').next())
+        .expect("the README has a synopsis of lockctl lock");
+    let help = stdout(&run("127.0.0.1:1", &["lock", "--help"]));
+    let mut flags = 0;
+    for part in format!("[{synopsis}").split('[').skip(1) {
+        let inner = part.split(']').next().unwrap();
+        let mut words = inner.split_whitespace();
+        let flag = words.next().unwrap();
+        assert!(
+            help.contains(flag),
+            "the README shows {flag}; --help has no such flag:\n{help}"
+        );
+        flags += 1;
+        if let Some(default) = words.next() {
+            let after = &help[help.find(flag).unwrap()..];
+            let shown = after
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next())
+                .unwrap_or("");
+            assert_eq!(shown, default, "the README's default of {flag}");
+        }
+    }
+    assert!(flags >= 3, "{synopsis}");
 }

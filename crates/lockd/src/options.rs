@@ -189,7 +189,10 @@ pub struct Cli {
     #[arg(
         long = "tls-required",
         alias = "tlsRequired",
-        env = "LOCKD_TLS_REQUIRED"
+        env = "LOCKD_TLS_REQUIRED",
+        // As in the environment people write it: 1/0, yes/no, on/off, true/false.
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
     )]
     pub tls_required: bool,
 

@@ -79,3 +79,32 @@ fn the_start_up_line_says_how_to_connect_and_works_as_printed() {
     signal(&child, libc::SIGTERM);
     wait_exit(&mut child);
 }
+
+/// Issue 16: boolean options read as people write them in the environment.
+#[test]
+fn boolean_environment_values_read_as_written() {
+    for (v, required) in [
+        ("1", true),
+        ("yes", true),
+        ("true", true),
+        ("0", false),
+        ("no", false),
+    ] {
+        let out = lockd()
+            .args(["--check-config", "--auth-key", "k"])
+            .env("LOCKD_TLS_REQUIRED", v)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.contains("--tls-required needs --tls-cert"),
+            required,
+            "LOCKD_TLS_REQUIRED={v}: {err}"
+        );
+        assert_eq!(
+            out.status.success(),
+            !required,
+            "LOCKD_TLS_REQUIRED={v}: {err}"
+        );
+    }
+}
