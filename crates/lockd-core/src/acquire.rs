@@ -61,10 +61,7 @@ impl LockTable {
         wait: Wait,
         now: Millis,
     ) -> Acquired {
-        // Checked before conflicts and before the session is looked at, as the original
-        // daemon does: held locks plus the keys asked for, duplicates included.
-        if self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks {
-            self.counters.too_many_locks += 1;
+        if self.past_max_locks(keys) {
             return Acquired::TooManyLocks;
         }
         let s = match self.find_session(&id) {
@@ -74,6 +71,15 @@ impl LockTable {
         let result = self.acquire_for(s, mode, keys, wait, now);
         self.forget_if_idle(s);
         result
+    }
+
+    /// Whether a request for `keys` is refused by `max_locks` (and counted so). Checked
+    /// before conflicts and before the session is looked at, as the original daemon does:
+    /// held locks plus the keys asked for, duplicates included.
+    fn past_max_locks(&mut self, keys: &[Key]) -> bool {
+        let past = self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks;
+        self.counters.too_many_locks += u64::from(past);
+        past
     }
 
     /// [`LockTable::acquire`] for a native request from `conn`: refused
@@ -87,8 +93,7 @@ impl LockTable {
         wait: Wait,
         now: Millis,
     ) -> Acquired {
-        if self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks {
-            self.counters.too_many_locks += 1;
+        if self.past_max_locks(keys) {
             return Acquired::TooManyLocks;
         }
         match self.find_session(&id) {

@@ -305,15 +305,7 @@ async fn silent_admin_connections_are_closed_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let raft = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
-    let mut node =
-        lockd_server::ClusterConfig::new(1, &raft, dir.path().to_path_buf(), AUTH_KEY.as_bytes());
-    node.initial = [(1, raft.clone())].into_iter().collect();
-    node.election_min_ms = 300;
-    node.election_max_ms = 600;
+    let node = one_node_cluster(dir.path());
     let srv = TestServer::start_with(move |c| {
         c.http_address = Some("127.0.0.1:0".into());
         c.cluster = Some(node);

@@ -288,15 +288,7 @@ async fn silent_and_stalled_tls_connections_are_closed_by_the_login_timeout() {
 async fn a_cluster_node_serves_tls_clients() {
     let c = certs("cluster");
     let dir = tempfile::tempdir().unwrap();
-    let raft = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
-    let mut node =
-        lockd_server::ClusterConfig::new(1, &raft, dir.path().to_path_buf(), AUTH_KEY.as_bytes());
-    node.initial = [(1, raft.clone())].into_iter().collect();
-    node.election_min_ms = 300;
-    node.election_max_ms = 600;
+    let node = one_node_cluster(dir.path());
     let (cert, key_file) = (c.cert.clone(), c.key.clone());
     let srv = TestServer::start_with(move |cfg| {
         cfg.tls_cert = Some(cert);
