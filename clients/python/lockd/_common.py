@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import HeldHere
+from .errors import HeldHere, LockLost
 
 Keys = Union[str, bytes, Sequence[Union[str, bytes]]]
 
@@ -151,6 +151,43 @@ class Book:
     def clear(self) -> None:
         with self.mutex:
             self.locks.clear()
+
+
+class Acquisition:
+    """What a lock object of either client is: one acquisition, counted in its client's
+    book; only how the release is sent differs."""
+
+    def __init__(self, client: Any, mode: str, keys: List[bytes], token: int, epochs: List[int]) -> None:
+        self._client = client
+        self.mode = mode
+        self.keys = keys
+        self.token = token
+        self._epochs = epochs
+        self._generation = client._generation
+        self._released = False
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lock may no longer be held: its connection was lost and the session
+        not resumed since, or the session is gone. Check it before acting on the resource;
+        the fencing token protects against the rest."""
+        return self._client._generation != self._generation or self._client._broken
+
+    def _let_go(self) -> List[Tuple[int, List[bytes]]]:
+        """Marks the acquisition released: the RELEASE TOKEN requests to send (none when
+        another lock of the client still counts on them), or ``LockLost``."""
+        if self._released:
+            return []
+        self._released = True
+        lost = self.lost
+        free, inert = self._client._book.unref(self.mode, self.keys, self._epochs)
+        if lost or inert:
+            raise LockLost("this lock was let go already, or its connection was lost")
+        return [release_args(self.mode, token, keys) for token, keys in free]
+
+    def __repr__(self) -> str:
+        keys = [text(k) for k in self.keys]
+        return f"{type(self).__name__}(mode={self.mode}, keys={keys}, token={self.token})"
 
 
 def release_args(mode: str, token: int, keys: List[bytes]) -> List[Any]:

@@ -14,32 +14,12 @@ from . import _common as c
 from .errors import AuthError, LockdError, LockLost, Timeout, from_reply
 
 
-class AsyncLock:
+class AsyncLock(c.Acquisition):
     """One acquisition (see :class:`lockd.Lock`); ``async with`` releases it on exit."""
 
-    def __init__(self, client: "AsyncClient", mode: str, keys: List[bytes], token: int, epochs: List[int]) -> None:
-        self._client = client
-        self.mode = mode
-        self.keys = keys
-        self.token = token
-        self._epochs = epochs
-        self._generation = client._generation
-        self._released = False
-
-    @property
-    def lost(self) -> bool:
-        return self._client._generation != self._generation or self._client._broken
-
     async def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        lost = self.lost
-        free, inert = self._client._book.unref(self.mode, self.keys, self._epochs)
-        if lost or inert:
-            raise LockLost("this lock was let go already, or its connection was lost")
-        for token, keys in free:
-            await self._client._call(*c.release_args(self.mode, token, keys))
+        for args in self._let_go():
+            await self._client._call(*args)
 
     async def __aenter__(self) -> "AsyncLock":
         return self

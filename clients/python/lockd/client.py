@@ -13,38 +13,15 @@ from . import _common as c
 from .errors import AuthError, LockdError, LockLost, Timeout, from_reply
 
 
-class Lock:
+class Lock(c.Acquisition):
     """Locks held by the client's session: one acquisition. ``release()`` (or leaving the
     ``with`` block, also on an exception) lets go of what it acquired and nothing a later
     acquisition holds: the release names this grant's fencing token."""
 
-    def __init__(self, client: "Client", mode: str, keys: List[bytes], token: int, epochs: List[int]) -> None:
-        self._client = client
-        self.mode = mode
-        self.keys = keys
-        self.token = token
-        self._epochs = epochs
-        self._generation = client._generation
-        self._released = False
-
-    @property
-    def lost(self) -> bool:
-        """Whether the lock may no longer be held: its connection was lost and the session
-        not resumed since, or the session is gone. Check it before acting on the resource;
-        the fencing token protects against the rest."""
-        return self._client._generation != self._generation or self._client._broken
-
     def release(self) -> None:
         """Releases the locks; ``LockLost`` if they were let go already or may be lost."""
-        if self._released:
-            return
-        self._released = True
-        lost = self.lost
-        free, inert = self._client._book.unref(self.mode, self.keys, self._epochs)
-        if lost or inert:
-            raise LockLost("this lock was let go already, or its connection was lost")
-        for token, keys in free:
-            self._client._call(*c.release_args(self.mode, token, keys))
+        for args in self._let_go():
+            self._client._call(*args)
 
     def __enter__(self) -> "Lock":
         return self
@@ -57,10 +34,6 @@ class Lock:
             # learn that the lock was lost while it ran.
             if exc_type is None:
                 raise
-
-    def __repr__(self) -> str:
-        keys = [c.text(k) for k in self.keys]
-        return f"Lock(mode={self.mode}, keys={keys}, token={self.token})"
 
 
 class Client:
