@@ -167,6 +167,16 @@ impl Running {
     }
 }
 
+/// A test that fails half-way leaves no lockd running behind it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The port in a `lockd listening` line, text (`address=IP:PORT`) or JSON
 /// (`"address":"IP:PORT"`).
 fn listening_port(line: &str) -> Option<u16> {
