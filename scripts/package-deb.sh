@@ -35,7 +35,9 @@ for b in lockd lockctl; do
     gen fish >"$assets/$b.fish"
 done
 rm -f target/debian/lockd_*.deb
-cargo deb -p lockd --profile "$profile" --no-build --quiet
+# --strip: the release profile keeps line tables for profiling (debug = 1); the package
+# ships the binaries without them (stripped, not a separate -dbg package).
+cargo deb -p lockd --profile "$profile" --no-build --quiet --strip
 deb=$(ls -t target/debian/lockd_*.deb | head -1)
 
 # What is in it, and with which modes.
@@ -61,6 +63,11 @@ grep -q '^Depends:.*adduser' "$ctl/control" || { echo "FAIL: no dependency on ad
 root=$(mktemp -d)
 dpkg-deb -x "$deb" "$root"
 "$root/usr/bin/lockd" --check-config --config "$root/etc/lockd/lockd.toml"
+for b in lockd lockctl; do
+    if readelf -S "$root/usr/bin/$b" | grep -qE '\.debug_(info|line|str)'; then
+        echo "FAIL: /usr/bin/$b in the package has debug sections (not stripped)"; exit 1
+    fi
+done
 grep -q '^ExecStart=/usr/bin/lockd ' "$root/lib/systemd/system/lockd.service"
 grep -q '^User=lockd$' "$root/lib/systemd/system/lockd.service"
 if command -v systemd-analyze >/dev/null 2>&1; then

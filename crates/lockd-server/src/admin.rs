@@ -146,6 +146,7 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/history", get(history))
         .route("/v1/locks", get(locks))
         .route("/v1/locks/{key}", get(lock))
         .route("/v1/sessions", get(sessions))
@@ -234,6 +235,17 @@ async fn cluster(State(st): State<AdminState>) -> Response {
         Some(c) => Json(c.status()).into_response(),
         None => (StatusCode::NOT_FOUND, "not a cluster node\n").into_response(),
     }
+}
+
+/// The charts' samples (see `history`).
+async fn history(State(st): State<AdminState>) -> Json<crate::history::HistoryJson> {
+    Json(
+        st.shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .json(),
+    )
 }
 
 async fn readyz(State(st): State<AdminState>) -> impl IntoResponse {
@@ -350,11 +362,20 @@ async fn sessions(
     )
 }
 
+/// A contended key on the status page: who holds it next to who waits, the first
+/// [`SHOWN`] of each (the totals say how many more).
 #[derive(Serialize)]
 struct Contended {
     key: String,
-    waiters: usize,
+    holders_total: usize,
+    waiters_total: usize,
+    holders: Vec<HolderJson>,
+    waiters: Vec<WaiterJson>,
 }
+
+/// Holders and waiters shown per contended key; the status answer stays small however
+/// many SH holders a key has.
+const SHOWN: usize = 5;
 
 #[derive(Serialize)]
 struct LongWaiter {
@@ -366,6 +387,7 @@ struct LongWaiter {
 
 #[derive(Serialize)]
 struct StatusJson {
+    version: &'static str,
     counts: Vec<(&'static str, u64)>,
     contended: Vec<Contended>,
     longest_waiters: Vec<LongWaiter>,
@@ -373,10 +395,19 @@ struct StatusJson {
 
 async fn status(State(st): State<AdminState>) -> Json<StatusJson> {
     let s = st.shared.snapshot();
-    let (contended, waiters) = st
-        .shared
-        .read(|t, now| (t.most_contended(10), t.longest_waiters(10, now)));
+    let (contended, waiters) = st.shared.read(|t, now| {
+        let keys: Vec<_> = t
+            .most_contended(10)
+            .into_iter()
+            .map(|(k, _)| {
+                let info = t.inspect(k.as_bytes(), now);
+                (k, info)
+            })
+            .collect();
+        (keys, t.longest_waiters(10, now))
+    });
     Json(StatusJson {
+        version: env!("CARGO_PKG_VERSION"),
         counts: vec![
             ("uptime (s)", s.uptime_ms / 1000),
             ("connections", s.connections),
@@ -392,9 +423,18 @@ async fn status(State(st): State<AdminState>) -> Json<StatusJson> {
         ],
         contended: contended
             .into_iter()
-            .map(|(k, n)| Contended {
-                key: text(k.as_bytes()),
-                waiters: n,
+            .map(|(k, info)| {
+                let (holders_total, waiters_total) = (info.holders.len(), info.waiters.len());
+                let mut j = key_json(k.as_bytes(), info);
+                j.holders.truncate(SHOWN);
+                j.waiters.truncate(SHOWN);
+                Contended {
+                    key: j.key,
+                    holders_total,
+                    waiters_total,
+                    holders: j.holders,
+                    waiters: j.waiters,
+                }
             })
             .collect(),
         longest_waiters: waiters

@@ -22,6 +22,7 @@ mod clock;
 mod config;
 mod conn;
 mod expiry;
+mod history;
 mod legacy;
 mod listener;
 pub mod logging;

@@ -307,6 +307,7 @@ impl Server {
         }
         if let Some(l) = admin {
             tracker.spawn(crate::admin::serve(l, shared.clone(), shutdown.clone()));
+            tracker.spawn(crate::history::run(shared.clone(), shutdown.clone()));
         }
         let permits = Arc::new(Semaphore::new(shared.config.max_clients));
         shared

@@ -49,6 +49,8 @@ pub(crate) struct Metrics {
     pub legacy_request_seconds: Histogram,
     pub native_request_seconds: Histogram,
     pub wait_seconds: Histogram,
+    /// The same waits, in buckets the status page's history can take differences of.
+    pub wait_buckets: crate::history::WaitBuckets,
     pub bad_requests: Family<CodeLabel, Counter>,
 }
 
@@ -66,6 +68,7 @@ impl Metrics {
             legacy_request_seconds: legacy,
             native_request_seconds: native,
             wait_seconds: latency_histogram(),
+            wait_buckets: crate::history::WaitBuckets::new(),
             bad_requests: Family::default(),
         }
     }

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// In a cluster: closed connections whose `Disconnect` is not committed yet.
     pub(crate) closed: Mutex<Vec<ConnId>>,
     pub(crate) closed_notify: Notify,
+    /// The status page's charts (sampled only where the admin HTTP server runs).
+    pub(crate) history: Mutex<crate::history::History>,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -147,6 +149,7 @@ impl Shared {
             cluster_token_floor: 0,
             closed: Mutex::new(Vec::new()),
             closed_notify: Notify::new(),
+            history: Mutex::new(crate::history::History::new()),
         }
     }
 

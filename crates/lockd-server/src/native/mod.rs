@@ -315,6 +315,7 @@ impl Native {
     ) -> Option<Commit> {
         let waited = shared.clock.now().saturating_sub(wait.since);
         shared.metrics.wait_seconds.observe(waited as f64 / 1000.0);
+        shared.metrics.wait_buckets.observe(waited);
         if woken.is_none() && shared.clustered {
             let mut rx = wait.rx;
             return Some(Commit {

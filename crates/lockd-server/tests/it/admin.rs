@@ -170,14 +170,100 @@ async fn a_non_loopback_admin_address_needs_the_key() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn status_page_renders_in_a_browser() {
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+/// The value of a counter or gauge line `name value` in a Prometheus scrape.
+fn scraped(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the scrape"))
+}
+
+/// The attribute `name` of the element whose id is `id`, in a serialized DOM.
+fn dom_attr(html: &str, id: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let tag = &html[html[..at].rfind('<')?..at + html[at..].find('>')?];
+    let v = tag.split(&format!(" {name}=\"")).nth(1)?;
+    Some(v[..v.find('"')?].to_string())
+}
+
+/// The text of the element whose id is `id` up to its end (the rest of the DOM after it,
+/// cut at the next section), for "is this shown there" checks.
+fn dom_section<'a>(html: &'a str, id: &str) -> &'a str {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the page: {html}"));
+    let rest = &html[at..];
+    &rest[..rest.find("</table>").unwrap_or(rest.len())]
+}
+
+/// How many pixels of `png` are within a small distance of `rgb`.
+fn pixels_like(png: &[u8], rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let step = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| (0..3).all(|i| p[i].abs_diff(rgb[i]) <= 12))
+        .count()
+}
+
+/// Debian's Chromium, if it is here (CI installs it; elsewhere the browser tests skip
+/// unless LOCKD_REQUIRE_INTEROP is set).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| {
         std::process::Command::new(c)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
-    });
+    })
+}
+
+/// Opens `url` in headless Chromium (its own profile under `dir`), lets the page run for
+/// 3 s of virtual time, and returns what `extra` asks for (`--dump-dom` on stdout, or a
+/// `--screenshot=`). Run on a blocking thread: the server under test keeps running.
+async fn in_chromium(
+    chromium: &'static str,
+    dir: &std::path::Path,
+    url: &str,
+    extra: &str,
+) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=3000",
+        "--window-size=1280,1100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", dir.join("profile").display()));
+    args.push(extra.to_string());
+    args.push(url.to_string());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(chromium)
+            .args(args)
+            .output()
+            .expect("chromium runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 16: the status page in headless Chromium. Holders next to waiters for a contended
+/// key, the charts drawn from the server's ring of samples with their last points equal to
+/// what /metrics says, the lookup box (run from the address's #key=), and a screenshot
+/// with the chart and mode colours in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_page_renders_in_a_browser() {
+    let chromium = chromium();
     if skip_unless("chromium", chromium.is_some()) {
         return;
     }
@@ -186,65 +272,156 @@ async fn status_page_renders_in_a_browser() {
     let admin = srv.admin.unwrap();
     let mut a = Resp::authed(srv.addr).await;
     let mut b = Resp::authed(srv.addr).await;
-    a.call(&["ACQUIRE", "EX", "0", "payroll"]).await.int();
-    b.send(&["ACQUIRE", "EX", "60000", "payroll"]).await;
+    let mut c = Resp::authed(srv.addr).await;
+    let mut d = Resp::authed(srv.addr).await;
+    let token = a.call(&["ACQUIRE", "EX", "0", "payroll"]).await.int();
+    // A conflict, and a wait that times out: each chart has something to count.
+    assert_eq!(d.call(&["ACQUIRE", "EX", "0", "payroll"]).await, R::Null);
+    d.send(&["ACQUIRE", "EX", "1000", "payroll"]).await;
     srv.eventually("queued", |s| s.waiters == 1).await;
-    let dir = std::env::temp_dir().join(format!("lockd-chromium-{}", std::process::id()));
-    let shot = dir.join("status.png");
-    let url = format!("http://{admin}/");
-    let (dir2, url2) = (dir.clone(), url.clone());
-    let run = move |extra: Vec<String>| {
-        let mut args: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=3000",
-            "--window-size=1200,900",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(format!(
-            "--user-data-dir={}",
-            dir2.join("profile").display()
-        ));
-        args.extend(extra);
-        args.push(url2.clone());
-        std::process::Command::new(chromium)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let dom = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || run(vec!["--dump-dom".into()])
-    })
-    .await
-    .unwrap();
-    let html = String::from_utf8_lossy(&dom.stdout);
+    srv.clock.advance(1000);
+    assert_eq!(d.recv().await, R::Null);
+    b.send(&["ACQUIRE", "SH", "600000", "payroll"]).await;
+    srv.eventually("queued", |s| s.waiters == 1).await;
+    c.send(&["ACQUIRE", "EX", "600000", "payroll"]).await;
+    srv.eventually("queued", |s| s.waiters == 2).await;
+    // The sessions, as the page should show them (holder; queue in order).
+    let (_, body) = http_get(admin, "/v1/locks/payroll", None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let holder = v["holders"][0]["session"].as_str().unwrap().to_string();
+    let first = v["waiters"][0]["session"].as_str().unwrap().to_string();
+    let second = v["waiters"][1]["session"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"][0]["token"], token);
+
+    // Nothing changes from here on: wait for a sample taken after the last change, so the
+    // chart's last point and the scrape must agree exactly.
+    let metrics = http_get(admin, "/metrics", None).await.1;
+    let want = |name| scraped(&metrics, name);
+    let (grants, conflicts, timeouts, waiters) = (
+        want("lockd_grants_total"),
+        want("lockd_conflicts_total"),
+        want("lockd_timeouts_total"),
+        want("lockd_waiters"),
+    );
+    assert_eq!((grants, conflicts, timeouts, waiters), (1, 1, 1, 2));
+    let mut sampled = false;
+    for _ in 0..50 {
+        let h: serde_json::Value =
+            serde_json::from_str(&http_get(admin, "/v1/history", None).await.1).unwrap();
+        let last = h["samples"].as_array().and_then(|s| s.last().cloned());
+        if last.is_some_and(|l| l["timeouts"] == 1 && l["waiters"] == 2) {
+            sampled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(sampled, "the ring took a sample within 5 s");
+
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("status.png");
+    let url = format!("http://{admin}/#key=payroll");
+    let dom = in_chromium(chromium, dir.path(), &url, "--dump-dom").await;
+    let html = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let updated = dom_section(&html, "updated");
+    assert!(
+        updated.starts_with("id=\"updated\">updated "),
+        "the refresh ran and reached lockd: {updated}"
+    );
     assert!(html.contains("locks held"), "counts rendered: {html}");
-    assert!(
-        html.contains("payroll"),
-        "the contended key rendered: {html}"
+
+    // The charts: drawn, and their data is the scrape's.
+    for (chart, total) in [
+        ("chart-grants", grants),
+        ("chart-conflicts", conflicts),
+        ("chart-timeouts", timeouts),
+    ] {
+        assert_eq!(
+            dom_attr(&html, chart, "data-total").as_deref(),
+            Some(total.to_string().as_str()),
+            "{chart}'s last sample against /metrics: {html}"
+        );
+        let points: usize = dom_attr(&html, chart, "data-points")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert!(points >= 1, "{chart} has points: {html}");
+    }
+    assert_eq!(
+        dom_attr(&html, "chart-waiters", "data-last").as_deref(),
+        Some(waiters.to_string().as_str()),
+        "the waiters chart's last point against lockd_waiters: {html}"
     );
-    assert!(html.contains("updated "), "the refresh ran: {html}");
-    let out = tokio::task::spawn_blocking({
-        let shot = shot.clone();
-        move || run(vec![format!("--screenshot={}", shot.display())])
-    })
-    .await
-    .unwrap();
+    assert!(
+        dom_section(&html, "chart-waiters").contains("<polyline"),
+        "the waiters line is drawn: {html}"
+    );
+
+    // Who holds the contended key next to who waits, in queue order.
+    let contended = dom_section(&html, "contended-table");
+    for s in [&holder, &first, &second] {
+        assert!(contended.contains(s.as_str()), "{s} shown: {contended}");
+    }
+    assert!(
+        contended.find(&first) < contended.find(&second),
+        "queue in order: {contended}"
+    );
+    assert!(
+        contended.contains(&format!("token {token}")),
+        "the holder's token: {contended}"
+    );
+    assert!(contended.contains(">EX<") && contended.contains(">SH<"));
+
+    // The lookup box, run from the address: the key's holder and queue.
+    let looked = dom_section(&html, "lookup-table");
+    assert!(looked.contains("payroll") && looked.contains(&holder) && looked.contains(&second));
+
+    let screenshot = format!("--screenshot={}", shot.display());
+    let out = in_chromium(chromium, dir.path(), &url, &screenshot).await;
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {out:?}"));
+    // The waiters chart's line (#0f766e) and the EX tag's background (#fee2e2) are painted.
     assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real screenshot"
+        pixels_like(&png, [0x0f, 0x76, 0x6e]) > 50,
+        "the waiters chart is in the screenshot"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        pixels_like(&png, [0xfe, 0xe2, 0xe2]) > 50,
+        "an EX holder is in the screenshot"
+    );
+}
+
+/// Issue 16: on a cluster node the page shows the members, which is the leader, and this
+/// node; on a standalone server (above) the cluster section stays hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_cluster() {
+    let chromium = chromium();
+    if skip_unless("chromium", chromium.is_some()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = one_node_cluster(dir.path());
+    let raft = node.raft_addr.clone();
+    let srv = TestServer::start_with(move |c| {
+        c.http_address = Some("127.0.0.1:0".into());
+        c.cluster = Some(node);
+    })
+    .await;
+    let url = format!("http://{}/", srv.admin.unwrap());
+    let html = String::from_utf8_lossy(
+        &in_chromium(chromium.unwrap(), dir.path(), &url, "--dump-dom")
+            .await
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !dom_section(&html, "cluster").starts_with("id=\"cluster\" hidden"),
+        "the cluster section is shown: {html}"
+    );
+    let members = dom_section(&html, "members");
+    assert!(
+        members.contains("1 (this node) leader") && members.contains(&raft),
+        "{members}"
+    );
+    assert!(dom_section(&html, "node").contains("(leader)"), "{html}");
+    srv.shutdown.cancel();
 }
 
 /// Issue 11, defect 5: a half-sent request does not hold shutdown.
