@@ -1,5 +1,5 @@
 //! What a package ships besides the binary (issue 16): the man page and completions, made
-//! from the flags' definitions.
+//! from the flags' definitions; the PHP example beside the Python client.
 
 mod common;
 
@@ -107,4 +107,61 @@ fn boolean_environment_values_read_as_written() {
             "LOCKD_TLS_REQUIRED={v}: {err}"
         );
     }
+}
+
+/// Issue 16: clients/php/lock.php, run by PHP against a real lockd, takes an EX lock on a
+/// resource's MediaWiki key (checked against a key computed independently, in Python),
+/// holds it until its standard input ends (a second run is refused), then releases it (a
+/// third run gets it). A wrong key is refused with BAD_KEY.
+#[test]
+fn the_php_example_locks_as_lslockmanager_does() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let php_here = Command::new("php")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if missing("php", php_here) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/php/lock.php");
+    let mut server = Running::start(lockd().args(["--auth-key", "php-key"]));
+    let port = server.port.to_string();
+    let resource = "mwstore://local-backend/images/a/ab/Example.jpg";
+    let php = |key: &str| {
+        let mut c = Command::new("php");
+        c.args([script, "127.0.0.1", &port, key, resource])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut holder = php("php-key").spawn().unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // int(sha1(resource), 16) in base 36, padded to 31 (Python, not this script).
+    assert_eq!(line, "ACQUIRED 1n4lk62juzpc36r5d2ib0umor7m38io\n");
+    let refused = php("php-key").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(
+        (
+            refused.status.code(),
+            String::from_utf8_lossy(&refused.stderr).trim()
+        ),
+        (Some(1), "not acquired: CANT_ACQUIRE")
+    );
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "RELEASED\n");
+    assert!(holder.wait().unwrap().success());
+    let again = php("php-key").stdin(Stdio::null()).output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let wrong = php("not-the-key").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&wrong.stderr).trim(),
+        "not acquired: BAD_KEY"
+    );
+    signal(&server.child, libc::SIGTERM);
+    assert!(server.wait().0.success());
 }
