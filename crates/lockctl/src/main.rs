@@ -122,10 +122,10 @@ enum Command {
     },
     /// Show the server's counters.
     Stats,
-    /// A cluster node's view of the cluster: `lockctl cluster status`.
+    /// The cluster: `status` (a node's view), `add ID RAFT_ADDR`, `remove ID`.
     Cluster {
-        #[arg(value_parser = ["status"])]
-        what: String,
+        #[command(subcommand)]
+        what: ClusterCommand,
     },
     /// Check that the server answers (and that the key is right).
     Ping,
@@ -133,6 +133,28 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print lockctl's man page (roff).
     Man,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterCommand {
+    /// The node's view: role, leader, term, indexes, and each member with its lag.
+    Status,
+    /// Add node ID, whose Raft port is at RAFT_ADDR and which runs with `--node-id ID`
+    /// (and no --initial-cluster entry for itself): a learner until it has caught up, then
+    /// a voter. Ids are never reused.
+    Add { id: u64, raft_addr: String },
+    /// Remove node ID; refused if the voters left would have no live quorum.
+    Remove { id: u64 },
+}
+
+/// Prints what a cluster change did.
+fn said(json: bool, done: String) -> Result<u8, Failure> {
+    if json {
+        println!("{}", json!({"ok": true, "said": done}));
+    } else {
+        println!("{done}");
+    }
+    Ok(0)
 }
 
 fn parse_signal(s: &str) -> Result<i32, String> {
@@ -438,7 +460,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Command::Cluster { .. } => {
+        Command::Cluster {
+            what: ClusterCommand::Add { id, raft_addr },
+        } => said(json, client.cluster_add(*id, raft_addr).await?),
+        Command::Cluster {
+            what: ClusterCommand::Remove { id },
+        } => said(json, client.cluster_remove(*id).await?),
+        Command::Cluster {
+            what: ClusterCommand::Status,
+        } => {
             let status = client.cluster_status().await?;
             if json {
                 println!("{status}");
@@ -458,9 +488,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
                 for m in v["members"].as_array().into_iter().flatten() {
                     println!(
-                        "  member {:<3} {:<22} lag {:<8} {}",
+                        "  member {:<3} {:<22} {:<7} lag {:<8} {}",
                         m["id"],
                         m["raft_address"].as_str().unwrap_or("?"),
+                        if m["voter"].as_bool() == Some(false) {
+                            "learner"
+                        } else {
+                            "voter"
+                        },
                         if m["lag"].is_null() {
                             "-".to_string()
                         } else {

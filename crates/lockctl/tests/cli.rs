@@ -6,7 +6,17 @@ const KEY: &str = "lockctl-test-key";
 
 /// Starts a lockd on 127.0.0.1:0 in a background thread; returns its address.
 fn server() -> String {
+    in_thread(lockd_server::ServerConfig::new("127.0.0.1", 0, KEY)).0
+}
+
+/// Runs a server with `config` in a background thread of its own: its client address,
+/// its admin HTTP address (empty without one), and the token that stops it.
+fn in_thread(
+    config: lockd_server::ServerConfig,
+) -> (String, String, lockd_server::CancellationToken) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let stop = lockd_server::CancellationToken::new();
+    let s2 = stop.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -14,15 +24,14 @@ fn server() -> String {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let s =
-                lockd_server::Server::bind(lockd_server::ServerConfig::new("127.0.0.1", 0, KEY))
-                    .await
-                    .unwrap();
-            tx.send(s.local_addr().to_string()).unwrap();
-            s.run(lockd_server::CancellationToken::new()).await;
+            let s = lockd_server::Server::bind(config).await.unwrap();
+            let admin = s.admin_addr().map(|a| a.to_string()).unwrap_or_default();
+            tx.send((s.local_addr().to_string(), admin)).unwrap();
+            s.run(s2).await;
         });
     });
-    rx.recv().unwrap()
+    let (addr, admin) = rx.recv().unwrap();
+    (addr, admin, stop)
 }
 
 fn lockctl(addr: &str, args: &[&str]) -> Command {
@@ -36,6 +45,59 @@ fn lockctl(addr: &str, args: &[&str]) -> Command {
 
 fn run(addr: &str, args: &[&str]) -> Output {
     lockctl(addr, args).output().unwrap()
+}
+
+/// A cluster node in a background thread, with fast timeouts: its client address, its
+/// admin HTTP address, and the token that stops it. `initial` empty: a node that waits to
+/// be added.
+fn cluster_node(
+    id: u64,
+    raft: &str,
+    dir: &std::path::Path,
+    initial: std::collections::BTreeMap<u64, String>,
+) -> (String, String, lockd_server::CancellationToken) {
+    let mut c = lockd_server::ClusterConfig::new(id, raft, dir.to_path_buf(), KEY.as_bytes());
+    c.initial = initial;
+    c.heartbeat_ms = 50;
+    c.election_min_ms = 300;
+    c.election_max_ms = 600;
+    c.detect_ms = 1000;
+    let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, KEY);
+    config.cluster = Some(c);
+    config.http_address = Some("127.0.0.1:0".into());
+    in_thread(config)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One RESP request on a new connection after AUTH: the reply's first line.
+fn resp_once(addr: &str, args: &[&str]) -> String {
+    use std::io::{BufRead, Write};
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let cmd = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out
+    };
+    r.get_mut()
+        .write_all(format!("{}{}", cmd(&["AUTH", KEY]), cmd(args)).as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap_or(0);
+    line.trim_end().to_string()
 }
 
 fn stdout(o: &Output) -> String {
@@ -527,49 +589,16 @@ fn a_silently_stalled_connection_stops_the_command() {
 /// node, the command goes on, and nobody else gets the lock meanwhile.
 #[test]
 fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let raft: std::collections::BTreeMap<u64, String> = (1..=3)
-        .map(|i| (i, format!("127.0.0.1:{}", free())))
+        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
         .collect();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut addrs = Vec::new();
     let mut stops = Vec::new();
     for i in 1..=3u64 {
-        let mut c = lockd_server::ClusterConfig::new(
-            i,
-            &raft[&i],
-            dirs[(i - 1) as usize].path().to_path_buf(),
-            KEY.as_bytes(),
-        );
-        c.initial = raft.clone();
-        c.heartbeat_ms = 50;
-        c.election_min_ms = 300;
-        c.election_max_ms = 600;
-        c.detect_ms = 1000;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stop = lockd_server::CancellationToken::new();
-        let s2 = stop.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, KEY);
-                config.cluster = Some(c);
-                let s = lockd_server::Server::bind(config).await.unwrap();
-                tx.send(s.local_addr().to_string()).unwrap();
-                s.run(s2).await;
-            });
-        });
-        addrs.push(rx.recv().unwrap());
+        let (addr, _, stop) =
+            cluster_node(i, &raft[&i], dirs[(i - 1) as usize].path(), raft.clone());
+        addrs.push(addr);
         stops.push(stop);
     }
     let all = addrs.join(",");
@@ -583,29 +612,7 @@ fn lock_keeps_its_lock_through_the_loss_of_its_cluster_node() {
         .spawn()
         .unwrap();
     // Held (once lockctl got it), seen from node 3.
-    let held = |addr: &str| {
-        use std::io::{BufRead, Write};
-        let s = std::net::TcpStream::connect(addr).unwrap();
-        let mut r = std::io::BufReader::new(s);
-        let cmd = |args: &[&str]| {
-            let mut out = format!("*{}\r\n", args.len());
-            for a in args {
-                out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-            }
-            out
-        };
-        r.get_mut()
-            .write_all(cmd(&["AUTH", KEY]).as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        r.get_mut()
-            .write_all(cmd(&["ACQUIRE", "EX", "0", "deploy"]).as_bytes())
-            .unwrap();
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        line.trim_end() == "$-1"
-    };
+    let held = |addr: &str| resp_once(addr, &["ACQUIRE", "EX", "0", "deploy"]) == "$-1";
     let t0 = std::time::Instant::now();
     while !mark.exists() {
         assert!(
@@ -733,4 +740,110 @@ fn the_readmes_synopsis_matches_help() {
         }
     }
     assert!(flags >= 3, "{synopsis}");
+}
+
+/// An HTTP request to the admin server; the status code and the body.
+fn http(admin: &str, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (code, body)
+}
+
+/// Issue 14: `lockctl cluster add` makes a new node (started with no initial list) a
+/// voter, `cluster status` shows it, a second add is refused; the admin HTTP removes it
+/// (with the key only, on loopback too); the removed node serves no client and its id is
+/// never given again.
+#[test]
+fn cluster_members_are_added_and_removed_by_lockctl_and_http() {
+    let raft: std::collections::BTreeMap<u64, String> = (1..=4)
+        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let first: std::collections::BTreeMap<u64, String> = raft
+        .iter()
+        .filter(|(i, _)| **i <= 3)
+        .map(|(i, a)| (*i, a.clone()))
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for i in 1..=4u64 {
+        let initial = if i <= 3 {
+            first.clone()
+        } else {
+            Default::default()
+        };
+        nodes.push(cluster_node(
+            i,
+            &raft[&i],
+            dirs[(i - 1) as usize].path(),
+            initial,
+        ));
+    }
+    let (n2, n4) = (nodes[1].0.clone(), nodes[3].0.clone());
+    let o = run(&n2, &["cluster", "add", "4", &raft[&4]]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains("node 4 (") && stdout(&o).contains("is a voter: 4 voters"),
+        "{}",
+        stdout(&o)
+    );
+    // The new node serves once it has joined.
+    let t0 = std::time::Instant::now();
+    while !resp_once(&n4, &["ACQUIRE", "EX", "0", "on-4"]).starts_with(':') {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "node 4 never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = stdout(&run(&n4, &["cluster", "status"]));
+    assert!(status.contains("node 4 is follower"), "{status}");
+    assert_eq!(status.matches(" voter ").count(), 4, "{status}");
+    let again = run(&n2, &["cluster", "add", "4", &raft[&4]]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("node 4 is already a voter"),
+        "{again:?}"
+    );
+
+    let admin = nodes[0].1.clone();
+    assert_eq!(
+        http(&admin, "DELETE", "/v1/cluster/members/4", None, "").0,
+        401
+    );
+    let (code, body) = http(&admin, "DELETE", "/v1/cluster/members/4", Some(KEY), "");
+    assert_eq!(
+        (code, body.trim()),
+        (200, "node 4 removed: 3 voters, a quorum is 2")
+    );
+    let t0 = std::time::Instant::now();
+    let refused = loop {
+        let r = resp_once(&n4, &["ACQUIRE", "EX", "0", "on-4b"]);
+        if r.contains("removed") || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        refused.starts_with("-CLUSTERDOWN this node was removed from the cluster"),
+        "{refused}"
+    );
+    let body = format!(r#"{{"id":4,"raft_address":"127.0.0.1:{}"}}"#, free_port());
+    let (code, said) = http(&admin, "POST", "/v1/cluster/members", Some(KEY), &body);
+    assert_eq!(code, 409, "{said}");
+    assert!(said.contains("ids are never reused"), "{said}");
+    for (_, _, stop) in &nodes {
+        stop.cancel();
+    }
 }

@@ -503,6 +503,29 @@ impl Client {
         text(self.conn().call(&[b"CLUSTER", b"STATUS"]).await?)
     }
 
+    /// Adds node `id`, whose Raft port is at `raft_addr`, to the cluster this node is in: a
+    /// learner until it has caught up, then a voter. Returns what the cluster did; a
+    /// refusal (an id used before, a node that did not catch up) is `Error::Server`. Takes
+    /// as long as the new node needs to catch up (up to a minute).
+    pub async fn cluster_add(&self, id: u64, raft_addr: &str) -> Result<String, Error> {
+        let id = id.to_string();
+        text(
+            self.conn()
+                .call(&[b"CLUSTER", b"ADD", id.as_bytes(), raft_addr.as_bytes()])
+                .await?,
+        )
+    }
+
+    /// Removes node `id` from the cluster (refused if it would leave no live quorum).
+    pub async fn cluster_remove(&self, id: u64) -> Result<String, Error> {
+        let id = id.to_string();
+        text(
+            self.conn()
+                .call(&[b"CLUSTER", b"REMOVE", id.as_bytes()])
+                .await?,
+        )
+    }
+
     /// The server's counters, by name.
     pub async fn stats(&self) -> Result<Vec<(String, i64)>, Error> {
         let v = self.conn().call(&[b"STATS"]).await?;

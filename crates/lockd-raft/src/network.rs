@@ -49,6 +49,17 @@ pub enum PeerRequest {
     Forward(Batch),
     /// `node` is alive (sent to the leader).
     Ping(NodeId),
+    /// An operator's change of the members, for the leader to make.
+    Member(MemberChange),
+}
+
+/// A change of the cluster's members, as `lockctl cluster add|remove` asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add node `id` at `addr`: as a learner, then, once it has caught up, a voter.
+    Add { id: NodeId, addr: String },
+    /// Remove node `id` (voter or learner).
+    Remove { id: NodeId },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +70,10 @@ pub enum PeerReply {
     /// The batch's log index and outcomes, or why it was not proposed.
     Forward(Result<(u64, Applied), ForwardError>),
     Pong,
+    /// What the change did, or why it was refused.
+    Member(Result<String, String>),
+    /// The asking node was removed from the cluster: nothing it sends is taken.
+    Removed,
 }
 
 /// Why a forwarded batch was not committed.
@@ -233,11 +248,14 @@ pub struct Network {
     pub key: Arc<Vec<u8>>,
     pub me: NodeId,
     pub tls: Option<PeerTls>,
+    /// Set when a peer answers that this node was removed (see [`PeerReply::Removed`]).
+    pub removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct PeerNetwork {
     target: NodeId,
     client: PeerClient,
+    removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -252,6 +270,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 self.me,
                 self.tls.clone(),
             ),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -270,6 +289,17 @@ fn odd_reply<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
     RPCError::Network(NetworkError::new(&bad("a reply of the wrong kind")))
 }
 
+impl PeerNetwork {
+    /// The peer says this node is no longer a member: remember it, and fail the call.
+    fn removed<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
+        self.removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        RPCError::Network(NetworkError::new(&bad(
+            "this node was removed from the cluster",
+        )))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
@@ -284,6 +314,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             Ok(PeerReply::Append(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerReply::Removed) => Err(self.removed()),
             Ok(_) => Err(odd_reply()),
             Err(e) => Err(unreachable(e)),
         }
@@ -302,6 +333,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             Ok(PeerReply::Snapshot(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerReply::Removed) => Err(self.removed()),
             Ok(_) => Err(odd_reply()),
             Err(e) => Err(unreachable(e)),
         }
@@ -320,6 +352,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             Ok(PeerReply::Vote(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerReply::Removed) => Err(self.removed()),
             Ok(_) => Err(odd_reply()),
             Err(e) => Err(unreachable(e)),
         }

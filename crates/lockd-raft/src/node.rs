@@ -21,9 +21,17 @@
 //! calls its `on_cut_off` hook (the server closes its clients' connections) and proposes
 //! `NodeUp`. At start a node proposes `NodeDown` and `NodeUp` for itself, which ends what
 //! its previous run left bound.
+//!
+//! **Membership.** [`Cluster::change_members`] adds a node as a learner, waits for it to
+//! catch up, then makes it a voter; or removes one, refusing what would leave the voters
+//! without a quorum of live members. The state machine records every id that was ever a
+//! member, so an id is never given to a second machine, and a node whose id left the
+//! committed membership (or that a peer tells so) serves no more: it closes its clients'
+//! connections and answers every command with [`ClusterError::Removed`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,10 +42,10 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::log_store::{self, LogStore};
 use crate::network::{
-    accept_login, read_frame, write_frame, ForwardError, Network, PeerClient, PeerReply,
-    PeerRequest, MAX_FRAME,
+    accept_login, read_frame, write_frame, ForwardError, MemberChange, Network, PeerClient,
+    PeerReply, PeerRequest, MAX_FRAME,
 };
-use crate::state_machine::{StateMachine, Table};
+use crate::state_machine::{Members, StateMachine, Table};
 use crate::types::{Applied, Batch, NodeId, TypeConfig};
 
 /// How a node is set up.
@@ -99,7 +107,8 @@ impl ClusterConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ClusterStatus {
     pub node: NodeId,
-    /// `leader`, `follower`, `candidate` or `learner`.
+    /// `leader`, `follower`, `candidate`, `learner`, or `removed` (this node left the
+    /// cluster and serves nothing).
     pub role: &'static str,
     pub leader: Option<NodeId>,
     pub term: u64,
@@ -115,6 +124,8 @@ pub struct ClusterStatus {
 pub struct MemberStatus {
     pub id: NodeId,
     pub raft_address: String,
+    /// A voter (counted in the quorum), or a learner (catching up, not counted).
+    pub voter: bool,
     /// Known to the leader only: the last log index replicated to the member.
     pub matched_index: Option<u64>,
     /// Known to the leader only: how many entries the member is behind.
@@ -146,6 +157,14 @@ pub enum ClusterError {
     Tls(String),
     #[error("the node is shutting down")]
     Shutdown,
+    /// A membership change that was refused, with why.
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "this node was removed from the cluster and serves no clients (to bring the machine \
+         back, give it a new node id and an empty data directory, and add it)"
+    )]
+    Removed,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Outcome>, ClusterError>>;
@@ -171,7 +190,17 @@ pub struct Cluster<T: Table> {
     stop: tokio_util_stop::Stop,
     /// The store, to see it closed at shutdown.
     db: std::sync::Weak<redb::Database>,
+    /// The committed membership, from the state machine.
+    members: Members,
+    /// Set when a peer said this node was removed (the committed membership may not
+    /// have reached it).
+    removed: Arc<AtomicBool>,
+    /// Whether the removal was acted on (clients cut off, logged).
+    removal_handled: AtomicBool,
 }
+
+/// How long `lockctl cluster add` waits for a new learner to catch up.
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// A tiny stop signal (the crate does not need all of tokio-util).
 mod tokio_util_stop {
@@ -218,6 +247,8 @@ impl<T: Table> Cluster<T> {
         let db = log_store::open(&config.data_dir.join("raft.redb"))
             .map_err(|e| data(std::io::Error::other(e.to_string())))?;
         let sm = StateMachine::open(db.clone(), table.clone()).map_err(data)?;
+        let members = sm.members();
+        let removed = Arc::new(AtomicBool::new(false));
         let weak_db = Arc::downgrade(&db);
         let listener = TcpListener::bind(&config.raft_addr)
             .await
@@ -245,6 +276,7 @@ impl<T: Table> Cluster<T> {
             key: Arc::new(config.key.clone()),
             me: config.node_id,
             tls: tls.clone(),
+            removed: removed.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -285,6 +317,9 @@ impl<T: Table> Cluster<T> {
             tls,
             stop: Default::default(),
             db: weak_db,
+            members,
+            removed,
+            removal_handled: AtomicBool::new(false),
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -298,6 +333,26 @@ impl<T: Table> Cluster<T> {
     /// serving clients, so that no token is issued below the cluster's floor.
     pub async fn join(&self) -> Result<(), ClusterError> {
         let me = self.id as u16;
+        // A new node that is not in the cluster yet waits to be added, however long.
+        let mut told = Instant::now() - Duration::from_secs(60);
+        while !self.members.is_member(self.id) {
+            if self.is_removed() {
+                return Err(ClusterError::Removed);
+            }
+            if self.stop.stopped() {
+                return Err(ClusterError::Shutdown);
+            }
+            if told.elapsed() >= Duration::from_secs(15) {
+                tracing::info!(
+                    "node {} is not a member yet: waiting to be added (lockctl cluster add {} {})",
+                    self.id,
+                    self.id,
+                    self.config.raft_addr
+                );
+                told = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut cmds = Vec::new();
         if self.made_it {
@@ -333,6 +388,9 @@ impl<T: Table> Cluster<T> {
         if self.stop.stopped() {
             return Err(ClusterError::Shutdown);
         }
+        if self.is_removed() {
+            return Err(ClusterError::Removed);
+        }
         let (tx, rx) = oneshot::channel();
         self.queue
             .lock()
@@ -347,6 +405,7 @@ impl<T: Table> Cluster<T> {
         let m = self.raft.metrics().borrow().clone();
         let down = self.table.down_nodes();
         let last = m.last_log_index.unwrap_or(0);
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let members = m
             .membership_config
             .membership()
@@ -360,6 +419,7 @@ impl<T: Table> Cluster<T> {
                 MemberStatus {
                     id: *id,
                     raft_address: node.addr.clone(),
+                    voter: voters.contains(id),
                     matched_index: matched,
                     lag: matched.map(|x| last.saturating_sub(x)),
                     down: down.contains(&(*id as u16)),
@@ -369,6 +429,7 @@ impl<T: Table> Cluster<T> {
         ClusterStatus {
             node: self.id,
             role: match m.state {
+                _ if self.is_removed() => "removed",
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",
@@ -382,6 +443,208 @@ impl<T: Table> Cluster<T> {
             quorum_ack_ms: m.millis_since_quorum_ack,
             members,
         }
+    }
+
+    /// Whether this node was removed from the cluster (by the committed membership, or as
+    /// a peer told it).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst) || self.members.is_removed(self.id)
+    }
+
+    /// Once, when this node finds itself removed: says so and ends its clients'
+    /// connections (their sessions are let go by the cluster, which declares the node
+    /// down; clients resume on another node).
+    fn handle_removal(&self) {
+        if self.is_removed() && !self.removal_handled.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                node = self.id,
+                "this node was removed from the cluster: it serves no clients from now on"
+            );
+            (self.on_cut_off)();
+        }
+    }
+
+    /// Makes a membership change (on the leader; a follower forwards it there) and says
+    /// what it did, or why it was refused.
+    pub async fn change_members(&self, change: MemberChange) -> Result<String, ClusterError> {
+        let deadline = Instant::now() + CATCH_UP + Duration::from_secs(30);
+        loop {
+            if self.is_removed() {
+                return Err(ClusterError::Removed);
+            }
+            match self.raft.current_leader().await {
+                Some(l) if l == self.id => return self.lead_change(change).await,
+                Some(l) if self.leader_addr(l).is_some() => {
+                    let addr = self.leader_addr(l).unwrap_or_default();
+                    let mut c = PeerClient::new(
+                        addr,
+                        Arc::new(self.config.key.clone()),
+                        self.id,
+                        self.tls.clone(),
+                    );
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return match c.call(&PeerRequest::Member(change), left).await {
+                        Ok(PeerReply::Member(r)) => r.map_err(ClusterError::Refused),
+                        Ok(PeerReply::Removed) => Err(ClusterError::Removed),
+                        Ok(_) => Err(ClusterError::NoQuorum("odd reply from the leader".into())),
+                        Err(e) => Err(ClusterError::NoQuorum(format!(
+                            "cannot reach leader {l}: {e}"
+                        ))),
+                    };
+                }
+                // No leader, or one just removed (the next is being elected).
+                _ if Instant::now() < deadline && !self.stop.stopped() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => return Err(ClusterError::NoQuorum("no leader".into())),
+            }
+        }
+    }
+
+    /// The leader's part of [`Cluster::change_members`].
+    async fn lead_change(&self, change: MemberChange) -> Result<String, ClusterError> {
+        use openraft::ChangeMembers;
+        let refuse = |s: String| Err(ClusterError::Refused(s));
+        let raft_err =
+            |e: openraft::error::RaftError<NodeId, _>| ClusterError::Refused(e.to_string());
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let quorum = |n: usize| n / 2 + 1;
+        match change {
+            MemberChange::Add { id, addr } => {
+                if id == 0 || id > u64::from(u16::MAX) {
+                    return refuse(format!("node id {id} is out of range (1 to 65535)"));
+                }
+                match membership.get_node(&id) {
+                    Some(n) if voters.contains(&id) => {
+                        return refuse(format!("node {id} is already a voter (at {})", n.addr));
+                    }
+                    Some(n) if n.addr != addr => {
+                        return refuse(format!(
+                            "node {id} is a learner at {}, not {addr}: remove it first",
+                            n.addr
+                        ));
+                    }
+                    Some(_) => {} // a learner that did not catch up before: try again
+                    None => {
+                        if self.members.was_used(id) {
+                            return refuse(format!(
+                                "node id {id} was a member before and was removed; ids are never \
+                                 reused: start the new machine with a new --node-id"
+                            ));
+                        }
+                        if let Some((other, _)) = membership.nodes().find(|(_, n)| n.addr == addr) {
+                            return refuse(format!("{addr} is the Raft address of node {other}"));
+                        }
+                        self.raft
+                            .add_learner(id, BasicNode::new(&addr), false)
+                            .await
+                            .map_err(raft_err)?;
+                    }
+                }
+                let target = self.raft.metrics().borrow().last_log_index;
+                let caught = self
+                    .raft
+                    .wait(Some(CATCH_UP))
+                    .metrics(
+                        |m| {
+                            let matched = m
+                                .replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .and_then(|l| l.as_ref().map(|l| l.index));
+                            matched >= target
+                        },
+                        "the new learner caught up",
+                    )
+                    .await;
+                if caught.is_err() {
+                    return refuse(format!(
+                        "node {id} is a learner now, but did not catch up within {} s: is lockd \
+                         running at {addr} with --node-id {id} and the cluster's auth key? It stays \
+                         a learner (not counted in the quorum): run the add again once it runs, or \
+                         remove it",
+                        CATCH_UP.as_secs()
+                    ));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map_err(raft_err)?;
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Instant::now());
+                let n = voters.len() + 1;
+                tracing::info!(node = id, %addr, voters = n, "member added");
+                Ok(format!(
+                    "node {id} ({addr}) is a voter: {n} voters, a quorum is {}",
+                    quorum(n)
+                ))
+            }
+            MemberChange::Remove { id } => {
+                if membership.get_node(&id).is_none() {
+                    return refuse(format!("node {id} is not a member"));
+                }
+                if !voters.contains(&id) {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                        .await
+                        .map_err(raft_err)?;
+                    tracing::info!(node = id, "learner removed");
+                    return Ok(format!("learner {id} removed"));
+                }
+                let rest: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+                if rest.is_empty() {
+                    return refuse(format!("node {id} is the only voter: a cluster needs one"));
+                }
+                // Up: this node, and members heard from within the detection time that
+                // the cluster has not declared down.
+                let detect = Duration::from_millis(self.config.detect_ms);
+                let down = self.table.down_nodes();
+                let up = {
+                    let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    rest.iter()
+                        .filter(|v| {
+                            **v == self.id
+                                || (!down.contains(&(**v as u16))
+                                    && seen.get(v).is_some_and(|at| at.elapsed() < detect))
+                        })
+                        .count()
+                };
+                if up < quorum(rest.len()) {
+                    return refuse(format!(
+                        "removing node {id} would leave {} voters of which {up} are up, and a \
+                         quorum of them is {}: bring a member back (or add one) first",
+                        rest.len(),
+                        quorum(rest.len())
+                    ));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map_err(raft_err)?;
+                tracing::info!(node = id, voters = rest.len(), "member removed");
+                Ok(format!(
+                    "node {id} removed: {} voters, a quorum is {}",
+                    rest.len(),
+                    quorum(rest.len())
+                ))
+            }
+        }
+    }
+
+    /// The members (voters and learners) of the newest membership this node knows.
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether this node is the leader now.
@@ -585,13 +848,7 @@ impl<T: Table> Cluster<T> {
                 };
                 if newly {
                     // Every member has the detection time from now to report in.
-                    let members: Vec<NodeId> = m
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .nodes()
-                        .map(|(id, _)| *id)
-                        .collect();
+                    let members = self.member_ids();
                     let now = Instant::now();
                     let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                     seen.clear();
@@ -626,12 +883,39 @@ impl<T: Table> Cluster<T> {
                 _ = tokio::time::sleep(every) => {}
                 _ = self.stop.wait() => return,
             }
+            if self.is_removed() {
+                self.handle_removal();
+                continue;
+            }
             if self.table.down_nodes().contains(&me) {
                 (self.on_cut_off)();
                 let _ = self.submit(vec![Command::NodeUp { node: me }]).await;
             }
             let leader = self.raft.current_leader().await;
             if leader == Some(self.id) {
+                // Members added since this node became leader are watched from now;
+                // removed ones are not, and their sessions are let go (as for a node
+                // that went silent), once.
+                let members = self.member_ids();
+                {
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.retain(|id, _| members.contains(id));
+                    for id in &members {
+                        seen.entry(*id).or_insert_with(Instant::now);
+                    }
+                }
+                let down = self.table.down_nodes();
+                let gone: Vec<Command> = self
+                    .members
+                    .removed()
+                    .into_iter()
+                    .filter(|id| !down.contains(&(*id as u16)))
+                    .map(|id| Command::NodeDown { node: id as u16 })
+                    .collect();
+                if !gone.is_empty() {
+                    tracing::info!(?gone, "removed members: their sessions are let go");
+                    let _ = self.submit(gone).await;
+                }
                 let silent: Vec<NodeId> = {
                     let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                     seen.iter()
@@ -667,7 +951,10 @@ impl<T: Table> Cluster<T> {
                     });
                 }
                 if let Some((_, c)) = leader_client.as_mut() {
-                    let _ = c.call(&PeerRequest::Ping(self.id), every).await;
+                    if let Ok(PeerReply::Removed) = c.call(&PeerRequest::Ping(self.id), every).await
+                    {
+                        self.removed.store(true, Ordering::SeqCst);
+                    }
                 }
             }
         }
@@ -729,6 +1016,11 @@ impl<T: Table> Cluster<T> {
     }
 
     async fn handle(&self, from: NodeId, req: PeerRequest) -> PeerReply {
+        // A removed node's requests (votes, appends as a former leader, pings) are not
+        // taken: its id never comes back, and the answer tells it to stop.
+        if self.members.is_removed(from) {
+            return PeerReply::Removed;
+        }
         if let Some(at) = self
             .seen
             .lock()
@@ -743,6 +1035,9 @@ impl<T: Table> Cluster<T> {
             PeerRequest::Snapshot(r) => PeerReply::Snapshot(self.raft.install_snapshot(r).await),
             PeerRequest::Forward(b) => PeerReply::Forward(self.propose(b).await),
             PeerRequest::Ping(_) => PeerReply::Pong,
+            PeerRequest::Member(c) => {
+                PeerReply::Member(self.lead_change(c).await.map_err(|e| e.to_string()))
+            }
         }
     }
 }

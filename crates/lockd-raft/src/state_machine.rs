@@ -10,6 +10,7 @@
 //! and replays only the log after it.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +101,47 @@ impl Table for MemTable {
     }
 }
 
+/// The committed (applied) membership as this node's state machine has it: which ids are
+/// members now, and which ever were. Unlike openraft's metrics, which show the newest
+/// membership *entry* (perhaps not committed), this never says a node left when it did
+/// not.
+#[derive(Clone)]
+pub struct Members(Arc<Mutex<Inner>>);
+
+impl Members {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` is a member (voter or learner) in the committed membership.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.inner().membership.membership().get_node(&id).is_some()
+    }
+
+    /// Whether `id` was ever in a committed membership.
+    pub fn was_used(&self, id: NodeId) -> bool {
+        self.inner().used.contains(&id)
+    }
+
+    /// Whether `id` was a member and is no more: removed, for good.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        let inner = self.inner();
+        inner.used.contains(&id) && inner.membership.membership().get_node(&id).is_none()
+    }
+
+    /// Ids that were members and are no more.
+    pub fn removed(&self) -> Vec<NodeId> {
+        let inner = self.inner();
+        let m = inner.membership.membership();
+        inner
+            .used
+            .iter()
+            .filter(|id| m.get_node(id).is_none())
+            .copied()
+            .collect()
+    }
+}
+
 /// Everything a snapshot holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Image {
@@ -107,6 +149,8 @@ struct Image {
     membership: Membership,
     dedup: Dedup,
     table: TableImage,
+    /// Every node id that has been in a committed membership: ids are never reused.
+    used: BTreeSet<NodeId>,
 }
 
 #[derive(Default)]
@@ -114,6 +158,7 @@ struct Inner {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     dedup: Dedup,
+    used: BTreeSet<NodeId>,
     /// The latest snapshot: its meta and its bytes.
     current: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
     built: u64,
@@ -147,6 +192,7 @@ impl<T: Table> StateMachine<T> {
             inner.last_applied = img.last_applied;
             inner.membership = img.membership;
             inner.dedup = img.dedup;
+            inner.used = img.used;
             inner.current = Some((meta, data));
         }
         Ok(StateMachine {
@@ -164,6 +210,11 @@ impl<T: Table> StateMachine<T> {
     /// The table this state machine applies to.
     pub fn table(&self) -> &Arc<T> {
         &self.table
+    }
+
+    /// A view of the committed membership, shared with the state machine.
+    pub fn members(&self) -> Members {
+        Members(self.inner.clone())
     }
 
     async fn persist(
@@ -237,6 +288,8 @@ impl<T: Table> RaftStateMachine<TypeConfig> for StateMachine<T> {
             out.push(match e.payload {
                 EntryPayload::Blank => Applied(Some(Vec::new())),
                 EntryPayload::Membership(m) => {
+                    let ids: Vec<NodeId> = m.nodes().map(|(id, _)| *id).collect();
+                    inner.used.extend(ids);
                     inner.membership = StoredMembership::new(Some(e.log_id), m);
                     Applied(Some(Vec::new()))
                 }
@@ -263,6 +316,7 @@ impl<T: Table> RaftStateMachine<TypeConfig> for StateMachine<T> {
             membership: inner.membership.clone(),
             dedup: inner.dedup.clone(),
             table: self.table.image(),
+            used: inner.used.clone(),
         };
         drop(inner);
         StateMachine {
@@ -291,6 +345,7 @@ impl<T: Table> RaftStateMachine<TypeConfig> for StateMachine<T> {
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.dedup = img.dedup;
+            inner.used = img.used;
         }
         self.persist(meta, &data)
             .await

@@ -60,13 +60,29 @@ impl Nodes {
     }
 
     async fn boot(&mut self, i: u64) {
+        let initial = self.addrs.clone();
+        self.boot_with(i, initial).await;
+    }
+
+    /// Starts a new node that is in no initial list: it waits to be added.
+    async fn boot_joiner(&mut self, i: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.addrs.insert(i, addr.clone());
+        while self.dirs.len() < i as usize {
+            self.dirs.push(tempfile::tempdir().unwrap());
+        }
+        self.boot_with(i, BTreeMap::new()).await;
+        addr
+    }
+
+    async fn boot_with(&mut self, i: u64, initial: BTreeMap<u64, String>) {
         let mut cfg = ClusterConfig::new(
             i,
             &self.addrs[&i],
             self.dirs[(i - 1) as usize].path().to_path_buf(),
             KEY,
         );
-        cfg.initial = self.addrs.clone();
+        cfg.initial = initial;
         cfg.heartbeat_ms = 50;
         cfg.election_min_ms = 300;
         cfg.election_max_ms = 600;
@@ -462,4 +478,185 @@ async fn a_node_without_a_quorum_says_so() {
         "a change without a quorum"
     );
     node.shutdown().await;
+}
+
+/// Issue 14: the cluster grows from 3 to 5 voters and shrinks back to 3 (its leader among
+/// those removed) while a client takes and releases a lock on every round, without one
+/// failed command; a removed node serves nothing; an id is never reused; a removal that
+/// would leave no live quorum is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_come_and_go_while_clients_run() {
+    use lockd_raft::network::MemberChange;
+    use lockd_raft::ClusterError;
+    let mut c = Nodes::start(3, 50).await;
+    let leader = c.leader().await;
+    let steady = c.follower(leader);
+    let other = *c
+        .nodes
+        .keys()
+        .find(|&&i| i != leader && i != steady)
+        .unwrap();
+
+    // The client: a new session each round takes EX on one key and lets it go. Every
+    // command must commit, and the lock is never found held.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let node = c.nodes[&steady].0.clone();
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                rounds += 1;
+                let (s, x) = (
+                    SessionId([(rounds % 250) as u8 + 1; 32]),
+                    conn(steady, rounds),
+                );
+                let got = node
+                    .submit(vec![
+                        Command::Open {
+                            session: s,
+                            conn: x,
+                        },
+                        acquire(s, x, "load", Wait::No),
+                        Command::ReleaseAll {
+                            session: s,
+                            conn: x,
+                            legacy: false,
+                        },
+                        Command::Disconnect { conn: x },
+                    ])
+                    .await
+                    .unwrap_or_else(|e| panic!("round {rounds} failed: {e}"));
+                token(&got[1]);
+            }
+            rounds
+        }
+    });
+
+    // Grow: node 4 through a follower, node 5 through the leader.
+    let a4 = c.boot_joiner(4).await;
+    let said = c.nodes[&steady]
+        .0
+        .change_members(MemberChange::Add {
+            id: 4,
+            addr: a4.clone(),
+        })
+        .await
+        .expect("node 4 added");
+    assert!(said.contains("4 voters"), "{said}");
+    let a5 = c.boot_joiner(5).await;
+    let said = c.nodes[&leader]
+        .0
+        .change_members(MemberChange::Add { id: 5, addr: a5 })
+        .await
+        .expect("node 5 added");
+    assert!(said.contains("5 voters, a quorum is 3"), "{said}");
+    for id in [4, 5] {
+        tokio::time::timeout(Duration::from_secs(20), c.nodes[&id].0.join())
+            .await
+            .expect("the new node joined in time")
+            .expect("the new node joined");
+    }
+    let again = c.nodes[&steady]
+        .0
+        .change_members(MemberChange::Add {
+            id: 4,
+            addr: a4.clone(),
+        })
+        .await;
+    assert!(
+        matches!(&again, Err(ClusterError::Refused(m)) if m.contains("already a voter")),
+        "{again:?}"
+    );
+
+    // Shrink: the leader, then another of the first three.
+    let said = c.nodes[&steady]
+        .0
+        .change_members(MemberChange::Remove { id: leader })
+        .await
+        .expect("the leader removed");
+    assert!(said.contains("4 voters"), "{said}");
+    let gone = c.nodes[&leader].0.clone();
+    for _ in 0..100 {
+        if gone.is_removed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone.is_removed(), "the removed leader knows");
+    let refused = gone
+        .submit(vec![Command::Open {
+            session: sid(b'r'),
+            conn: conn(leader, 1),
+        }])
+        .await;
+    assert!(matches!(refused, Err(ClusterError::Removed)), "{refused:?}");
+    assert_eq!(gone.status().role, "removed");
+    c.kill(leader).await;
+    let said = c.nodes[&steady]
+        .0
+        .change_members(MemberChange::Remove { id: other })
+        .await
+        .expect("a second node removed");
+    assert!(said.contains("3 voters, a quorum is 2"), "{said}");
+    c.kill(other).await;
+
+    // The removed ids never come back.
+    let reused = c.nodes[&steady]
+        .0
+        .change_members(MemberChange::Add {
+            id: leader,
+            addr: format!("127.0.0.1:{}", free_port()),
+        })
+        .await;
+    assert!(
+        matches!(&reused, Err(ClusterError::Refused(m)) if m.contains("never reused")),
+        "{reused:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = load.await.expect("the client never failed");
+    assert!(rounds > 10, "only {rounds} rounds");
+    let status = c.nodes[&steady].0.status();
+    let mut voters: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
+    voters.sort();
+    let mut want: Vec<u64> = vec![steady, 4, 5];
+    want.sort();
+    assert_eq!(voters, want);
+    let img = c.converged().await;
+    assert!(img.waiters.is_empty());
+
+    // With one of three voters dead, removing a live one would leave 1 of 2 up: refused.
+    // Removing the dead one is not.
+    c.kill(5).await;
+    let live_leader = c.leader().await;
+    let live_other = *c.nodes.keys().find(|&&i| i != live_leader).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500 + 500)).await;
+    let lost = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.nodes[&live_leader]
+            .0
+            .change_members(MemberChange::Remove { id: live_other }),
+    )
+    .await
+    .expect("refused at once");
+    assert!(
+        matches!(&lost, Err(ClusterError::Refused(m)) if m.contains("of which 1 are up")),
+        "{lost:?}"
+    );
+    let ok = c.nodes[&live_other]
+        .0
+        .change_members(MemberChange::Remove { id: 5 })
+        .await
+        .expect("the dead node removed");
+    assert!(ok.contains("2 voters"), "{ok}");
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        c.kill(id).await;
+    }
 }

@@ -146,6 +146,11 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", axum::routing::post(add_member))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
         .route("/v1/history", get(history))
         .route("/v1/locks", get(locks))
         .route("/v1/locks/{key}", get(lock))
@@ -248,7 +253,73 @@ async fn history(State(st): State<AdminState>) -> Json<crate::history::HistoryJs
     )
 }
 
+#[derive(serde::Deserialize)]
+struct NewMember {
+    id: u64,
+    raft_address: String,
+}
+
+/// A membership change over HTTP: as `CLUSTER ADD|REMOVE`. Changes need the auth key
+/// (`Authorization: Bearer`) on every address, loopback included: reading is open there,
+/// changing the cluster is not.
+async fn add_member(
+    State(st): State<AdminState>,
+    req_headers: axum::http::HeaderMap,
+    Json(m): Json<NewMember>,
+) -> Response {
+    let change = lockd_raft::network::MemberChange::Add {
+        id: m.id,
+        addr: m.raft_address,
+    };
+    member_change(&st, &req_headers, change).await
+}
+
+async fn remove_member(
+    State(st): State<AdminState>,
+    req_headers: axum::http::HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    let change = lockd_raft::network::MemberChange::Remove { id };
+    member_change(&st, &req_headers, change).await
+}
+
+async fn member_change(
+    st: &AdminState,
+    headers: &axum::http::HeaderMap,
+    change: lockd_raft::network::MemberChange,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !key_given(given, st.shared.config.auth_key.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "changing the cluster's members needs the auth key: Authorization: Bearer <auth key>\n",
+        )
+            .into_response();
+    }
+    let Some(node) = st.shared.cluster() else {
+        return (StatusCode::NOT_FOUND, "not a cluster node\n").into_response();
+    };
+    tracing::info!(?change, "membership change asked for over HTTP");
+    match node.change_members(change).await {
+        Ok(done) => (StatusCode::OK, format!("{done}\n")).into_response(),
+        Err(lockd_raft::ClusterError::Refused(why)) => {
+            (StatusCode::CONFLICT, format!("{why}\n")).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn readyz(State(st): State<AdminState>) -> impl IntoResponse {
+    if st.shared.cluster().is_some_and(|c| c.is_removed()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: removed from the cluster\n",
+        );
+    }
     if st.shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n")
     } else {

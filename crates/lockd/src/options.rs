@@ -571,13 +571,12 @@ fn cluster_config(
             bail!("--initial-cluster names node {i} twice");
         }
     }
-    if !members.is_empty() && members.get(&id) != Some(&raft) {
-        bail!(
-            "--initial-cluster must list this node as {id}={raft} (it lists {})",
-            members
-                .get(&id)
-                .map_or("nothing for it".to_string(), |a| a.clone())
-        );
+    // A node not in the list (or with no list) joins a running cluster: it waits to be
+    // added (`lockctl cluster add`). Listed, it must be listed with its own address.
+    if let Some(listed) = members.get(&id) {
+        if *listed != raft {
+            bail!("--initial-cluster must list this node as {id}={raft} (it lists {listed})");
+        }
     }
     let mut c = lockd_server::ClusterConfig::new(id, &raft, dir, server.auth_key.as_bytes());
     c.initial = members;

@@ -62,9 +62,9 @@ fn the_cluster_flags_are_checked() {
                 "--data-dir",
                 "/tmp/x",
                 "--initial-cluster",
-                "2=127.0.0.1:2",
+                "1=127.0.0.1:9,2=127.0.0.1:2",
             ][..],
-            "must list this node",
+            "must list this node as 1=127.0.0.1:1 (it lists 127.0.0.1:9)",
         ),
         (
             &["--node-id", "1", "--raft-address", "127.0.0.1:1"][..],

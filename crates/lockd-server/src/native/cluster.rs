@@ -1,26 +1,94 @@
-//! CLUSTER STATUS: the node's view of the cluster (role, leader, term, log and applied
-//! index, members and their lag), as one JSON text, the same as the admin HTTP's
-//! `/v1/cluster`. Redis's own CLUSTER subcommands are refused, as a Redis without cluster
-//! mode refuses them, so that Redis Cluster clients do not mistake lockd for one.
+//! CLUSTER: the node's view of the cluster and changes of its members.
+//!
+//! - `CLUSTER STATUS`: role, leader, term, log and applied index, members and their lag,
+//!   as one JSON text, the same as the admin HTTP's `/v1/cluster`.
+//! - `CLUSTER ADD id raft_address`: adds a node (a learner until it has caught up, then a
+//!   voter); `CLUSTER REMOVE id`: removes one. Both answer with what was done, or `-ERR`
+//!   with why not (an id used before, a quorum that would be lost, a learner that did not
+//!   catch up), or `-CLUSTERDOWN` without a leader. They take as long as the change does
+//!   (up to a minute for a new node to catch up).
+//!
+//! Redis's own CLUSTER subcommands are refused, as a Redis without cluster mode refuses
+//! them, so that Redis Cluster clients do not mistake lockd for one.
+
+use std::sync::{Arc, Mutex};
 
 use lockd_proto::resp::Value;
+use lockd_raft::network::MemberChange;
+use lockd_raft::ClusterError;
 
-use super::args::{upper, Args, Reply};
+use super::args::{uint, upper, Args};
+use super::{no_quorum, Commit, Outcome};
 use crate::shared::Shared;
 
-pub(super) fn cluster(shared: &Shared, args: Args) -> Reply {
-    let [sub] = args.arity(1, 1)? else {
-        unreachable!("arity checked")
+pub(super) fn cluster(shared: &Shared, args: Args) -> Outcome {
+    let sub = match args.rest().first() {
+        Some(s) => upper(s),
+        None => {
+            return Outcome::Reply(Value::error(
+                "ERR wrong number of arguments for 'cluster' command",
+            ))
+        }
     };
-    match upper(sub).as_str() {
-        "STATUS" => match shared.cluster() {
+    let reply = match sub.as_str() {
+        "STATUS" => args.arity(1, 1).and_then(|_| match shared.cluster() {
             Some(c) => Ok(Value::bulk(
                 serde_json::to_string(&c.status()).unwrap_or_default(),
             )),
-            None => Err(Value::error("ERR this lockd is not a cluster node")),
+            None => Err(not_clustered()),
+        }),
+        "ADD" => match args.arity(3, 3) {
+            Ok(a) => match uint(a[1], "node id") {
+                Ok(id) => {
+                    let addr = String::from_utf8_lossy(a[2]).into_owned();
+                    return change(shared, MemberChange::Add { id, addr });
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        "REMOVE" => match args.arity(2, 2) {
+            Ok(a) => match uint(a[1], "node id") {
+                Ok(id) => return change(shared, MemberChange::Remove { id }),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
         },
         _ => Err(Value::error(
-            "ERR This instance has cluster support disabled (lockd: CLUSTER STATUS)",
+            "ERR This instance has cluster support disabled (lockd: CLUSTER STATUS|ADD|REMOVE)",
         )),
-    }
+    };
+    Outcome::Reply(reply.unwrap_or_else(|e| e))
+}
+
+fn not_clustered() -> Value {
+    Value::error("ERR this lockd is not a cluster node")
+}
+
+/// Runs a membership change as the connection's one request in flight (nothing behind it
+/// is answered before it, as for a committing command). The change's answer is a text,
+/// not table outcomes: it is passed beside the commit's result.
+fn change(shared: &Shared, change: MemberChange) -> Outcome {
+    let Some(node) = shared.cluster() else {
+        return Outcome::Reply(not_clustered());
+    };
+    tracing::info!(?change, "membership change asked for by a client");
+    let said: Arc<Mutex<Option<Result<String, ClusterError>>>> = Arc::default();
+    let slot = said.clone();
+    Outcome::Commit(Commit {
+        fut: Box::pin(async move {
+            let r = node.change_members(change).await;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            Ok(Vec::new())
+        }),
+        then: Box::new(move |_, _, _| {
+            let r = said.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Outcome::Reply(match r {
+                Some(Ok(done)) => Value::bulk(done),
+                Some(Err(ClusterError::Refused(why))) => Value::error(format!("ERR {why}")),
+                Some(Err(e)) => no_quorum(&e),
+                None => no_quorum(&ClusterError::Shutdown),
+            })
+        }),
+    })
 }

@@ -297,7 +297,7 @@ impl Native {
             b"INSPECT" => info::inspect(shared, args),
             b"LOCKS" => info::locks(self, shared, args),
             b"STATS" => info::stats(shared, args),
-            b"CLUSTER" => cluster::cluster(shared, args),
+            b"CLUSTER" => return cluster::cluster(shared, args),
             _ => Err(args.unknown()),
         };
         Outcome::Reply(reply.unwrap_or_else(|e| e))
@@ -348,7 +348,8 @@ fn queued(o: &Applied) -> Option<WaitId> {
 
 /// The reply when a cluster command could not be committed (native.md: CLUSTERDOWN).
 pub(crate) fn no_quorum(e: &lockd_raft::ClusterError) -> Value {
-    Value::error(format!("CLUSTERDOWN no quorum: {e}"))
+    // NoQuorum reads "no quorum: ..."; Removed says the node left the cluster.
+    Value::error(format!("CLUSTERDOWN {e}"))
 }
 
 fn woken_reply(shared: &Shared, woken: Option<lockd_core::Woken>) -> Value {
