@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# The cluster fault test (issue 13): three lockd processes on loopback under lockbench load
-# (its connections spread over the nodes, one shadow table), and the leader killed with
-# SIGKILL several times, each time restarted from its data directory. Passes when lockbench
-# reports 0 violations (no two sessions ever held conflicting locks, no release found a
-# lock gone that its holder believed held) and 0 errors (failures of a killed node's
-# connections are reconnects, counted apart).
+# The cluster fault test (issues 13, 14): three lockd processes on loopback under lockbench
+# load (its connections spread over the nodes, one shadow table), and faults injected one
+# at a time, FAULTS rounds of them taken in turn from the list (default: kill-leader):
+#   kill-leader    SIGKILL to the leader, restarted from its data directory after 6 s
+#   kill-follower  the same to a follower
+#   pause-leader   SIGSTOP to the leader for 4 s (past twice the election timeout, so the
+#                  others elect a new leader), then SIGCONT: the old leader wakes believing
+#                  it leads, and must not grant, expire or answer anything as leader
+# Passes when lockbench reports 0 violations (no two sessions ever held conflicting locks,
+# no release found a lock gone that its holder believed held, no token at or below an
+# earlier one on its key) and 0 errors (failures of a lost node's connections are
+# reconnects, counted apart). Prints lockbench's report, with the longest time in which no
+# operation completed (the client-seen outage).
 #
-# usage: scripts/cluster-faults.sh [BIN_DIR] [SECONDS] [KILLS]  (SECONDS >= 2 + 8 x KILLS)
+# usage: scripts/cluster-faults.sh [BIN_DIR] [SECONDS] [ROUNDS] [FAULTS]
+#        (SECONDS >= 2 + 8 x ROUNDS; FAULTS comma-separated, e.g. kill-leader,pause-leader)
 set -euo pipefail
 bin=${1:-target/release}
 secs=${2:-20}
 kills=${3:-3}
+IFS=, read -r -a faults <<<"${4:-kill-leader}"
 key=cluster-faults-key
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -42,15 +51,28 @@ leader() {
 }
 sleep 2
 for k in $(seq "$kills"); do
+  fault=${faults[$(( (k - 1) % ${#faults[@]} ))]}
   l=$(leader)
-  if [ -z "$l" ]; then echo "kill $k: no leader found"; sleep 2; continue; fi
-  echo "kill $k: SIGKILL to the leader, node $l"
-  kill -9 "${pid[$l]}"; wait "${pid[$l]}" 2>/dev/null || true
-  # Past the failover (the survivors elect a new leader within about twice the election
-  # timeout, 4 s with the defaults), then back from its data directory.
-  sleep 6
-  start "$l"
-  sleep 2
+  if [ -z "$l" ]; then echo "round $k: no leader found"; sleep 2; continue; fi
+  case "$fault" in
+    kill-leader|kill-follower)
+      victim=$l
+      if [ "$fault" = kill-follower ]; then victim=$(( l % 3 + 1 )); fi
+      echo "round $k: SIGKILL to node $victim ($fault)"
+      kill -9 "${pid[$victim]}"; wait "${pid[$victim]}" 2>/dev/null || true
+      # Past the failover (the survivors elect a new leader within about twice the
+      # election timeout, 4 s with the defaults), then back from its data directory.
+      sleep 6
+      start "$victim"
+      sleep 2 ;;
+    pause-leader)
+      echo "round $k: SIGSTOP to the leader, node $l, for 4 s"
+      kill -STOP "${pid[$l]}"
+      sleep 4
+      kill -CONT "${pid[$l]}"
+      sleep 4 ;;
+    *) echo "unknown fault $fault"; exit 2 ;;
+  esac
 done
 status=0
 wait "$bench" || status=$?
@@ -59,4 +81,4 @@ grep -q '^violations    0$' "$dir/bench" || { echo "FAIL: violations"; exit 1; }
 grep -q '^errors        0$' "$dir/bench" || { echo "FAIL: errors"; exit 1; }
 [ "$status" = 0 ] || { echo "FAIL: lockbench exited $status"; exit 1; }
 grep -q '^reconnects' "$dir/bench" || { echo "FAIL: no connection was lost: the kills did not reach the load"; exit 1; }
-echo "cluster faults: passed ($kills leader kills in $secs s)"
+echo "cluster faults: passed ($kills rounds of ${4:-kill-leader} in $secs s)"

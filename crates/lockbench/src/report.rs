@@ -24,6 +24,11 @@ pub struct Report {
     /// Connections made again after a failure (`--reconnect`).
     pub reconnects: u64,
     pub violations: u64,
+    /// The longest time in which no lock was granted (with `--reconnect`: the outage
+    /// clients saw through the faults).
+    pub longest_outage_ms: Option<u64>,
+    /// With `--reconnect`: every gap of 250 ms or more between grants, sorted (ms).
+    pub stalls_ms: Option<Vec<u64>>,
     pub latency_us_p50: Option<u64>,
     pub latency_us_p99: Option<u64>,
     pub latency_us_p999: Option<u64>,
@@ -71,6 +76,8 @@ impl Report {
             errors: 0,
             reconnects: 0,
             violations: 0,
+            longest_outage_ms: None,
+            stalls_ms: None,
             latency_us_p50: None,
             latency_us_p99: None,
             latency_us_p999: None,
@@ -161,6 +168,18 @@ impl Report {
             let _ = writeln!(s, "reconnects    {}", self.reconnects);
         }
         let _ = writeln!(s, "violations    {}", self.violations);
+        if let Some(ms) = self.longest_outage_ms {
+            let _ = writeln!(s, "outage        {ms} ms (longest time without a grant)");
+        }
+        if let Some(st) = self.stalls_ms.as_ref().filter(|v| !v.is_empty()) {
+            let _ = writeln!(
+                s,
+                "stalls        {} of >= 250 ms without a grant: p50 {} ms, max {} ms",
+                st.len(),
+                st[st.len() / 2],
+                st[st.len() - 1]
+            );
+        }
         let _ = writeln!(
             s,
             "latency us    p50 {}  p99 {}  p99.9 {}  max {}",

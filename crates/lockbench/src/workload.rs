@@ -275,6 +275,10 @@ where
     report.set_latency(&hist, start.elapsed());
     report.set_conn_ops(&mut per_conn);
     report.violations = shadow.violations.load(Ordering::Relaxed);
+    if args.reconnect {
+        report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
+        report.stalls_ms = Some(shadow.stalls_ms());
+    }
     if let (Some(s), Some(cpu0)) = (server, cpu0) {
         let cpu = s.cpu_time().saturating_sub(cpu0);
         report.server_cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / report.ops.max(1) as f64);

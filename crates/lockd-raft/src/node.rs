@@ -89,9 +89,15 @@ impl ClusterConfig {
             initial: BTreeMap::new(),
             key: key.to_vec(),
             data_dir,
-            heartbeat_ms: 150,
-            election_min_ms: 1000,
-            election_max_ms: 2000,
+            // A failover takes up to about twice election_max: a follower refuses votes for
+            // election_max after the last heartbeat (openraft's leader lease), and a
+            // candidate refused waits another timeout. 400-800 ms keeps the client-seen
+            // outage of a leader kill under 2 s (BENCHMARKS.md), while staying far above
+            // this machine's fsync and scheduling stalls (an election costs availability
+            // for a moment, never safety); heartbeats at a quarter of the minimum.
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
             detect_ms: 3000,
             snapshot_every: 10_000,
             keep_log: 1000,
