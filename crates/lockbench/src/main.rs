@@ -3,6 +3,7 @@
 //! contradicts another (any such violation is reported and fails the run).
 
 mod client;
+mod etcd;
 mod pin;
 mod report;
 mod server;
@@ -24,6 +25,9 @@ pub enum Protocol {
     Native,
     /// Redis: SET key token NX PX ttl / DEL key.
     Redis,
+    /// etcd: the v3 lock API (Lock/Unlock with a lease per connection), as etcdctl lock;
+    /// run against etcd nodes given with --addr (scripts/bench-etcd.sh starts three).
+    Etcd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -190,6 +194,17 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if args.protocol == Protocol::Redis && (args.mode != LockMode::Ex || args.keys_per_request != 1)
     {
         bail!("the Redis lock is exclusive and takes one key: use --mode ex --keys-per-request 1");
+    }
+    if args.protocol == Protocol::Etcd {
+        if args.mode != LockMode::Ex || args.keys_per_request != 1 || args.depth != 1 {
+            bail!(
+                "etcd's lock is exclusive, takes one key and waits: use --mode ex \
+                 --keys-per-request 1 --depth 1"
+            );
+        }
+        if args.spawn {
+            bail!("lockbench does not start etcd: scripts/bench-etcd.sh starts a 3-node cluster");
+        }
     }
     if matches!(args.workload, Workload::Hotkey | Workload::Fairness)
         && args.protocol != Protocol::Native

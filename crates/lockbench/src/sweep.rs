@@ -76,6 +76,7 @@ fn color(p: Protocol) -> RGBColor {
         Protocol::Native => RGBColor(31, 119, 180),
         Protocol::Legacy => RGBColor(44, 160, 44),
         Protocol::Redis => RGBColor(214, 39, 40),
+        Protocol::Etcd => RGBColor(148, 103, 189),
     }
 }
 

@@ -172,3 +172,73 @@ async fn every_ci_smoke_run_catches_a_broken_lockd() {
     }
     assert!(checked >= 5, "{checked} runs in smoke-runs.txt");
 }
+
+/// Issue 14: the etcd mode against a real (one-node) etcd, on few keys so that locks wait
+/// for each other: every lock and unlock goes through, the shadow table sees no double
+/// grant. Skipped where etcd is not installed, unless LOCKD_REQUIRE_INTEROP is set (CI
+/// installs Debian's etcd-server).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_etcd_mode_locks_and_unlocks_through_a_real_etcd() {
+    let here = Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !here {
+        assert!(
+            std::env::var_os("LOCKD_REQUIRE_INTEROP").is_none(),
+            "etcd is required (LOCKD_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("SKIPPED: etcd is not installed");
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client, peer) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+        .args(["--logger", "zap", "--log-level", "error"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{client}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = run_lockbench(with_addr(
+        &addr,
+        "--protocol etcd --mode ex -c 4 --keys 3 -d 2 --json --hold-us 1000",
+    ))
+    .await;
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["violations"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["grants"].as_u64().unwrap() > 20, "{report}");
+}

@@ -29,6 +29,20 @@ type StoreResult<T> = Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     pub(crate) db: Arc<Database>,
+    /// Test-only fault switch (the fault harness's slow disk): see [`SLOW_FSYNC_ENV`].
+    slow: Option<std::path::PathBuf>,
+}
+
+/// Names a file; while it exists and holds a number, every durable write of this node's
+/// Raft store waits that many milliseconds before its commit, as a disk slow to fsync
+/// would. For `scripts/cluster-faults.sh` only; lockd warns at start when it is set.
+pub const SLOW_FSYNC_ENV: &str = "LOCKD_FAULT_SLOW_FSYNC";
+
+/// The delay the slow-fsync switch asks for now, if any.
+fn slow_fsync_delay(switch: &Path) -> Option<std::time::Duration> {
+    let ms: u64 = std::fs::read_to_string(switch).ok()?.trim().parse().ok()?;
+    // Bounded: a typo cannot stall the node for hours.
+    Some(std::time::Duration::from_millis(ms.min(10_000)))
 }
 
 /// Opens (or makes) the store's file.
@@ -43,7 +57,14 @@ fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+        let slow = std::env::var_os(SLOW_FSYNC_ENV).map(std::path::PathBuf::from);
+        if let Some(p) = &slow {
+            tracing::warn!(
+                switch = %p.display(),
+                "{SLOW_FSYNC_ENV} is set: a test-only fault switch (slow fsync) is armed"
+            );
+        }
+        LogStore { db, slow }
     }
 
     /// Runs `f` in one durable write transaction on the blocking pool.
@@ -52,10 +73,14 @@ impl LogStore {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<R, std::io::Error> + Send + 'static,
     ) -> Result<R, std::io::Error> {
         let db = self.db.clone();
+        let slow = self.slow.clone();
         tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write().map_err(io)?;
             txn.set_durability(Durability::Immediate).map_err(io)?;
             let r = f(&txn)?;
+            if let Some(d) = slow.as_deref().and_then(slow_fsync_delay) {
+                std::thread::sleep(d);
+            }
             txn.commit().map_err(io)?;
             Ok(r)
         })

@@ -641,6 +641,20 @@ impl<T: Table> Cluster<T> {
         }
     }
 
+    /// Resolves once this node knows a leader other than `l`.
+    async fn leader_moved_from(&self, l: NodeId) {
+        let mut m = self.raft.metrics();
+        loop {
+            let now = m.borrow_and_update().current_leader;
+            if now.is_some_and(|x| x != l) {
+                return;
+            }
+            if m.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The members (voters and learners) of the newest membership this node knows.
     fn member_ids(&self) -> Vec<NodeId> {
         self.raft
@@ -801,10 +815,24 @@ impl<T: Table> Cluster<T> {
                             )
                         });
                         let left = deadline.saturating_duration_since(Instant::now());
-                        match c.call(&PeerRequest::Forward(batch.clone()), left).await {
-                            Ok(PeerReply::Forward(r)) => r,
-                            Ok(_) => Err(ForwardError::NoQuorum("odd reply".into())),
-                            Err(e) => Err(ForwardError::NoQuorum(e.to_string())),
+                        // A leader that stopped answering (paused, or cut off with its
+                        // connections kept open) must not hold this node's one batch in
+                        // flight until the deadline: once another leader is known, the
+                        // call is dropped (with its connection, now mid-request) and the
+                        // batch goes there under the same number (applied once).
+                        let req = PeerRequest::Forward(batch.clone());
+                        let r = tokio::select! {
+                            r = c.call(&req, left) => Some(r),
+                            _ = self.leader_moved_from(l) => None,
+                        };
+                        match r {
+                            Some(Ok(PeerReply::Forward(r))) => r,
+                            Some(Ok(_)) => Err(ForwardError::NoQuorum("odd reply".into())),
+                            Some(Err(e)) => Err(ForwardError::NoQuorum(e.to_string())),
+                            None => {
+                                peers.remove(&l);
+                                Err(ForwardError::NotLeader(None))
+                            }
                         }
                     }
                     None => Err(ForwardError::NotLeader(None)),

@@ -204,6 +204,16 @@ impl Metrics {
                 "1 if this node is the cluster's leader",
                 ConstGauge::new(i64::from(c.role == "leader")),
             );
+            r.register(
+                "cluster_removed",
+                "1 if this node was removed from the cluster (it serves nothing)",
+                ConstGauge::new(i64::from(c.role == "removed")),
+            );
+            r.register(
+                "cluster_voters",
+                "Voting members in this node's view of the membership",
+                ConstGauge::new(c.members.iter().filter(|m| m.voter).count() as i64),
+            );
             for (name, help, v) in [
                 ("cluster_term", "Raft term", c.term),
                 (
