@@ -49,6 +49,10 @@ pub struct Client {
     input: BytesMut,
     /// A legacy request's values, reused.
     values: Vec<u8>,
+    /// The fencing token of each request of the last batch that was a grant with one
+    /// (native), in order; `None` for the others.
+    pub tokens: Vec<Option<u64>>,
+    last_token: Option<u64>,
 }
 
 /// The wire name of key number `n`: 31 bytes, as MediaWiki's keys are (its decimal
@@ -98,6 +102,8 @@ impl Client {
             out: BytesMut::new(),
             input: BytesMut::with_capacity(4096),
             values: Vec::new(),
+            tokens: Vec::new(),
+            last_token: None,
         };
         match protocol {
             Protocol::Legacy | Protocol::Etcd => {}
@@ -227,8 +233,10 @@ impl Client {
         }
         self.flush().await?;
         outcomes.clear();
+        self.tokens.clear();
         for r in reqs {
             outcomes.push(self.read_outcome(r).await?);
+            self.tokens.push(self.last_token.take());
         }
         Ok(())
     }
@@ -317,7 +325,12 @@ impl Client {
             (Protocol::Legacy, true, b"CANT_ACQUIRE") => Outcome::Refused,
             // The legacy protocol does not say how many.
             (Protocol::Legacy, false, b"RELEASED") => Outcome::Released(None),
-            (Protocol::Native, true, l) if l.first() == Some(&b':') => Outcome::Granted,
+            (Protocol::Native, true, l) if l.first() == Some(&b':') => {
+                self.last_token = std::str::from_utf8(&l[1..])
+                    .ok()
+                    .and_then(|n| n.parse().ok());
+                Outcome::Granted
+            }
             (Protocol::Native | Protocol::Redis, true, b"$-1" | b"_") => Outcome::Refused,
             (Protocol::Redis, true, b"+OK") => Outcome::Granted,
             // How many locks a release let go of: the workload checks it against what it

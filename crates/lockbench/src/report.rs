@@ -24,6 +24,9 @@ pub struct Report {
     /// Connections made again after a failure (`--reconnect`).
     pub reconnects: u64,
     pub violations: u64,
+    /// Of the violations: grants whose fencing token was not above an earlier grant's on
+    /// the same key (native only: the other protocols give no token).
+    pub token_violations: u64,
     /// The longest time in which no lock was granted (with `--reconnect`: the outage
     /// clients saw through the faults).
     pub longest_outage_ms: Option<u64>,
@@ -76,6 +79,7 @@ impl Report {
             errors: 0,
             reconnects: 0,
             violations: 0,
+            token_violations: 0,
             longest_outage_ms: None,
             stalls_ms: None,
             latency_us_p50: None,
@@ -168,6 +172,13 @@ impl Report {
             let _ = writeln!(s, "reconnects    {}", self.reconnects);
         }
         let _ = writeln!(s, "violations    {}", self.violations);
+        if self.token_violations > 0 {
+            let _ = writeln!(
+                s,
+                "  of tokens   {} not above an earlier grant's",
+                self.token_violations
+            );
+        }
         if let Some(ms) = self.longest_outage_ms {
             let _ = writeln!(s, "outage        {ms} ms (longest time without a grant)");
         }

@@ -24,6 +24,16 @@ pub struct Shadow {
     longest_gap_us: AtomicU64,
     /// Gaps of at least [`STALL`] (one per fault, typically), the first [`MAX_STALLS`].
     stalls: Mutex<Vec<u64>>,
+    /// Per key: the highest fencing token granted (any mode, and EX).
+    fences: Mutex<HashMap<u64, Fence>>,
+    /// Violations that were a token not above an earlier grant's.
+    pub token_violations: AtomicU64,
+}
+
+#[derive(Default)]
+struct Fence {
+    any: u64,
+    ex: u64,
 }
 
 /// A gap between grants this long is a stall: counted, and its length kept.
@@ -39,13 +49,13 @@ impl Default for Shadow {
             last_grant_us: AtomicU64::new(0),
             longest_gap_us: AtomicU64::new(0),
             stalls: Mutex::default(),
+            fences: Mutex::default(),
+            token_violations: AtomicU64::new(0),
         }
     }
 }
 
 impl Shadow {
-    /// The longest time, until now, in which no lock was granted (from the start, and
-    /// counting a stretch still going on).
     /// The stalls (gaps of at least [`STALL`] between grants) seen so far, in ms, sorted.
     pub fn stalls_ms(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
@@ -59,6 +69,8 @@ impl Shadow {
         v
     }
 
+    /// The longest time, until now, in which no lock was granted (from the start, and
+    /// counting a stretch still going on).
     pub fn longest_outage(&self) -> std::time::Duration {
         let _keys = self.keys.lock().unwrap();
         let now = self.started.elapsed().as_micros() as u64;
@@ -69,7 +81,37 @@ impl Shadow {
     /// Records that `session` was granted `key` in `mode`; counts a violation if that
     /// contradicts what is held.
     pub fn granted(&self, key: u64, session: u32, mode: LockMode) {
+        self.granted_with(key, session, mode, None);
+    }
+
+    /// As [`Shadow::granted`], with the grant's fencing token where the protocol gives one:
+    /// a violation too if it is not above the tokens of the grants it must follow. Those
+    /// are every earlier grant on the key for an EX, the earlier EX grants for an SH (two
+    /// SH grants may be answered in either order); a grant is recorded here before its
+    /// holder sends the release that lets the next one in, so "earlier" here is earlier
+    /// at the server. A session's grant on a key it already holds is not checked (it may
+    /// be the same lock).
+    pub fn granted_with(&self, key: u64, session: u32, mode: LockMode, token: Option<u64>) {
         let mut keys = self.keys.lock().unwrap();
+        if let Some(t) = token {
+            let holds = keys
+                .get(&key)
+                .is_some_and(|h| h.ex == Some(session) || h.sh.contains(&session));
+            let mut fence = self.fences.lock().unwrap();
+            let f = fence.entry(key).or_default();
+            let floor = match mode {
+                LockMode::Sh => f.ex,
+                _ => f.any,
+            };
+            if !holds && t <= floor {
+                self.token_violations.fetch_add(1, Ordering::Relaxed);
+                self.violations.fetch_add(1, Ordering::Relaxed);
+            }
+            f.any = f.any.max(t);
+            if mode != LockMode::Sh {
+                f.ex = f.ex.max(t);
+            }
+        }
         // Under the lock: grants are seen in order.
         let now = self.started.elapsed().as_micros() as u64;
         let gap = now.saturating_sub(self.last_grant_us.swap(now, Ordering::Relaxed));
@@ -121,6 +163,38 @@ impl Shadow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_not_above_an_earlier_grant_is_a_violation() {
+        let s = Shadow::default();
+        s.granted_with(1, 1, LockMode::Ex, Some(10));
+        s.releasing(1, 1, LockMode::Ex);
+        // The next EX must be above 10; SH grants after it above the EX's token, in any
+        // order among themselves.
+        s.granted_with(1, 2, LockMode::Ex, Some(9));
+        assert_eq!(s.token_violations.load(Ordering::Relaxed), 1);
+        s.releasing(1, 2, LockMode::Ex);
+        s.granted_with(1, 3, LockMode::Sh, Some(12));
+        s.granted_with(1, 4, LockMode::Sh, Some(11));
+        assert_eq!(
+            s.token_violations.load(Ordering::Relaxed),
+            1,
+            "SH after SH: any order"
+        );
+        // A session granted again on a key it holds is not checked (the same lock).
+        s.granted_with(1, 4, LockMode::Sh, Some(11));
+        assert_eq!(s.token_violations.load(Ordering::Relaxed), 1);
+        s.releasing(1, 3, LockMode::Sh);
+        s.releasing(1, 4, LockMode::Sh);
+        s.releasing(1, 4, LockMode::Sh);
+        s.granted_with(1, 5, LockMode::Ex, Some(12));
+        assert_eq!(
+            s.token_violations.load(Ordering::Relaxed),
+            2,
+            "EX at an SH's token"
+        );
+        assert_eq!(s.violations.load(Ordering::Relaxed), 2);
+    }
 
     /// A gap between grants of at least STALL is one stall, and the longest outage is at
     /// least it (the sleep bounds the gap from below, whatever the machine's speed).

@@ -275,6 +275,7 @@ where
     report.set_latency(&hist, start.elapsed());
     report.set_conn_ops(&mut per_conn);
     report.violations = shadow.violations.load(Ordering::Relaxed);
+    report.token_violations = shadow.token_violations.load(Ordering::Relaxed);
     if args.reconnect {
         report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
         report.stalls_ms = Some(shadow.stalls_ms());
@@ -371,8 +372,9 @@ async fn pingpong(
                     for (j, o) in outcomes.iter().enumerate() {
                         if *o == Outcome::Granted {
                             r.counts.grants += 1;
+                            let token = c.tokens.get(j).copied().flatten();
                             for &key in &keys_buf[j * per..(j + 1) * per] {
-                                shadow.granted(key, session, modes[j]);
+                                shadow.granted_with(key, session, modes[j], token);
                             }
                             held.push(j);
                         } else {

@@ -108,6 +108,27 @@ async fn connections_shared_over_client_threads_all_run() {
     assert_eq!(r["violations"], 0);
 }
 
+/// Issue 14: fencing tokens are checked too (native): a lockd whose token counter does not
+/// advance is caught, with the token violations counted apart; a sound one is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_do_not_increase_are_caught() {
+    let args = "--protocol native -c 4 --keys 2 -d 1 --json --hold-us 200";
+    let bad = faulty_lockd(lockd_server::Fault::TokensRepeat).await;
+    let out = run_lockbench(with_addr(&bad, args)).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["token_violations"].as_u64().unwrap() > 0, "{r}");
+    let good = lockd().await;
+    let out = run_lockbench(with_addr(&good, args)).await;
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["violations"].as_u64(), r["token_violations"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(r["grants"].as_u64().unwrap() > 10, "{r}");
+}
+
 #[test]
 fn pin_without_a_spawned_server_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_lockbench"))

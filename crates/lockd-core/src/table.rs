@@ -45,6 +45,8 @@ pub enum Fault {
     GrantAtOnce,
     /// Queued requests are granted, when their key is let go, without the conflict check.
     GrantQueued,
+    /// The token counter does not advance: every grant gets the same fencing token.
+    TokensRepeat,
 }
 
 impl Default for Config {
@@ -568,7 +570,9 @@ impl LockTable {
             return None;
         }
         let t = self.next_token;
-        self.next_token += 1;
+        if !self.faulty(Fault::TokensRepeat) {
+            self.next_token += 1;
+        }
         Some(t)
     }
 
