@@ -9,6 +9,13 @@
 #                  it leads, and must not grant, expire or answer anything as leader
 #   slow-disk      the leader's fsyncs take 300 ms each for 4 s (the log store's test-only
 #                  switch, LOCKD_FAULT_SLOW_FSYNC), then are fast again
+#   isolate-leader the leader cut off from both others, both ways, for 5 s (the peer
+#                  network's test-only switch, LOCKD_FAULT_PARTITION: a blackhole, its
+#                  connections kept open); clients of every node keep their connections
+#   isolate-follower  the same for a follower
+#   deaf-leader    one way: the leader hears nothing from the others for 5 s (what it
+#                  sends still arrives)
+#   mute-leader    one way: nothing the leader sends arrives for 5 s (it still hears)
 # Passes when lockbench reports 0 violations (no two sessions ever held conflicting locks,
 # no release found a lock gone that its holder believed held, no token at or below an
 # earlier one on its key) and 0 errors (failures of a lost node's connections are
@@ -34,7 +41,8 @@ for i in 1 2 3; do cport[$i]=$(free_port); rport[$i]=$(free_port); done
 initial="1=127.0.0.1:${rport[1]},2=127.0.0.1:${rport[2]},3=127.0.0.1:${rport[3]}"
 start() {
   local i=$1
-  LOCKD_FAULT_SLOW_FSYNC="$dir/slow$i" "$bin/lockd" --node-id "$i" --port "${cport[$i]}" --raft-address "127.0.0.1:${rport[$i]}" \
+  LOCKD_FAULT_SLOW_FSYNC="$dir/slow$i" LOCKD_FAULT_PARTITION="$dir/part$i" \
+  "$bin/lockd" --node-id "$i" --port "${cport[$i]}" --raft-address "127.0.0.1:${rport[$i]}" \
     --data-dir "$dir/n$i" --initial-cluster "$initial" --auth-key "$key" --lock-timeout 5 \
     >>"$dir/log$i" 2>&1 &
   pid[$i]=$!
@@ -83,6 +91,21 @@ for k in $(seq "$kills"); do
       sleep 4
       rm -f "$dir/slow$l"
       sleep 4 ;;
+    isolate-leader|isolate-follower|deaf-leader|mute-leader)
+      victim=$l
+      if [ "$fault" = isolate-follower ]; then victim=$(( l % 3 + 1 )); fi
+      others=""; for j in 1 2 3; do [ "$j" = "$victim" ] || others="$others $j"; done
+      case "$fault" in
+        isolate-*) mine="$others"; theirs="$victim" ;;
+        deaf-leader) mine=$(for j in $others; do printf '<%s ' "$j"; done); theirs=">$victim" ;;
+        mute-leader) mine=$(for j in $others; do printf '>%s ' "$j"; done); theirs="<$victim" ;;
+      esac
+      echo "round $k: $fault: node $victim cut [$mine], the others cut [$theirs], for 5 s"
+      echo "$mine" >"$dir/part$victim"
+      for j in $others; do echo "$theirs" >"$dir/part$j"; done
+      sleep 5
+      rm -f "$dir"/part*
+      sleep 3 ;;
     *) echo "unknown fault $fault"; exit 2 ;;
   esac
 done

@@ -126,7 +126,11 @@ impl TaskResult {
         outcomes: &mut Vec<Outcome>,
     ) -> bool {
         let t0 = Instant::now();
-        if c.batch(reqs, outcomes).await.is_err() {
+        // Bounded: these are try-locks and releases, answered at once by a server that
+        // works (a cluster answers within its 5 s commit timeout); a reply that never
+        // comes is a lost connection, not a hang of the whole run.
+        let answered = tokio::time::timeout(BATCH_TIMEOUT, c.batch(reqs, outcomes)).await;
+        if !matches!(answered, Ok(Ok(()))) {
             self.counts.errors += 1;
             return false;
         }
@@ -142,6 +146,9 @@ impl TaskResult {
         self.rec.holds.borrow_mut().saturating_record(us);
     }
 }
+
+/// The longest a ping-pong batch may wait for its replies.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connection's counts, sent back from its client thread (the histograms are the
 /// thread's).

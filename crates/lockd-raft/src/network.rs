@@ -198,8 +198,53 @@ pub async fn accept_login<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     .map_err(|_| bad("peer login timed out"))?
 }
 
+/// Test-only fault switch (the fault harness's partitions): names a file; while it exists,
+/// each of its words cuts this node off from a peer: `3` both ways, `>3` only what this
+/// node sends to node 3, `<3` only what it receives from node 3. A cut is a blackhole:
+/// connections stay open, requests go unanswered (the sender times out). For
+/// `scripts/cluster-faults.sh` only; lockd warns at start when it is set.
+pub const PARTITION_ENV: &str = "LOCKD_FAULT_PARTITION";
+
+/// Which way a message goes, for [`cut`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    To,
+    From,
+}
+
+/// Whether the partition switch cuts messages going `way` between this node and `peer`.
+pub fn cut(way: Way, peer: NodeId) -> bool {
+    static SWITCH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(path) = SWITCH.get_or_init(|| {
+        let p = std::env::var_os(PARTITION_ENV).map(std::path::PathBuf::from);
+        if let Some(p) = &p {
+            tracing::warn!(
+                switch = %p.display(),
+                "{PARTITION_ENV} is set: a test-only fault switch (partitions) is armed"
+            );
+        }
+        p
+    }) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let id = peer.to_string();
+    text.split_whitespace().any(|w| {
+        let (dir, n) = match w.as_bytes().first() {
+            Some(b'>') => (Some(Way::To), &w[1..]),
+            Some(b'<') => (Some(Way::From), &w[1..]),
+            _ => (None, w),
+        };
+        n == id && dir.is_none_or(|d| d == way)
+    })
+}
+
 /// A connection to one peer, made again after any error.
 pub struct PeerClient {
+    /// The peer's node id, for the partition switch.
+    target: NodeId,
     addr: String,
     key: Arc<Vec<u8>>,
     me: NodeId,
@@ -208,8 +253,15 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(addr: String, key: Arc<Vec<u8>>, me: NodeId, tls: Option<PeerTls>) -> PeerClient {
+    pub fn new(
+        target: NodeId,
+        addr: String,
+        key: Arc<Vec<u8>>,
+        me: NodeId,
+        tls: Option<PeerTls>,
+    ) -> PeerClient {
         PeerClient {
+            target,
             addr,
             key,
             me,
@@ -221,6 +273,10 @@ impl PeerClient {
     /// One request and its reply, within `ttl`.
     pub async fn call(&mut self, req: &PeerRequest, ttl: Duration) -> std::io::Result<PeerReply> {
         let r = tokio::time::timeout(ttl, async {
+            if cut(Way::To, self.target) {
+                // Sent into a blackhole: no answer comes.
+                return std::future::pending().await;
+            }
             if self.conn.is_none() {
                 self.conn = Some(dial(&self.addr, &self.key, self.me, self.tls.as_ref()).await?);
             }
@@ -265,6 +321,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerNetwork {
             target,
             client: PeerClient::new(
+                target,
                 node.addr.clone(),
                 self.key.clone(),
                 self.me,

@@ -203,6 +203,9 @@ pub struct Cluster<T: Table> {
     removed: Arc<AtomicBool>,
     /// Whether the removal was acted on (clients cut off, logged).
     removal_handled: AtomicBool,
+    /// As a follower: since when the leader has not answered this node's pings (`None`:
+    /// it answers). See [`Cluster::deaf_leader`].
+    leader_silent_since: Mutex<Option<(NodeId, Instant)>>,
 }
 
 /// How long `lockctl cluster add` waits for a new learner to catch up.
@@ -326,6 +329,7 @@ impl<T: Table> Cluster<T> {
             members,
             removed,
             removal_handled: AtomicBool::new(false),
+            leader_silent_since: Mutex::new(None),
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -339,8 +343,14 @@ impl<T: Table> Cluster<T> {
     /// serving clients, so that no token is issued below the cluster's floor.
     pub async fn join(&self) -> Result<(), ClusterError> {
         let me = self.id as u16;
-        // A new node that is not in the cluster yet waits to be added, however long.
-        let mut told = Instant::now() - Duration::from_secs(60);
+        // A new node that is not in the cluster yet waits to be added, however long (one
+        // of the initial members only until the cluster's first entry is applied: it is
+        // told nothing unless that takes long).
+        let mut told = if self.config.initial.contains_key(&self.id) {
+            Instant::now()
+        } else {
+            Instant::now() - Duration::from_secs(60)
+        };
         while !self.members.is_member(self.id) {
             if self.is_removed() {
                 return Err(ClusterError::Removed);
@@ -483,6 +493,7 @@ impl<T: Table> Cluster<T> {
                 Some(l) if self.leader_addr(l).is_some() => {
                     let addr = self.leader_addr(l).unwrap_or_default();
                     let mut c = PeerClient::new(
+                        l,
                         addr,
                         Arc::new(self.config.key.clone()),
                         self.id,
@@ -808,6 +819,7 @@ impl<T: Table> Cluster<T> {
                     Some(addr) => {
                         let c = peers.entry(l).or_insert_with(|| {
                             PeerClient::new(
+                                l,
                                 addr,
                                 Arc::new(self.config.key.clone()),
                                 self.id,
@@ -908,10 +920,17 @@ impl<T: Table> Cluster<T> {
     /// Pings the leader; as leader, declares silent members down; as a member declared
     /// down, ends its clients' connections and comes back up.
     async fn liveness(self: Arc<Self>) {
-        let every = Duration::from_millis((self.config.detect_ms / 4).max(50));
+        // Often enough to find a leader that no longer answers within an election timeout.
+        let every = Duration::from_millis(
+            (self.config.detect_ms / 4)
+                .min(self.config.election_min_ms / 2)
+                .max(50),
+        );
         let detect = Duration::from_millis(self.config.detect_ms);
         let mut leader_client: Option<(NodeId, PeerClient)> = None;
         let me = self.id as u16;
+        // Whether a liveness command is committing (see `submit_aside`).
+        let aside = Arc::new(AtomicBool::new(false));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -923,9 +942,18 @@ impl<T: Table> Cluster<T> {
             }
             if self.table.down_nodes().contains(&me) {
                 (self.on_cut_off)();
-                let _ = self.submit(vec![Command::NodeUp { node: me }]).await;
+                self.submit_aside(vec![Command::NodeUp { node: me }], &aside);
             }
             let leader = self.raft.current_leader().await;
+            if leader.is_none_or(|l| l == self.id) {
+                // Only this node's pings to its current leader say whether that leader
+                // is deaf; with no leader (a candidate) every leader's appends are taken,
+                // or a node that once found its leader deaf would ignore it forever.
+                *self
+                    .leader_silent_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+            }
             if leader == Some(self.id) {
                 // Members added since this node became leader are watched from now;
                 // removed ones are not, and their sessions are let go (as for a node
@@ -948,7 +976,7 @@ impl<T: Table> Cluster<T> {
                     .collect();
                 if !gone.is_empty() {
                     tracing::info!(?gone, "removed members: their sessions are let go");
-                    let _ = self.submit(gone).await;
+                    self.submit_aside(gone, &aside);
                 }
                 let silent: Vec<NodeId> = {
                     let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -968,7 +996,7 @@ impl<T: Table> Cluster<T> {
                         ?cmds,
                         "members silent past the detection time: declared down"
                     );
-                    let _ = self.submit(cmds).await;
+                    self.submit_aside(cmds, &aside);
                 }
             } else if let Some(l) = leader {
                 if leader_client.as_ref().is_none_or(|(id, _)| *id != l) {
@@ -976,6 +1004,7 @@ impl<T: Table> Cluster<T> {
                         (
                             l,
                             PeerClient::new(
+                                l,
                                 a,
                                 Arc::new(self.config.key.clone()),
                                 self.id,
@@ -985,10 +1014,19 @@ impl<T: Table> Cluster<T> {
                     });
                 }
                 if let Some((_, c)) = leader_client.as_mut() {
-                    if let Ok(PeerReply::Removed) = c.call(&PeerRequest::Ping(self.id), every).await
-                    {
+                    let answer = c.call(&PeerRequest::Ping(self.id), every).await;
+                    if let Ok(PeerReply::Removed) = answer {
                         self.removed.store(true, Ordering::SeqCst);
                     }
+                    let mut silent = self
+                        .leader_silent_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    *silent = match (answer.is_ok(), *silent) {
+                        (true, _) => None,
+                        (false, Some((id, at))) if id == l => Some((id, at)),
+                        (false, _) => Some((l, Instant::now())),
+                    };
                 }
             }
         }
@@ -1040,7 +1078,17 @@ impl<T: Table> Cluster<T> {
                     }
                 };
                 while let Ok(req) = read_frame::<PeerRequest, _>(&mut s, MAX_FRAME).await {
-                    let reply = me.handle(from, req).await;
+                    // The partition switch: a request from a cut-off peer is never
+                    // received, and a reply to a peer cut off the other way never sent.
+                    if crate::network::cut(crate::network::Way::From, from) {
+                        continue;
+                    }
+                    let Some(reply) = me.handle(from, req).await else {
+                        continue;
+                    };
+                    if crate::network::cut(crate::network::Way::To, from) {
+                        continue;
+                    }
                     if write_frame(&mut s, &reply).await.is_err() {
                         return;
                     }
@@ -1049,11 +1097,44 @@ impl<T: Table> Cluster<T> {
         }
     }
 
-    async fn handle(&self, from: NodeId, req: PeerRequest) -> PeerReply {
+    /// Commits the liveness loop's own commands beside it, one batch at a time: waiting for
+    /// them (up to the commit timeout without a quorum) would stop the pings, and with
+    /// them the finding of a deaf leader, for as long.
+    fn submit_aside(self: &Arc<Self>, cmds: Vec<Command>, busy: &Arc<AtomicBool>) {
+        if busy.swap(true, Ordering::SeqCst) {
+            return; // the next round proposes them again if they are still due
+        }
+        let (me, busy) = (self.clone(), busy.clone());
+        tokio::spawn(async move {
+            let _ = me.submit(cmds).await;
+            busy.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Whether `from`, this follower's leader, has not answered its pings for longer than
+    /// the longest election timeout while its appends still arrive: a one-way partition
+    /// (the leader sends, but hears nothing back, so it can commit nothing). Its appends
+    /// are then left unanswered as if they had not arrived, so that this node's election
+    /// timer runs out and the nodes that can hear each other elect a leader; without it
+    /// the cluster would stop for as long as the partition lasts (openraft 0.9 has no
+    /// check-quorum step-down, and ignores an election trigger on a leader). When the
+    /// pings are answered again, appends are taken again.
+    fn deaf_leader(&self, from: NodeId) -> bool {
+        let limit = Duration::from_millis(self.config.election_max_ms);
+        self.leader_silent_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(id, at)| id == from && at.elapsed() > limit)
+    }
+
+    async fn handle(&self, from: NodeId, req: PeerRequest) -> Option<PeerReply> {
         // A removed node's requests (votes, appends as a former leader, pings) are not
         // taken: its id never comes back, and the answer tells it to stop.
         if self.members.is_removed(from) {
-            return PeerReply::Removed;
+            return Some(PeerReply::Removed);
+        }
+        if matches!(req, PeerRequest::Append(_)) && self.deaf_leader(from) {
+            return None;
         }
         if let Some(at) = self
             .seen
@@ -1063,7 +1144,7 @@ impl<T: Table> Cluster<T> {
         {
             *at = Instant::now();
         }
-        match req {
+        Some(match req {
             PeerRequest::Append(r) => PeerReply::Append(self.raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerReply::Vote(self.raft.vote(r).await),
             PeerRequest::Snapshot(r) => PeerReply::Snapshot(self.raft.install_snapshot(r).await),
@@ -1072,6 +1153,6 @@ impl<T: Table> Cluster<T> {
             PeerRequest::Member(c) => {
                 PeerReply::Member(self.lead_change(c).await.map_err(|e| e.to_string()))
             }
-        }
+        })
     }
 }
