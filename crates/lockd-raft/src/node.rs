@@ -92,7 +92,7 @@ impl ClusterConfig {
             // A failover takes up to about twice election_max: a follower refuses votes for
             // election_max after the last heartbeat (openraft's leader lease), and a
             // candidate refused waits another timeout. 400-800 ms keeps the client-seen
-            // outage of a leader kill under 2 s (BENCHMARKS.md), while staying far above
+            // outage of a leader kill near 1.5 s at the median (BENCHMARKS.md), far above
             // this machine's fsync and scheduling stalls (an election costs availability
             // for a moment, never safety); heartbeats at a quarter of the minimum.
             heartbeat_ms: 100,
