@@ -199,22 +199,22 @@ impl Metrics {
             ConstGauge::new((s.uptime_ms / 1000) as i64),
         );
         if let Some(c) = cluster {
-            r.register(
-                "cluster_leader",
-                "1 if this node is the cluster's leader",
-                ConstGauge::new(i64::from(c.role == "leader")),
-            );
-            r.register(
-                "cluster_removed",
-                "1 if this node was removed from the cluster (it serves nothing)",
-                ConstGauge::new(i64::from(c.role == "removed")),
-            );
-            r.register(
-                "cluster_voters",
-                "Voting members in this node's view of the membership",
-                ConstGauge::new(c.members.iter().filter(|m| m.voter).count() as i64),
-            );
             for (name, help, v) in [
+                (
+                    "cluster_leader",
+                    "1 if this node is the cluster's leader",
+                    u64::from(c.role == "leader"),
+                ),
+                (
+                    "cluster_removed",
+                    "1 if this node was removed from the cluster (it serves nothing)",
+                    u64::from(c.role == "removed"),
+                ),
+                (
+                    "cluster_voters",
+                    "Voting members in this node's view of the membership",
+                    c.members.iter().filter(|m| m.voter).count() as u64,
+                ),
                 ("cluster_term", "Raft term", c.term),
                 (
                     "cluster_last_log_index",
