@@ -16,7 +16,7 @@ struct Holders {
 }
 
 pub struct Shadow {
-    keys: Mutex<HashMap<u64, Holders>>,
+    keys: Mutex<Keys>,
     pub violations: AtomicU64,
     started: std::time::Instant,
     /// Microseconds from `started` to the last grant, and the longest gap between grants.
@@ -24,10 +24,17 @@ pub struct Shadow {
     longest_gap_us: AtomicU64,
     /// Gaps of at least [`STALL`] (one per fault, typically), the first [`MAX_STALLS`].
     stalls: Mutex<Vec<u64>>,
-    /// Per key: the highest fencing token granted (any mode, and EX).
-    fences: Mutex<HashMap<u64, Fence>>,
     /// Violations that were a token not above an earlier grant's.
     pub token_violations: AtomicU64,
+}
+
+/// What the shadow table knows, under one lock (a grant takes it once).
+#[derive(Default)]
+struct Keys {
+    holders: HashMap<u64, Holders>,
+    /// Per key: the highest fencing token granted (any mode, and EX). Kept after the
+    /// holders are gone, as the next grant's floor.
+    fences: HashMap<u64, Fence>,
 }
 
 #[derive(Default)]
@@ -49,7 +56,6 @@ impl Default for Shadow {
             last_grant_us: AtomicU64::new(0),
             longest_gap_us: AtomicU64::new(0),
             stalls: Mutex::default(),
-            fences: Mutex::default(),
             token_violations: AtomicU64::new(0),
         }
     }
@@ -92,13 +98,16 @@ impl Shadow {
     /// at the server. A session's grant on a key it already holds is not checked (it may
     /// be the same lock).
     pub fn granted_with(&self, key: u64, session: u32, mode: LockMode, token: Option<u64>) {
-        let mut keys = self.keys.lock().unwrap();
+        let mut guard = self.keys.lock().unwrap();
+        let Keys {
+            holders: keys,
+            fences,
+        } = &mut *guard;
         if let Some(t) = token {
             let holds = keys
                 .get(&key)
                 .is_some_and(|h| h.ex == Some(session) || h.sh.contains(&session));
-            let mut fence = self.fences.lock().unwrap();
-            let f = fence.entry(key).or_default();
+            let f = fences.entry(key).or_default();
             let floor = match mode {
                 LockMode::Sh => f.ex,
                 _ => f.any,
@@ -139,7 +148,8 @@ impl Shadow {
     /// Records that `session` is about to release `key` in `mode` (called before the
     /// release is sent, so a grant to another after it is never mistaken for a clash).
     pub fn releasing(&self, key: u64, session: u32, mode: LockMode) {
-        let mut keys = self.keys.lock().unwrap();
+        let mut guard = self.keys.lock().unwrap();
+        let keys = &mut guard.holders;
         if let Some(h) = keys.get_mut(&key) {
             match mode {
                 LockMode::Sh => {
