@@ -1,7 +1,7 @@
 //! The Raft log, the vote and the latest snapshot, in one redb file.
 //!
-//! Every write is a redb transaction committed with `Durability::Immediate` (fsync, with
-//! checksummed commit slots), and openraft is told an append is flushed only after that
+//! Every write but the committed index is a redb transaction committed with
+//! `Durability::Immediate` (fsync, with checksummed commit slots), and openraft is told an append is flushed only after that
 //! commit returned. Writes run on the blocking pool: an fsync must not stall the runtime
 //! that serves clients. openraft serializes log I/O, so the store needs no lock of its own.
 
@@ -67,18 +67,23 @@ impl LogStore {
         LogStore { db, slow }
     }
 
-    /// Runs `f` in one durable write transaction on the blocking pool.
+    /// Runs `f` in one write transaction on the blocking pool, durable unless told.
     async fn write<R: Send + 'static>(
         &self,
+        durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<R, std::io::Error> + Send + 'static,
     ) -> Result<R, std::io::Error> {
         let db = self.db.clone();
         let slow = self.slow.clone();
         tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write().map_err(io)?;
-            txn.set_durability(Durability::Immediate).map_err(io)?;
+            txn.set_durability(durability).map_err(io)?;
             let r = f(&txn)?;
-            if let Some(d) = slow.as_deref().and_then(slow_fsync_delay) {
+            if let Some(d) = slow
+                .as_deref()
+                .filter(|_| matches!(durability, Durability::Immediate))
+                .and_then(slow_fsync_delay)
+            {
                 std::thread::sleep(d);
             }
             txn.commit().map_err(io)?;
@@ -108,9 +113,10 @@ impl LogStore {
         &self,
         key: &'static str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), std::io::Error> {
         let bytes = postcard::to_stdvec(value).map_err(io)?;
-        self.write(move |txn| {
+        self.write(durability, move |txn| {
             let mut t = txn.open_table(META).map_err(io)?;
             t.insert(key, bytes.as_slice()).map_err(io)?;
             Ok(())
@@ -187,7 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
-        self.write_meta(VOTE, vote)
+        self.write_meta(VOTE, vote, Durability::Immediate)
             .await
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
@@ -197,7 +203,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
-        self.write_meta(COMMITTED, &committed)
+        // Not fsynced: the committed index is a hint that lets a restarted node apply its
+        // log before it hears from a leader; losing the latest one costs nothing (the
+        // leader sends it again), and it is made durable by the next append's commit. An
+        // fsync of its own was one of the two per entry on every node.
+        self.write_meta(COMMITTED, &committed, Durability::None)
             .await
             .map_err(|e| StorageIOError::write(&e).into())
     }
@@ -221,7 +231,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((e.log_id.index, bytes));
         }
         let r = self
-            .write(move |txn| {
+            .write(Durability::Immediate, move |txn| {
                 let mut t = txn.open_table(LOG).map_err(io)?;
                 for (i, b) in &rows {
                     t.insert(*i, b.as_slice()).map_err(io)?;
@@ -240,7 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let from = log_id.index;
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             let mut t = txn.open_table(LOG).map_err(io)?;
             t.retain_in(from.., |_, _| false).map_err(io)?;
             Ok(())
@@ -252,7 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let bytes = postcard::to_stdvec(&log_id).map_err(|e| StorageIOError::write_logs(&io(e)))?;
         let upto = log_id.index;
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             {
                 let mut m = txn.open_table(META).map_err(io)?;
                 m.insert(PURGED, bytes.as_slice()).map_err(io)?;
