@@ -68,7 +68,7 @@ impl LockTable {
             Some(s) => s,
             None => self.insert_session(id, None),
         };
-        let result = self.acquire_for(s, mode, keys, wait, now);
+        let result = self.acquire_for(s, mode, keys, wait, None, now);
         self.forget_if_idle(s);
         result
     }
@@ -82,8 +82,10 @@ impl LockTable {
         past
     }
 
-    /// [`LockTable::acquire`] for a native request from `conn`: refused
-    /// ([`Acquired::NotBound`]) unless the session exists and is bound to `conn`.
+    /// [`LockTable::acquire`] for a native request from `conn`, with a lease of `lease`
+    /// ms if asked: refused ([`Acquired::NotBound`]) unless the session exists and is
+    /// bound to `conn`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn acquire_bound(
         &mut self,
         id: SessionId,
@@ -91,6 +93,7 @@ impl LockTable {
         mode: Mode,
         keys: &[Key],
         wait: Wait,
+        lease: Option<Millis>,
         now: Millis,
     ) -> Acquired {
         if self.past_max_locks(keys) {
@@ -98,7 +101,7 @@ impl LockTable {
         }
         match self.find_session(&id) {
             Some(s) if self.session(s).conn == Some(conn) => {
-                self.acquire_for(s, mode, keys, wait, now)
+                self.acquire_for(s, mode, keys, wait, lease, now)
             }
             _ => Acquired::NotBound,
         }
@@ -110,6 +113,7 @@ impl LockTable {
         mode: Mode,
         keys: &[Key],
         wait: Wait,
+        lease: Option<Millis>,
         now: Millis,
     ) -> Acquired {
         if self.session(s).wait.is_some() {
@@ -140,6 +144,10 @@ impl LockTable {
                     }
                 };
                 self.add_holder(k, s, mode, token, now);
+            }
+            if let Some(ms) = lease {
+                let slots: SmallVec<[u32; 4]> = idx.iter().flatten().copied().collect();
+                self.start_lease(s, token, &slots, ms, now);
             }
             self.counters.grants += 1;
             return Acquired::Granted(token);
@@ -187,10 +195,15 @@ impl LockTable {
                 session: s,
                 mode,
             };
-            self.keys[k as usize]
+            let q = self.keys[k as usize]
                 .queue
-                .get_or_insert_with(Default::default)
-                .push(entry, jumper);
+                .get_or_insert_with(Default::default);
+            let first = q.is_empty();
+            q.push(entry, jumper);
+            if first {
+                // The holders learn that someone waits for them (once per queue).
+                self.emit_contended(k, mode, s);
+            }
         }
         self.waiters.insert(
             w,
@@ -199,6 +212,7 @@ impl LockTable {
                 mode,
                 keys: kidx,
                 since: now,
+                lease,
             },
         );
         self.session_mut(s).wait = Some(w);
@@ -350,6 +364,32 @@ impl LockTable {
         for &k in &x.keys {
             self.add_holder(k, x.session, x.mode, token, now);
         }
+        if let Some(ms) = x.lease {
+            self.start_lease(x.session, token, &x.keys, ms, now);
+        }
+        for &k in &x.keys {
+            // Granted with requests still queued behind it: the new holder is told.
+            let Some(q) = self.keys[k as usize].queue.as_ref() else {
+                continue;
+            };
+            if q.conflicts_with(x.mode) {
+                let wanted = if x.mode == Mode::Ex {
+                    q[0].mode
+                } else {
+                    Mode::Ex
+                };
+                let key = self.keys[k as usize].key.clone();
+                self.emit(
+                    x.session,
+                    crate::events::EventKind::Contended {
+                        key,
+                        mode: x.mode,
+                        token,
+                        wanted,
+                    },
+                );
+            }
+        }
         self.counters.grants += 1;
         self.wakeups.push(Wakeup {
             wait: w,
@@ -360,7 +400,7 @@ impl LockTable {
 
     /// Takes queued request `w` out of the waiters and of its keys' queues, and marks its
     /// session as no longer waiting. Wakes nobody and frees no key: the caller decides.
-    fn dequeue(&mut self, w: WaitId) -> Option<Waiter> {
+    pub(crate) fn dequeue(&mut self, w: WaitId) -> Option<Waiter> {
         let x = self.waiters.remove(&w)?;
         for &k in &x.keys {
             if let Some(q) = self.keys[k as usize].queue.as_mut() {

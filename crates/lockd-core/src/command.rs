@@ -13,6 +13,7 @@
 
 use crate::acquire::{Acquired, Wait};
 use crate::key::Key;
+use crate::lease::ExtendError;
 use crate::sessions::ResumeError;
 use crate::table::LockTable;
 use crate::types::{ConnId, Millis, Mode, SessionId, WaitId};
@@ -46,7 +47,25 @@ pub enum Command {
         mode: Mode,
         keys: Vec<Key>,
         wait: Wait,
+        /// A native request's lease, in ms (see `lease`).
+        lease: Option<Millis>,
     },
+    /// EXTEND: the lease of grant `token` of `session` (bound to `conn`) ends `lease_ms`
+    /// from now (its own length again when None).
+    Extend {
+        session: SessionId,
+        conn: ConnId,
+        token: u64,
+        lease_ms: Option<Millis>,
+    },
+    /// REVOKE (operator): the locks on `key` of every holder, or of `session`, are
+    /// released.
+    Revoke {
+        key: Key,
+        session: Option<SessionId>,
+    },
+    /// SESSION KILL (operator): `session` ends now.
+    EndSession { session: SessionId },
     /// RELEASE, or with `token` only the locks that carry that grant's token.
     Release {
         session: SessionId,
@@ -145,6 +164,10 @@ pub enum Outcome {
     /// the wakeups).
     Done(bool),
     Resumed(Result<(), ResumeError>),
+    /// `Extend`: the lease's new deadline, or why not.
+    Extended(Result<Millis, ExtendError>),
+    /// `EndSession`: the locks the session held, or None if there was no such session.
+    Ended(Option<u32>),
     /// Nothing to report.
     Unit,
     /// The command came from a connection of a node that was declared down: nothing was
@@ -162,6 +185,7 @@ impl Command {
             | Command::Acquire { conn, .. }
             | Command::Release { conn, .. }
             | Command::ReleaseAll { conn, .. }
+            | Command::Extend { conn, .. }
             | Command::Disconnect { conn } => Some(*conn),
             _ => None,
         }
@@ -184,6 +208,9 @@ impl LockTable {
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
         let now = now.max(self.last_now);
         self.last_now = now;
+        // Events not taken after the last command are dropped: the list holds one
+        // command's worth at most.
+        self.events.clear();
         if self.next_expiry().is_some_and(|at| at <= now) {
             let mut gone = self.expire(now);
             self.expired.append(&mut gone);
@@ -216,14 +243,25 @@ impl LockTable {
                 mode,
                 keys,
                 wait,
+                lease,
             } => {
                 if *legacy {
                     self.use_session(*session, *conn);
                     Outcome::Acquired(self.acquire(*session, *mode, keys, *wait, now))
                 } else {
-                    Outcome::Acquired(self.acquire_bound(*session, *conn, *mode, keys, *wait, now))
+                    Outcome::Acquired(
+                        self.acquire_bound(*session, *conn, *mode, keys, *wait, *lease, now),
+                    )
                 }
             }
+            Command::Extend {
+                session,
+                conn,
+                token,
+                lease_ms,
+            } => Outcome::Extended(self.extend(*session, *conn, *token, *lease_ms, now)),
+            Command::Revoke { key, session } => Outcome::Released(self.revoke(key, *session, now)),
+            Command::EndSession { session } => Outcome::Ended(self.end_session(*session, now)),
             Command::Release {
                 session,
                 conn,

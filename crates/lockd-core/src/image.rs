@@ -43,6 +43,19 @@ pub struct TableImage {
     pub counters: Counters,
     pub down_nodes: Vec<u16>,
     pub bootstrapped: bool,
+    /// Sorted by token.
+    pub leases: Vec<LeaseImage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LeaseImage {
+    pub token: u64,
+    pub session: u32,
+    pub keys: Vec<u32>,
+    pub held: u32,
+    pub ms: Millis,
+    pub until: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +99,7 @@ pub struct WaiterImage {
     pub mode: Mode,
     pub keys: Vec<u32>,
     pub since: Millis,
+    pub lease: Option<Millis>,
 }
 
 /// An image that does not describe a table (a slot out of range, a session twice).
@@ -154,9 +168,23 @@ impl LockTable {
                 mode: x.mode,
                 keys: x.keys.to_vec(),
                 since: x.since,
+                lease: x.lease,
             })
             .collect();
         waiters.sort_unstable_by_key(|w| w.wait);
+        let mut leases: Vec<LeaseImage> = self
+            .leases
+            .iter()
+            .map(|(t, l)| LeaseImage {
+                token: *t,
+                session: l.session,
+                keys: l.keys.to_vec(),
+                held: l.held,
+                ms: l.ms,
+                until: l.until,
+            })
+            .collect();
+        leases.sort_unstable_by_key(|l| l.token);
         TableImage {
             max_locks: self.config.max_locks,
             grace_ms: self.config.grace_ms,
@@ -176,6 +204,7 @@ impl LockTable {
             counters: self.counters.clone(),
             down_nodes: self.down_nodes.iter().copied().collect(),
             bootstrapped: self.bootstrapped,
+            leases,
         }
     }
 
@@ -322,8 +351,27 @@ impl LockTable {
                     mode: w.mode,
                     keys: w.keys.iter().copied().collect(),
                     since: w.since,
+                    lease: w.lease,
                 },
             );
+        }
+        for l in &img.leases {
+            if !live_session(l.session) || t.leases.contains_key(&l.token) {
+                return Err(BadImage(
+                    "a lease names a session that is not there, or twice",
+                ));
+            }
+            t.leases.insert(
+                l.token,
+                crate::lease::Lease {
+                    session: l.session,
+                    keys: l.keys.iter().copied().collect(),
+                    held: l.held,
+                    ms: l.ms,
+                    until: l.until,
+                },
+            );
+            t.lease_order.insert((l.until, l.token));
         }
         t.next_wait = img.next_wait;
         t.next_token = img.next_token;

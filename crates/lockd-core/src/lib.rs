@@ -9,16 +9,20 @@
 //!
 //! Command families live one per module: [`acquire`](LockTable::acquire) in `acquire`,
 //! [`release`](LockTable::release) in `release`, sessions in `sessions`, introspection in
-//! `inspect`, deadlock detection in `deadlock`.
+//! `inspect`, deadlock detection in `deadlock`, leases (EXTEND) in `lease`, operators'
+//! revocation in `revoke`, and the events pushed to holders in `events`.
 
 mod acquire;
 mod command;
 mod deadlock;
 mod error;
+mod events;
 mod image;
 mod inspect;
 mod key;
+mod lease;
 mod release;
+mod revoke;
 mod sessions;
 mod table;
 mod types;
@@ -27,9 +31,11 @@ pub use acquire::{Acquired, Wait};
 pub use command::{conn_node, Command, Outcome, Settings};
 pub use deadlock::SEARCH_BUDGET as DEADLOCK_SEARCH_BUDGET;
 pub use error::KeyError;
-pub use image::{BadImage, ConnImage, KeyImage, SessionImage, TableImage, WaiterImage};
+pub use events::{Event, EventKind, LostReason};
+pub use image::{BadImage, ConnImage, KeyImage, LeaseImage, SessionImage, TableImage, WaiterImage};
 pub use inspect::{HolderInfo, KeyInfo, LockInfo, PendingInfo, SessionInfo, WaiterInfo};
 pub use key::{Key, MAX_KEY_LEN};
+pub use lease::{ExtendError, MAX_LEASE_MS};
 pub use sessions::{ResumeError, SessionState};
 pub use table::{Config, Counters, Fault, LockTable, MAX_TOKEN};
 pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup, Woken};
@@ -38,5 +44,7 @@ pub use types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup, Woken};
 mod tests;
 #[cfg(test)]
 mod tests_command;
+#[cfg(test)]
+mod tests_lease;
 #[cfg(test)]
 mod tests_queue;

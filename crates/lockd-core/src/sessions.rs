@@ -159,7 +159,9 @@ impl LockTable {
 
     /// Every dead session keeps its locks for at least its full grace from `now` (a new
     /// cluster leader restarts the timers; it never shortens one).
+    /// Leases too get their full length again.
     pub(crate) fn regrace(&mut self, now: Millis) {
+        self.relengthen_leases(now);
         let dead: Vec<(Millis, u32)> = self.expiries.iter().copied().collect();
         for (at, s) in dead {
             let grace = self.session(s).grace.unwrap_or(self.config.grace_ms);
@@ -174,13 +176,20 @@ impl LockTable {
 
     /// When the next dead session expires, if any: the caller's timer should call
     /// [`LockTable::expire`] then.
+    /// Leases count too: their deadlines are kept the same way.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.expiries.first().map(|&(at, _)| at)
+        let session = self.expiries.first().map(|&(at, _)| at);
+        match (session, self.next_lease_end()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Releases the locks of every dead session whose grace period has passed by `now`, and
     /// forgets those sessions. Returns them with the number of locks each lost.
+    /// Grants whose lease passed go first (see `lease`).
     pub fn expire(&mut self, now: Millis) -> Vec<(SessionId, u32)> {
+        self.expire_leases(now);
         let mut out = Vec::new();
         while let Some(&(at, s)) = self.expiries.first() {
             if at > now {

@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, VecDeque};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use smallvec::SmallVec;
 
+use crate::events::Event;
 use crate::key::Key;
+use crate::lease::Lease;
 use crate::types::{ConnId, Millis, Mode, SessionId, WaitId, Wakeup};
 
 /// The largest fencing token: tokens travel as RESP integers, which are signed 64-bit.
@@ -225,6 +227,8 @@ pub(crate) struct Waiter {
     pub mode: Mode,
     pub keys: SmallVec<[u32; 2]>,
     pub since: Millis,
+    /// The lease its grant gets, if it asked for one.
+    pub lease: Option<Millis>,
 }
 
 /// Counters since the table was made.
@@ -242,6 +246,14 @@ pub struct Counters {
     /// Steps taken by deadlock searches (holders, queue entries and waiters' keys looked
     /// at): what the search costs, for tests and metrics.
     pub deadlock_search_steps: u64,
+    /// Locks released by an operator (REVOKE, SESSION KILL).
+    pub revoked: u64,
+    /// Sessions ended by an operator (SESSION KILL).
+    pub sessions_ended: u64,
+    /// Grants whose lease passed (their locks released).
+    pub leases_expired: u64,
+    /// Leases extended (EXTEND).
+    pub lease_extensions: u64,
 }
 
 /// The lock table: a deterministic state machine. It does no I/O and reads no clock.
@@ -277,6 +289,11 @@ pub struct LockTable {
     /// Cluster nodes declared down (see `Command::NodeDown`).
     pub(crate) down_nodes: BTreeSet<u16>,
     pub(crate) bootstrapped: bool,
+    /// Leases by their grant's token, and their deadlines in order (see `lease`).
+    pub(crate) leases: HashMap<u64, Lease>,
+    pub(crate) lease_order: BTreeSet<(Millis, u64)>,
+    /// Events of the command being applied (see `events`).
+    pub(crate) events: Vec<Event>,
 }
 
 /// The sessions bound to one connection.
@@ -323,6 +340,9 @@ impl LockTable {
             expired: Vec::new(),
             down_nodes: BTreeSet::new(),
             bootstrapped: false,
+            leases: HashMap::new(),
+            lease_order: BTreeSet::new(),
+            events: Vec::new(),
         }
     }
 
@@ -517,7 +537,11 @@ impl LockTable {
             .iter_mut()
             .find(|h| h.session == s && h.mode == mode)
         {
-            h.token = token;
+            let old = std::mem::replace(&mut h.token, token);
+            if old != token {
+                // The lock now belongs to the new grant; the old grant's lease lets go of it.
+                self.lease_lock_gone(old);
+            }
             return false;
         }
         e.holders.push(Holder {
@@ -549,7 +573,7 @@ impl LockTable {
         else {
             return false;
         };
-        e.holders.swap_remove(pos);
+        let gone = e.holders.swap_remove(pos);
         let still_holds = e.holders.iter().any(|h| h.session == s);
         let sess = self.sessions[s as usize]
             .as_mut()
@@ -562,6 +586,7 @@ impl LockTable {
         }
         self.locks_held -= 1;
         self.locks_sh -= (mode == Mode::Sh) as u64;
+        self.lease_lock_gone(gone.token);
         true
     }
 

@@ -26,8 +26,13 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (conn.clone(), session.clone(), session.clone())
             .prop_map(|(conn, current, session)| Command::Resume { conn, current, session }),
         1 => (session.clone(), 0u64..3000).prop_map(|(session, grace_ms)| Command::SetGrace { session, grace_ms }),
-        6 => (session.clone(), conn.clone(), any::<bool>(), mode.clone(), keys.clone(), wait)
-            .prop_map(|(session, conn, legacy, mode, keys, wait)| Command::Acquire { session, conn, legacy, mode, keys, wait }),
+        6 => (session.clone(), conn.clone(), any::<bool>(), mode.clone(), keys.clone(), wait, proptest::option::of(1u64..3000))
+            .prop_map(|(session, conn, legacy, mode, keys, wait, lease)| Command::Acquire { session, conn, legacy, mode, keys, wait, lease }),
+        2 => (session.clone(), conn.clone(), 1u64..30, proptest::option::of(1u64..3000))
+            .prop_map(|(session, conn, token, lease_ms)| Command::Extend { session, conn, token, lease_ms }),
+        1 => ((0u8..6).prop_map(key), proptest::option::of(session.clone()))
+            .prop_map(|(key, session)| Command::Revoke { key, session }),
+        1 => session.clone().prop_map(|session| Command::EndSession { session }),
         3 => (session.clone(), conn.clone(), any::<bool>(), mode, keys, proptest::option::of(1u64..30))
             .prop_map(|(session, conn, legacy, mode, keys, token)| Command::Release { session, conn, legacy, mode, keys, token }),
         1 => (session, conn.clone(), any::<bool>())
@@ -125,6 +130,7 @@ fn time_is_clamped_and_regrace_never_shortens() {
             mode: Mode::Ex,
             keys: vec![key(0)],
             wait: Wait::No,
+            lease: None,
         },
         1000,
     );
@@ -174,6 +180,7 @@ fn node_down_ends_that_nodes_connections_only() {
                 mode: Mode::Sh,
                 keys: vec![key(0)],
                 wait: Wait::No,
+                lease: None,
             },
             0,
         );

@@ -80,4 +80,6 @@ pub enum Woken {
     /// refused as it would have been on arrival, rather than left waiting for room that
     /// other waiters may be holding on to.
     TooManyLocks,
+    /// An operator ended its session while it waited (SESSION KILL).
+    Revoked,
 }

@@ -225,6 +225,9 @@ pub enum Value {
     Array(Vec<Value>),
     /// A map in RESP3; a flat array of keys and values in RESP2.
     Map(Vec<(Value, Value)>),
+    /// A RESP3 push message (`>`): out of band, between replies. Encoded as an array in
+    /// RESP2, which a server never sends (pushes are RESP3 only).
+    Push(Vec<Value>),
 }
 
 impl Value {
@@ -265,6 +268,16 @@ impl Value {
             Value::Null => out.put_slice(b"$-1\r\n"),
             Value::Array(items) => {
                 number(out, b'*', items.len() as i64);
+                for v in items {
+                    v.encode(proto, out);
+                }
+            }
+            Value::Push(items) => {
+                number(
+                    out,
+                    if proto >= 3 { b'>' } else { b'*' },
+                    items.len() as i64,
+                );
                 for v in items {
                     v.encode(proto, out);
                 }
@@ -437,6 +450,17 @@ mod tests {
             &three[..],
             &b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-7\r\n$2\r\nhi\r\n_\r\n%1\r\n$1\r\na\r\n:1\r\n"[..]
         );
+    }
+
+    #[test]
+    fn a_push_is_a_gt_frame_in_resp3() {
+        let v = Value::Push(vec![Value::bulk("lost"), Value::Integer(7)]);
+        let mut three = BytesMut::new();
+        v.encode(3, &mut three);
+        assert_eq!(&three[..], b">2\r\n$4\r\nlost\r\n:7\r\n");
+        let mut two = BytesMut::new();
+        v.encode(2, &mut two);
+        assert_eq!(&two[..], b"*2\r\n$4\r\nlost\r\n:7\r\n");
     }
 
     #[test]

@@ -169,6 +169,7 @@ fn acquire(session: SessionId, conn: ConnId, key: &str, wait: Wait) -> Command {
         mode: Mode::Ex,
         keys: vec![k(key)],
         wait,
+        lease: None,
     }
 }
 

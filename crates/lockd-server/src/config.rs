@@ -12,6 +12,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// The shared secret: signs legacy requests, authenticates native connections.
     pub auth_key: String,
+    /// The operators' secret (REVOKE, SESSION KILL); `None`: `auth_key` grants that too.
+    pub admin_key: Option<String>,
     pub auth_scheme: AuthScheme,
     /// Seconds a dead session keeps its locks (`lockTimeout`).
     pub lock_timeout: Duration,
@@ -58,12 +60,18 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The key that gives the admin right: `admin_key`, else `auth_key`.
+    pub fn admin_key(&self) -> &str {
+        self.admin_key.as_deref().unwrap_or(&self.auth_key)
+    }
+
     /// The original daemon's defaults, listening on `address:port` with `auth_key`.
     pub fn new(address: impl Into<String>, port: u16, auth_key: impl Into<String>) -> Self {
         ServerConfig {
             address: address.into(),
             port,
             auth_key: auth_key.into(),
+            admin_key: None,
             auth_scheme: AuthScheme::Both,
             lock_timeout: Duration::from_secs(60),
             max_locks: 10_000,

@@ -300,6 +300,15 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                 None => std::future::pending().await,
             }
         };
+        let pushed = async {
+            match protocol.as_mut() {
+                Some(Protocol::Native(n)) => match n.events.as_mut() {
+                    Some(ev) => ev.rx.recv().await,
+                    None => std::future::pending().await,
+                },
+                _ => std::future::pending().await,
+            }
+        };
         // Both directions in one future, so one `&mut` stream serves reads and writes.
         let io = std::future::poll_fn(|cx| {
             if !output.is_empty() {
@@ -379,6 +388,12 @@ pub(crate) async fn drive<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     committing = n
                         .finish_wait(shared, w, granted, &mut output)
                         .map(Committing::Native);
+                }
+            }
+            // Whole frames only: a push goes after the last complete reply.
+            event = pushed => {
+                if let Some(Protocol::Native(n)) = protocol.as_mut() {
+                    n.push_event(shared, event, &mut output);
                 }
             }
             event = io => match event {

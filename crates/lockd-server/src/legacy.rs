@@ -87,6 +87,7 @@ impl Legacy {
                     mode: mode(ty),
                     keys: to_keys(&keys),
                     wait: Wait::No,
+                    lease: None,
                 },
                 |_, o| match o {
                     Outcome::Acquired(Acquired::Granted(_)) => Reply::Acquired,

@@ -123,6 +123,11 @@ impl Metrics {
             "Keys held or waited on",
             ConstGauge::new(s.keys as i64),
         );
+        r.register(
+            "leases",
+            "Grants with a lease running",
+            ConstGauge::new(s.leases as i64),
+        );
         // The bounds, beside what they bound, for alerts on the ratio.
         r.register(
             "max_locks",
@@ -154,6 +159,36 @@ impl Metrics {
                 "too_many_locks",
                 "ACQUIREs refused by max-locks",
                 t.too_many_locks,
+            ),
+            (
+                "revoked",
+                "Locks released by an operator (REVOKE, SESSION KILL)",
+                t.revoked,
+            ),
+            (
+                "sessions_ended",
+                "Sessions ended by an operator (SESSION KILL)",
+                t.sessions_ended,
+            ),
+            (
+                "leases_expired",
+                "Grants released because their lease passed",
+                t.leases_expired,
+            ),
+            (
+                "lease_extensions",
+                "Leases extended (EXTEND)",
+                t.lease_extensions,
+            ),
+            (
+                "events_pushed",
+                "Events queued for subscribed connections (EVENTS ON)",
+                s.events_queued,
+            ),
+            (
+                "events_dropped",
+                "Events dropped because a subscriber's queue was full",
+                s.events_dropped,
             ),
             (
                 "auth_failures",

@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use lockd_core::{
-    Command, Config, ConnId, Counters, LockTable, Millis, Outcome, SessionId, WaitId, Wakeup, Woken,
+    Command, Config, ConnId, Counters, Event, LockTable, Millis, Outcome, SessionId, WaitId,
+    Wakeup, Woken,
 };
 use lockd_proto::legacy::Signer;
 use std::collections::HashMap;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::clock::Clock;
 use crate::config::ServerConfig;
@@ -24,6 +25,30 @@ pub(crate) struct Core {
     pub parked: HashMap<WaitId, oneshot::Receiver<Woken>>,
     wakeups: Vec<Wakeup>,
     clustered: bool,
+    /// Connections subscribed to their sessions' events (EVENTS ON).
+    subscribers: HashMap<ConnId, Subscriber>,
+    events: Vec<Event>,
+    /// Events pushed to subscribers' queues, and dropped because a queue was full.
+    pub events_queued: u64,
+    pub events_dropped: u64,
+}
+
+/// Most events waiting to be pushed to one connection (about 100 bytes each, so some
+/// 100 KiB): a client that does not read its pushes cannot grow the server past it.
+/// Events past it are dropped and counted; the connection is told how many with its next
+/// push (`overflow`), so a client knows it may have missed a `lost`.
+pub(crate) const MAX_QUEUED_EVENTS: usize = 1024;
+
+struct Subscriber {
+    tx: mpsc::Sender<Event>,
+    dropped: std::sync::Arc<AtomicU64>,
+}
+
+/// A subscribed connection's end of its events.
+pub(crate) struct EventsRx {
+    pub rx: mpsc::Receiver<Event>,
+    /// Events dropped since the connection last said so.
+    pub dropped: std::sync::Arc<AtomicU64>,
 }
 
 /// Server-level counters (the table keeps its own).
@@ -103,6 +128,10 @@ pub struct Snapshot {
     pub locks_sh: u64,
     pub keys: usize,
     pub waiters: usize,
+    pub leases: usize,
+    /// Events queued for subscribers, and dropped (a subscriber's queue was full).
+    pub events_queued: u64,
+    pub events_dropped: u64,
     pub table: Counters,
     /// The table's bound on locks held (in a cluster, the cluster's setting).
     pub max_locks: u64,
@@ -129,6 +158,10 @@ impl Shared {
                 parked: HashMap::new(),
                 wakeups: Vec::new(),
                 clustered: config.cluster.is_some(),
+                subscribers: HashMap::new(),
+                events: Vec::new(),
+                events_queued: 0,
+                events_dropped: 0,
             }),
             clock,
             signer: Signer::new(config.auth_key.as_bytes(), config.auth_scheme),
@@ -181,7 +214,7 @@ impl Shared {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         // A cluster's table expires sessions only by log entries, at the leader's time.
         if !self.clustered && core.table.next_expiry().is_some_and(|at| at <= now) {
-            core.table.apply(&Command::Expire, now);
+            core.apply(&Command::Expire, now);
         }
         // A cluster's times are the leader's (see `lockd_raft::node`).
         let now = if self.clustered {
@@ -189,7 +222,14 @@ impl Shared {
         } else {
             now
         };
+        let due = core.table.next_expiry();
         let r = f(&mut core, now);
+        // A lease granted or extended may be due before what the expiry timer sleeps
+        // for (dead sessions wake it themselves, but leases come with any request).
+        let sooner = match (core.table.next_expiry(), due) {
+            (Some(a), Some(b)) => a < b,
+            (a, b) => a.is_some() && b.is_none(),
+        };
         let mut expired = Vec::new();
         core.table.take_expired(&mut expired);
         // A grant from a queue that still has waiters is likely followed by another: the
@@ -201,6 +241,9 @@ impl Shared {
             self.tokens_low.notify_one();
         }
         drop(core);
+        if sooner {
+            self.expiry_changed.notify_one();
+        }
         if handed_on {
             self.activity.handoff();
         }
@@ -246,6 +289,9 @@ impl Shared {
             locks_sh: t.locks_by_mode().0,
             keys: t.key_count(),
             waiters: t.waiter_count(),
+            leases: t.lease_count(),
+            events_queued: core.events_queued,
+            events_dropped: core.events_dropped,
             table: t.counters().clone(),
             max_locks: t.config().max_locks,
             max_clients: self.config.max_clients,
@@ -295,9 +341,27 @@ impl Shared {
         })
     }
 
+    /// Subscribes `conn` to the events of its sessions (replacing an earlier
+    /// subscription).
+    pub(crate) fn subscribe(&self, conn: ConnId) -> EventsRx {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_EVENTS);
+        let dropped = std::sync::Arc::new(AtomicU64::new(0));
+        let sub = Subscriber {
+            tx,
+            dropped: dropped.clone(),
+        };
+        self.with_core(|core| core.subscribers.insert(conn, sub));
+        EventsRx { rx, dropped }
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: ConnId) {
+        self.with_core(|core| core.subscribers.remove(&conn));
+    }
+
     /// The connection closed: its sessions die or are forgotten, its wait (if any) is
     /// withdrawn.
     pub fn disconnect(&self, conn: ConnId, wait: Option<WaitId>) {
+        self.unsubscribe(conn);
         if self.clustered {
             self.with_core(|core| {
                 if let Some(w) = wait {
@@ -326,6 +390,7 @@ impl Core {
     #[inline]
     pub fn apply_from(&mut self, cmd: &Command, now: Millis, local: bool) -> Outcome {
         let o = self.table.apply(cmd, now);
+        self.deliver_events();
         match &o {
             Outcome::Acquired(lockd_core::Acquired::Queued(w)) if local => {
                 let (tx, rx) = oneshot::channel();
@@ -355,6 +420,25 @@ impl Core {
     #[inline]
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Outcome {
         self.apply_from(cmd, now, true)
+    }
+
+    /// Queues the last command's events for the connections subscribed to them (in a
+    /// cluster, every node makes the same events and pushes those of its own
+    /// connections).
+    fn deliver_events(&mut self) {
+        self.table.take_events(&mut self.events);
+        for e in self.events.drain(..) {
+            let Some(sub) = self.subscribers.get(&e.conn) else {
+                continue;
+            };
+            match sub.tx.try_send(e) {
+                Ok(()) => self.events_queued += 1,
+                Err(_) => {
+                    sub.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.events_dropped += 1;
+                }
+            }
+        }
     }
 
     /// Hands granted queued requests to their waiters; true if there were any.
@@ -508,7 +592,9 @@ mod tests {
             let h = held(&shared, id);
             match answer {
                 Some(Woken::Granted(_)) => prop_assert!(h > 0, "granted, holds nothing"),
-                Some(Woken::TooManyLocks) | None => prop_assert_eq!(h, 0, "null, holds {}", h),
+                Some(Woken::TooManyLocks) | Some(Woken::Revoked) | None => {
+                    prop_assert_eq!(h, 0, "null, holds {}", h)
+                }
             }
             Ok(())
         };

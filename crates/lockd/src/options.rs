@@ -51,6 +51,12 @@ pub struct Cli {
     )]
     pub auth_key: Option<String>,
 
+    /// A second secret for operators: only connections authenticated with it may revoke
+    /// locks or end sessions (REVOKE, SESSION KILL, the admin HTTP's revocation). Unset:
+    /// the auth key carries that right too
+    #[arg(long = "admin-key", env = "LOCKD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
     /// Legacy signature schemes accepted: hmac (MediaWiki's LSLockManager), sha1 (the
     /// seed daemon) or both [default: both]
     #[arg(long = "auth-scheme", alias = "authScheme", env = "LOCKD_AUTH_SCHEME")]
@@ -241,6 +247,7 @@ struct FileOptions {
     port: Option<u16>,
     #[serde(alias = "authKey")]
     auth_key: Option<String>,
+    admin_key: Option<String>,
     #[serde(alias = "authScheme")]
     auth_scheme: Option<String>,
     #[serde(alias = "lockTimeout")]
@@ -432,6 +439,10 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         }
     };
     server.auth_key = auth_key;
+    server.admin_key = match cli.admin_key.or(file.admin_key) {
+        Some(k) if k.is_empty() => bail!("--admin-key must not be empty"),
+        other => other,
+    };
     server.cluster = cluster_config(
         cli.node_id.or(file.node_id),
         cli.raft_address.or(file.raft_address),

@@ -29,9 +29,14 @@ pub(super) fn auth(n: &mut Native, shared: &Shared, args: Args) -> Reply {
 /// A right password is always accepted. A wrong one is counted; from an address past the
 /// failure limit it also closes the connection, so guessing costs a connection per try
 /// while every correct client on that address goes on being served.
+/// The admin key (`--admin-key`) authenticates too, with the admin right; without an
+/// admin key, the auth key carries that right.
 fn check_password(n: &mut Native, shared: &Shared, password: &[u8]) -> Result<(), Value> {
-    if bool::from(shared.config.auth_key.as_bytes().ct_eq(password)) {
+    let client = bool::from(shared.config.auth_key.as_bytes().ct_eq(password));
+    let admin = bool::from(shared.config.admin_key().as_bytes().ct_eq(password));
+    if client || admin {
         n.authed = true;
+        n.admin = admin;
         Ok(())
     } else {
         if shared.auth_failed(n.peer, "native") {

@@ -1,6 +1,7 @@
-//! Lock commands: ACQUIRE, RELEASE (optionally naming the grant's token), RELEASEALL.
+//! Lock commands: ACQUIRE (optionally with a lease), EXTEND (a lease), RELEASE (optionally
+//! naming the grant's token), RELEASEALL.
 
-use lockd_core::{Acquired, Command, Key, Mode, Outcome as Applied, Wait};
+use lockd_core::{Acquired, Command, ExtendError, Key, Millis, Mode, Outcome as Applied, Wait};
 use lockd_proto::resp::Value;
 
 use super::args::{uint, upper, Args};
@@ -33,15 +34,35 @@ fn keys(args: &[&[u8]]) -> Result<Vec<Key>, Value> {
         .collect()
 }
 
-/// ACQUIRE SH|EX timeout_ms key [key ...]
+/// A lease's length: 1 ms to a day.
+fn lease_ms(arg: &[u8]) -> Result<Millis, Value> {
+    match uint(arg, "lease")? {
+        ms @ 1..=lockd_core::MAX_LEASE_MS => Ok(ms),
+        _ => Err(Value::error(format!(
+            "ERR lease must be 1 to {} ms",
+            lockd_core::MAX_LEASE_MS
+        ))),
+    }
+}
+
+/// ACQUIRE [LEASE ms] SH|EX timeout_ms key [key ...]
 pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
     let parsed = (|| {
         let rest = args.arity(3, usize::MAX)?;
+        // The option comes first: after the mode every argument may be a key.
+        let (lease, rest) = if rest[0].eq_ignore_ascii_case(b"LEASE") {
+            if rest.len() < 5 {
+                return Err(args.arity(5, usize::MAX).expect_err("too few"));
+            }
+            (Some(lease_ms(rest[1])?), &rest[2..])
+        } else {
+            (None, rest)
+        };
         let mode = mode(rest[0])?;
         let timeout = uint(rest[1], "timeout")?;
-        Ok::<_, Value>((mode, timeout, keys(&rest[2..])?))
+        Ok::<_, Value>((mode, timeout, keys(&rest[2..])?, lease))
     })();
-    let (mode, timeout, keys) = match parsed {
+    let (mode, timeout, keys, lease) = match parsed {
         Ok(x) => x,
         Err(e) => return Outcome::Reply(e),
     };
@@ -53,6 +74,7 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
         mode,
         keys,
         wait,
+        lease,
     };
     n.run(shared, cmd, move |n, shared, applied, parked| {
         let got = match applied {
@@ -105,6 +127,39 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
                 "NOSESSION this connection's session was let go",
             )),
         }
+    })
+}
+
+/// EXTEND token [lease_ms]: the lease of the grant `token` (of this connection's session)
+/// ends `lease_ms` from now, or its own length from now.
+pub(super) fn extend(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
+    let parsed = (|| {
+        let rest = args.arity(1, 2)?;
+        let token = uint(rest[0], "token")?;
+        let ms = rest.get(1).map(|a| lease_ms(a)).transpose()?;
+        Ok::<_, Value>((token, ms))
+    })();
+    let (token, lease_ms) = match parsed {
+        Ok(x) => x,
+        Err(e) => return Outcome::Reply(e),
+    };
+    let cmd = Command::Extend {
+        session: n.session,
+        conn: n.conn,
+        token,
+        lease_ms,
+    };
+    n.run(shared, cmd, move |_, _, applied, _| match applied {
+        Applied::Extended(Ok(_)) => Outcome::Reply(Value::ok()),
+        Applied::Extended(Err(ExtendError::NoLease)) => Outcome::Reply(Value::error(format!(
+            "NOLEASE no lease with token {token} is held by this session: it passed, or its \
+             locks were released or revoked, or the grant had no lease"
+        ))),
+        Applied::Extended(Err(ExtendError::NotBound)) => Outcome::Reply(Value::error(
+            "NOSESSION this connection's session was let go",
+        )),
+        Applied::NodeDown => Outcome::Close(node_down()),
+        other => unreachable!("EXTEND answered {other:?}"),
     })
 }
 

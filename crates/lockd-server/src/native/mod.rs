@@ -2,12 +2,15 @@
 //! families, and blocking ACQUIREs.
 //!
 //! Each command family is one file: `connection` (PING, HELLO, AUTH, QUIT, CLIENT, SELECT,
-//! COMMAND), `locks` (ACQUIRE, RELEASE, RELEASEALL), `session` (SESSION), `info`
+//! COMMAND), `locks` (ACQUIRE, EXTEND, RELEASE, RELEASEALL), `session` (SESSION), `admin`
+//! (REVOKE, SESSION KILL: the operator's), `events` (EVENTS and the pushes), `info`
 //! (INSPECT, LOCKS, STATS), `cluster` (CLUSTER STATUS). A new verb is one function in one of them and one arm below.
 
+mod admin;
 mod args;
 mod cluster;
 mod connection;
+mod events;
 mod info;
 mod locks;
 mod session;
@@ -69,6 +72,10 @@ pub(crate) struct Native {
     pub session: SessionId,
     pub proto: u8,
     pub authed: bool,
+    /// Authenticated with the admin key (see `admin`).
+    pub admin: bool,
+    /// While subscribed (EVENTS ON): the events of this connection's sessions.
+    pub events: Option<crate::shared::EventsRx>,
     pub name: Option<Bytes>,
     /// The time for this batch of requests (read once per batch).
     pub now: Millis,
@@ -101,6 +108,8 @@ impl Native {
             session,
             proto: 2,
             authed: false,
+            admin: false,
+            events: None,
             name: None,
             now: 0,
             close_after_reply: false,
@@ -290,6 +299,9 @@ impl Native {
             b"ACQUIRE" => return locks::acquire(self, shared, args),
             b"RELEASE" => return locks::release(self, shared, args),
             b"RELEASEALL" => return locks::release_all(self, shared, args),
+            b"EXTEND" => return locks::extend(self, shared, args),
+            b"REVOKE" => return admin::revoke(self, shared, args),
+            b"EVENTS" => events::events(self, shared, args),
             b"SESSION" => return session::session(self, shared, args),
             b"INSPECT" | b"LOCKS" | b"STATS" if shared.clustered => {
                 return self.linearized(shared, args)
@@ -356,6 +368,9 @@ fn woken_reply(shared: &Shared, woken: Option<lockd_core::Woken>) -> Value {
     match woken {
         Some(lockd_core::Woken::Granted(t)) => Value::Integer(t as i64),
         Some(lockd_core::Woken::TooManyLocks) => locks::too_many_locks(shared),
+        Some(lockd_core::Woken::Revoked) => {
+            Value::error("REVOKED an operator ended this session while it waited (SESSION KILL)")
+        }
         None => Value::Null,
     }
 }

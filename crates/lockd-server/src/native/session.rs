@@ -1,4 +1,5 @@
-//! SESSION, SESSION RESUME id, SESSION GRACE ms (capped by `--max-grace`).
+//! SESSION, SESSION RESUME id, SESSION GRACE ms (capped by `--max-grace`); SESSION KILL id
+//! is the operator's (`admin`).
 
 use lockd_core::{Command, Outcome, ResumeError, SessionId};
 use lockd_proto::resp::Value;
@@ -8,6 +9,13 @@ use super::{Native, Outcome as Answer};
 use crate::shared::Shared;
 
 pub(super) fn session(n: &mut Native, shared: &Shared, args: Args) -> Answer {
+    if args
+        .rest()
+        .first()
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"KILL"))
+    {
+        return super::admin::kill(n, shared, args);
+    }
     match command(n, shared, args) {
         Ok(Some((cmd, sub))) => n.run(shared, cmd, move |n, shared, o, _| {
             Answer::Reply(render(n, shared, o, sub).unwrap_or_else(|e| e))
@@ -50,7 +58,8 @@ fn command(n: &Native, shared: &Shared, args: Args) -> Result<Option<(Command, S
             )))
         }
         _ => Err(Value::error(
-            "ERR unknown SESSION subcommand (SESSION, SESSION RESUME id, SESSION GRACE ms)",
+            "ERR unknown SESSION subcommand (SESSION, SESSION RESUME id, SESSION GRACE ms, \
+             SESSION KILL id)",
         )),
     }
 }

@@ -156,6 +156,8 @@ pub enum R {
     Null,
     Array(Vec<R>),
     Map(Vec<(R, R)>),
+    /// A RESP3 push message.
+    Push(Vec<R>),
 }
 
 impl R {
@@ -183,6 +185,7 @@ impl R {
 
     pub fn items(&self) -> &[R] {
         match self {
+            R::Push(items) => items,
             R::Array(a) => a,
             other => panic!("expected an array, got {other:?}"),
         }
@@ -283,6 +286,14 @@ impl Resp {
                         items.push(self.read_value().await);
                     }
                     R::Array(items)
+                }
+                ">" => {
+                    let n: usize = rest.parse().unwrap();
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.read_value().await);
+                    }
+                    R::Push(items)
                 }
                 "%" => {
                     let n: usize = rest.parse().unwrap();

@@ -5,6 +5,7 @@ mod cluster;
 mod hardening;
 mod harness;
 mod interop;
+mod leases;
 mod legacy;
 mod native;
 mod tls;
