@@ -9,6 +9,7 @@ use lockd_proto::resp::Value;
 use crate::conn::Conn;
 use crate::error::Error;
 use crate::guard::Guard;
+use crate::lease::{Event, Loss};
 use crate::tls::TlsOptions;
 use crate::types::{Holder, KeyInfo, LockInfo, Mode, Waiter};
 
@@ -33,7 +34,15 @@ pub(crate) struct Inner {
     pub(crate) held: Mutex<Book>,
     /// Source of [`Held::epoch`].
     pub(crate) epochs: std::sync::atomic::AtomicU64,
+    /// The guards' loss cells, by grant token (see `lease`).
+    pub(crate) losses: crate::lease::Losses,
+    /// While subscribed: where events go (see [`Client::subscribe`]).
+    events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
+
+/// Most events a subscriber's channel holds; past it they are dropped (and counted in an
+/// [`Event::Overflow`] when there is room again).
+const MAX_CLIENT_EVENTS: usize = 1024;
 
 /// What this client's session holds and is acquiring, per (key, mode). The server never
 /// makes a session wait for itself, so tasks sharing one `Client` would all be granted one
@@ -200,6 +209,8 @@ impl Client {
                 generation: Default::default(),
                 held: Mutex::new(Book::default()),
                 epochs: Default::default(),
+                losses: Default::default(),
+                events: Mutex::new(None),
             }),
         })
     }
@@ -281,9 +292,13 @@ impl Client {
             Value::Error(e) if e.starts_with("NOSESSION") => false,
             other => return Err(unexpected(other)),
         };
+        if self.subscribed() {
+            self.listen(&conn).await?;
+        }
         if resumed {
             self.reconcile(&conn).await?;
         } else {
+            self.inner.losses.all_lost(Loss::SessionLost);
             let fresh = text(conn.call(&[b"SESSION"]).await?)?;
             *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             self.inner
@@ -334,6 +349,61 @@ impl Client {
         Ok(())
     }
 
+    fn subscribed(&self) -> bool {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Subscribes this client's session to its events (RESP3 pushes, `EVENTS ON`): a
+    /// guard whose lock the server lets go (revoked, session ended, lease passed) learns
+    /// it at once through [`Guard::lost`], and every event is also sent on the channel
+    /// returned (at most 1,024 wait there; past that they are dropped and an
+    /// [`Event::Overflow`] says how many). Kept across [`Client::reconnect`].
+    pub async fn subscribe(&self) -> Result<tokio::sync::mpsc::Receiver<Event>, Error> {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_CLIENT_EVENTS);
+        *self.inner.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        self.listen(&self.conn()).await?;
+        Ok(rx)
+    }
+
+    /// Switches `conn` to RESP3 and subscribes it, routing its pushes to the guards and
+    /// the subscriber.
+    async fn listen(&self, conn: &Conn) -> Result<(), Error> {
+        let inner = Arc::downgrade(&self.inner);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        conn.on_push(Arc::new(move |items| {
+            let (Some(inner), Some(e)) = (inner.upgrade(), Event::parse(&items)) else {
+                return;
+            };
+            if let Event::Lost { token, reason, .. } = &e {
+                inner.losses.lost(*token, crate::lease::loss_of(reason));
+            }
+            let tx = inner
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(tx) = tx {
+                use std::sync::atomic::Ordering::Relaxed;
+                let missed = dropped.load(Relaxed);
+                if missed > 0 && tx.try_send(Event::Overflow(missed)).is_ok() {
+                    dropped.fetch_sub(missed, Relaxed);
+                }
+                if tx.try_send(e).is_err() {
+                    dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }));
+        match conn.call(&[b"HELLO", b"3"]).await? {
+            Value::Map(_) => {}
+            other => return Err(unexpected(other)),
+        }
+        ok(conn.call(&[b"EVENTS", b"ON"]).await?)
+    }
+
     /// Acquires `keys` in `mode`, all or nothing, waiting up to `timeout` (zero: try once).
     /// A timeout is [`Error::Timeout`]. An acquisition that conflicts with a lock this
     /// client already holds or is acquiring (EX on a key it has in any mode, SH on one it
@@ -345,7 +415,24 @@ impl Client {
         keys: &[K],
         timeout: Duration,
     ) -> Result<Guard, Error> {
-        self.try_acquire_for(mode, keys, timeout)
+        self.try_acquire_for(mode, keys, timeout, None)
+            .await?
+            .ok_or(Error::Timeout)
+    }
+
+    /// [`Client::acquire`] with a lease: the server lets the locks go `lease` after the
+    /// grant unless extended. The guard extends it (every third of `lease`) for as long as
+    /// it lives; when it cannot, [`Guard::lost`] resolves with the reason. The lease
+    /// guards against a holder that hangs with its connection open; a lost connection is
+    /// still the session's grace (whichever ends first).
+    pub async fn acquire_leased<K: AsRef<[u8]>>(
+        &self,
+        mode: Mode,
+        keys: &[K],
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Guard, Error> {
+        self.try_acquire_for(mode, keys, timeout, Some(lease))
             .await?
             .ok_or(Error::Timeout)
     }
@@ -356,7 +443,7 @@ impl Client {
         mode: Mode,
         keys: &[K],
     ) -> Result<Option<Guard>, Error> {
-        self.try_acquire_for(mode, keys, Duration::ZERO).await
+        self.try_acquire_for(mode, keys, Duration::ZERO, None).await
     }
 
     async fn try_acquire_for<K: AsRef<[u8]>>(
@@ -364,12 +451,18 @@ impl Client {
         mode: Mode,
         keys: &[K],
         timeout: Duration,
+        lease: Option<Duration>,
     ) -> Result<Option<Guard>, Error> {
         let ms = timeout
             .as_millis()
             .max(u128::from(!timeout.is_zero()))
             .to_string();
-        let mut args: Vec<&[u8]> = vec![b"ACQUIRE", mode.as_str().as_bytes(), ms.as_bytes()];
+        let lease_ms = lease.map(|l| l.as_millis().max(1).to_string());
+        let mut args: Vec<&[u8]> = vec![b"ACQUIRE"];
+        if let Some(l) = &lease_ms {
+            args.extend([b"LEASE".as_slice(), l.as_bytes()]);
+        }
+        args.extend([mode.as_str().as_bytes(), ms.as_bytes()]);
         args.extend(keys.iter().map(|k| k.as_ref()));
         let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
         // Held until the grant is in the book (or the acquire ends another way).
@@ -400,6 +493,7 @@ impl Client {
                     owned,
                     token as u64,
                     epochs,
+                    lease,
                 )))
             }
             Value::Null => Ok(None),
@@ -418,6 +512,25 @@ impl Client {
             book.locks.remove(&(k.as_ref().to_vec(), mode));
         }
         Ok(n)
+    }
+
+    /// The operator's REVOKE: releases the locks on `key` of every holder, or of one
+    /// session; returns how many. Needs a client connected with the admin key.
+    pub async fn revoke(&self, key: impl AsRef<[u8]>, session: Option<&str>) -> Result<u64, Error> {
+        let mut args: Vec<&[u8]> = vec![b"REVOKE", key.as_ref()];
+        if let Some(s) = session {
+            args.extend([b"SESSION".as_slice(), s.as_bytes()]);
+        }
+        int(self.conn().call(&args).await?)
+    }
+
+    /// The operator's SESSION KILL: `session` ends now (its locks released, its wait
+    /// cancelled); returns how many locks it held. Needs the admin key.
+    pub async fn kill_session(&self, session: &str) -> Result<u64, Error> {
+        int(self
+            .conn()
+            .call(&[b"SESSION", b"KILL", session.as_bytes()])
+            .await?)
     }
 
     /// Releases every lock of this session; returns how many.

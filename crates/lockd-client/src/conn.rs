@@ -30,10 +30,14 @@ pub(crate) struct Conn {
     state: Arc<State>,
 }
 
+/// Where RESP3 push messages go (they answer no request).
+pub(crate) type PushSink = Arc<dyn Fn(Vec<Value>) + Send + Sync>;
+
 struct State {
     lost: AtomicBool,
     lost_notify: Notify,
     pending: Mutex<VecDeque<Slot>>,
+    push: Mutex<Option<PushSink>>,
 }
 
 impl State {
@@ -81,6 +85,7 @@ impl Conn {
             lost: AtomicBool::new(false),
             lost_notify: Notify::new(),
             pending: Mutex::new(VecDeque::new()),
+            push: Mutex::new(None),
         });
         let (tx, mut rx) = mpsc::unbounded_channel::<(BytesMut, Slot)>();
         let st = state.clone();
@@ -102,6 +107,12 @@ impl Conn {
             let mut reader = BufReader::new(read);
             loop {
                 match read_value(&mut reader).await {
+                    Ok(Value::Push(items)) => {
+                        let sink = st.push.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some(f) = sink {
+                            f(items);
+                        }
+                    }
                     Ok(v) => {
                         let slot = st
                             .pending
@@ -151,6 +162,11 @@ impl Conn {
             .send((buf, Some((tx, orphan))))
             .map_err(|_| Error::ConnectionLost)?;
         rx.await.map_err(|_| Error::ConnectionLost)?
+    }
+
+    /// Hands the connection's push messages to `sink` from now on.
+    pub fn on_push(&self, sink: PushSink) {
+        *self.state.push.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
     pub fn is_lost(&self) -> bool {
@@ -206,13 +222,17 @@ fn read_value<'a, R: AsyncBufRead + Unpin + Send>(
                 buf.truncate(n);
                 Value::Bulk(Bytes::from(buf))
             }
-            "*" => {
+            "*" | ">" => {
                 let n = int(rest)?;
                 let mut items = Vec::new();
                 for _ in 0..n {
                     items.push(read_value(r).await?);
                 }
-                Value::Array(items)
+                if kind == ">" {
+                    Value::Push(items)
+                } else {
+                    Value::Array(items)
+                }
             }
             "%" => {
                 let n = int(rest)?;

@@ -41,6 +41,9 @@ pub struct Guard {
     /// Per key, the life of the session's lock this guard counts on (see `client::Held`).
     epochs: Vec<u64>,
     released: bool,
+    /// Where this guard learns that its locks are gone, and the task keeping its lease.
+    loss: std::sync::Arc<crate::lease::LossCell>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Guard {
@@ -50,8 +53,14 @@ impl Guard {
         keys: Vec<Vec<u8>>,
         token: u64,
         epochs: Vec<u64>,
+        lease: Option<std::time::Duration>,
     ) -> Guard {
         let generation = client.inner.generation.load(Ordering::SeqCst);
+        let loss = client.inner.losses.register(token);
+        let keeper = lease.map(|l| {
+            let inner = std::sync::Arc::downgrade(&client.inner);
+            tokio::spawn(crate::lease::keep(inner, token, l, loss.clone()))
+        });
         Guard {
             client,
             mode,
@@ -60,7 +69,24 @@ impl Guard {
             generation,
             epochs,
             released: false,
+            loss,
+            keeper,
         }
+    }
+
+    /// Resolves when the locks are known to be gone, with why: the lease passed (its
+    /// extension was refused or did not get through in time), an operator revoked the
+    /// lock or ended the session (reported at once with [`Client::subscribe`], else
+    /// found by the lease's next extension), or the session was gone on reconnecting.
+    /// Never resolves while the locks are held. A lost connection alone is not a loss
+    /// (the session may be resumed): see [`Guard::may_be_lost`].
+    pub async fn lost(&self) -> crate::Loss {
+        self.loss.wait().await
+    }
+
+    /// The loss, if one is known already (see [`Guard::lost`]).
+    pub fn loss(&self) -> Option<crate::Loss> {
+        self.loss.get()
     }
 
     /// The fencing token of this grant: greater than every token the server issued
@@ -83,6 +109,7 @@ impl Guard {
     pub fn may_be_lost(&self) -> bool {
         self.client.inner.generation.load(Ordering::SeqCst) != self.generation
             || self.client.is_connection_lost()
+            || self.loss.get().is_some()
     }
 
     /// Releases the locks, reporting errors: a lost connection, or
@@ -90,6 +117,9 @@ impl Guard {
     /// which case nothing is sent: a later guard's locks are never touched.
     pub async fn release(mut self) -> Result<(), Error> {
         self.released = true;
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
         let lost = self.may_be_lost();
         let (free, inert) = self.unref();
         if lost {
@@ -153,6 +183,9 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
         if self.released {
             return;
         }

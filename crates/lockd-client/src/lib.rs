@@ -31,12 +31,18 @@
 //! answers, and [`Client::reconnect`] moves to the next one and resumes the session there,
 //! so guards keep their locks through the loss of the node they were connected to.
 //!
+//! A lock may have a lease ([`Client::acquire_leased`]): the server lets it go when the
+//! lease passes, and the guard extends it while it lives; [`Guard::lost`] resolves, with
+//! the reason, when the lock is gone (lease passed, revoked by an operator, session ended
+//! or forgotten). [`Client::subscribe`] has the server push such events as they happen.
+//!
 //! [`QuorumClient`] takes locks on a majority of several independent servers.
 
 mod client;
 mod conn;
 mod error;
 mod guard;
+mod lease;
 mod quorum;
 mod tls;
 mod types;
@@ -44,6 +50,7 @@ mod types;
 pub use client::Client;
 pub use error::Error;
 pub use guard::Guard;
+pub use lease::{Event, Loss};
 pub use quorum::{QuorumClient, QuorumGuard};
 pub use tls::TlsOptions;
 pub use types::{Holder, KeyInfo, LockInfo, Mode, Waiter};

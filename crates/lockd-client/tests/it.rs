@@ -872,3 +872,91 @@ async fn a_guard_survives_the_loss_of_its_cluster_node() {
         stop.cancel();
     }
 }
+
+#[tokio::test]
+async fn a_leased_guard_is_kept_alive_and_says_when_it_is_lost() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let admin = Client::connect(&srv.addr, KEY).await.unwrap();
+    // A 300 ms lease (real time on the client, manual on the server): extended every
+    // 100 ms while the guard lives.
+    let g = a
+        .acquire_leased(Mode::Ex, &["k"], Duration::ZERO, Duration::from_millis(300))
+        .await
+        .unwrap();
+    srv.eventually("two extensions", |s| s.table.lease_extensions >= 2)
+        .await;
+    srv.clock.advance(250);
+    assert_eq!(srv.handle.snapshot().table.leases_expired, 0);
+    assert!(g.loss().is_none());
+    // Revoked: the next extension is refused, and the guard says so.
+    assert_eq!(admin.revoke("k", None).await.unwrap(), 1);
+    let loss = tokio::time::timeout(Duration::from_secs(5), g.lost())
+        .await
+        .expect("reported within a few extensions");
+    assert!(
+        matches!(&loss, lockd_client::Loss::LeaseExpired(why) if why.contains("NOLEASE")),
+        "{loss:?}"
+    );
+    assert!(g.may_be_lost());
+    // The lease passing on the server (no revocation) is found the same way.
+    let h = a
+        .acquire_leased(Mode::Ex, &["j"], Duration::ZERO, Duration::from_millis(600))
+        .await
+        .unwrap();
+    srv.clock.advance(600);
+    let loss = tokio::time::timeout(Duration::from_secs(5), h.lost())
+        .await
+        .unwrap();
+    assert!(
+        matches!(loss, lockd_client::Loss::LeaseExpired(_)),
+        "{loss:?}"
+    );
+    assert!(admin.try_acquire(Mode::Ex, &["j"]).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_subscribed_client_hears_of_contention_and_loss_at_once() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let mut events = a.subscribe().await.unwrap();
+    let g = a
+        .acquire(Mode::Ex, &["k"], Duration::from_secs(1))
+        .await
+        .unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = b.acquire(Mode::Sh, &["k"], Duration::from_secs(30)).await;
+        (b, g.map(|g| g.token()))
+    });
+    let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e,
+        lockd_client::Event::Contended {
+            key: b"k".to_vec(),
+            token: g.token(),
+            mode: Mode::Ex,
+            wanted: Mode::Sh
+        }
+    );
+    // Calls on a subscribed (RESP3) connection still work.
+    assert_eq!(a.inspect("k").await.unwrap().waiters.len(), 1);
+    let id = a.session_id();
+    let admin = Client::connect(&srv.addr, KEY).await.unwrap();
+    assert_eq!(admin.kill_session(&id).await.unwrap(), 1);
+    let loss = tokio::time::timeout(Duration::from_secs(5), g.lost())
+        .await
+        .unwrap();
+    assert_eq!(loss, lockd_client::Loss::SessionEnded);
+    let (_, granted) = waiter.await.unwrap();
+    assert!(granted.unwrap() > g.token());
+    match events.recv().await.unwrap() {
+        lockd_client::Event::Lost { token, reason, .. } => {
+            assert_eq!((token, reason.as_str()), (g.token(), "session-ended"))
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -153,8 +153,9 @@ pub(crate) fn router(shared: Arc<Shared>, loopback: bool) -> Router {
         )
         .route("/v1/history", get(history))
         .route("/v1/locks", get(locks))
-        .route("/v1/locks/{key}", get(lock))
+        .route("/v1/locks/{key}", get(lock).delete(revoke))
         .route("/v1/sessions", get(sessions))
+        .route("/v1/sessions/{id}", axum::routing::delete(kill_session))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -171,7 +172,10 @@ async fn authorize(State(st): State<AdminState>, req: Request, next: Next) -> Re
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if !key_given(given, st.shared.config.auth_key.as_bytes()) {
+        let config = &st.shared.config;
+        if !key_given(given, config.auth_key.as_bytes())
+            && !key_given(given, config.admin_key().as_bytes())
+        {
             if let Some(Peer(ip)) = req.extensions().get::<Peer>() {
                 let _ = st.shared.auth_failed(*ip, "http");
             }
@@ -309,6 +313,94 @@ async fn member_change(
         Err(lockd_raft::ClusterError::Refused(why)) => {
             (StatusCode::CONFLICT, format!("{why}\n")).into_response()
         }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// An operator's request: refused unless it carries the admin key (`--admin-key`, else
+/// the auth key), from loopback too.
+fn admin_refusal(st: &AdminState, headers: &axum::http::HeaderMap, what: &str) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if key_given(given, st.shared.config.admin_key().as_bytes()) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("{what} needs the admin key: Authorization: Bearer <admin key>\n"),
+        )
+            .into_response(),
+    )
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    released: u32,
+}
+
+/// DELETE /v1/locks/{key}[?session=ID]: REVOKE.
+async fn revoke(
+    State(st): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = admin_refusal(&st, &headers, "revoking locks") {
+        return r;
+    }
+    let Ok(k) = lockd_core::Key::new(key.as_bytes()) else {
+        return (StatusCode::BAD_REQUEST, "keys are 1 to 1024 bytes\n").into_response();
+    };
+    let session = match q.get("session") {
+        None => None,
+        Some(s) => match lockd_core::SessionId::from_bytes(s.as_bytes()) {
+            Some(id) => Some(id),
+            None => return (StatusCode::BAD_REQUEST, "session ids are 32 bytes\n").into_response(),
+        },
+    };
+    match st
+        .shared
+        .execute(lockd_core::Command::Revoke { key: k, session })
+        .await
+    {
+        Ok(lockd_core::Outcome::Released(n)) => {
+            tracing::warn!(%key, ?session, released = n, "operator revoked locks (HTTP)");
+            Json(Revoked { released: n }).into_response()
+        }
+        Ok(other) => unreachable!("REVOKE answered {other:?}"),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// DELETE /v1/sessions/{id}: SESSION KILL.
+async fn kill_session(
+    State(st): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = admin_refusal(&st, &headers, "ending sessions") {
+        return r;
+    }
+    let Some(session) = lockd_core::SessionId::from_bytes(id.as_bytes()) else {
+        return (StatusCode::BAD_REQUEST, "session ids are 32 bytes\n").into_response();
+    };
+    match st
+        .shared
+        .execute(lockd_core::Command::EndSession { session })
+        .await
+    {
+        Ok(lockd_core::Outcome::Ended(Some(n))) => {
+            tracing::warn!(session = %id, released = n, "operator ended a session (HTTP)");
+            Json(Revoked { released: n }).into_response()
+        }
+        Ok(lockd_core::Outcome::Ended(None)) => {
+            (StatusCode::NOT_FOUND, "no such session\n").into_response()
+        }
+        Ok(other) => unreachable!("SESSION KILL answered {other:?}"),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }

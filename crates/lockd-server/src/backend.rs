@@ -41,6 +41,18 @@ impl Shared {
         }
     }
 
+    /// Applies one command that comes from no client connection (an operator's, from the
+    /// admin HTTP): at once on a standalone server, committed in a cluster.
+    pub(crate) async fn execute(&self, cmd: Command) -> Result<Outcome, ClusterError> {
+        if !self.clustered {
+            let o = self.with(|core, now| core.apply(&cmd, now));
+            self.expiry_changed.notify_one();
+            return Ok(o);
+        }
+        let mut out = self.submit(vec![cmd]).await?;
+        Ok(out.pop().expect("one outcome per command"))
+    }
+
     /// A client connection of this node closed: its sessions die, in the cluster. One
     /// task commits the closed connections, many per entry, retrying until committed (if
     /// this node dies first, the cluster declares it down, which ends the connections'

@@ -336,11 +336,21 @@ pub async fn http_get_with(
     path: &str,
     authorization: Option<&str>,
 ) -> (u16, String, String) {
+    http_request(addr, "GET", path, authorization).await
+}
+
+/// A plain HTTP/1.1 request without a body; returns (status, head, body).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: lockd\r\n{auth}Connection: close\r\n\r\n");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: lockd\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = Vec::new();
     tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp)

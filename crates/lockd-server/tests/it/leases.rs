@@ -279,3 +279,66 @@ async fn a_subscriber_that_does_not_read_is_told_what_it_missed() {
     assert_eq!(overflow, n - 1024);
     assert_eq!(srv.snapshot().events_dropped, (n - 1024) as u64);
 }
+
+#[tokio::test]
+async fn the_admin_http_revokes_and_ends_sessions_with_the_admin_key() {
+    let srv = TestServer::start_with(|c| {
+        c.http_address = Some("127.0.0.1:0".into());
+        c.admin_key = Some(ADMIN_KEY.into());
+    })
+    .await;
+    let http = srv.admin.unwrap();
+    let mut a = resp3(&srv, AUTH_KEY).await;
+    a.call(&["EVENTS", "ON"]).await;
+    let t = a.call(&["ACQUIRE", "EX", "0", "k/1"]).await.int();
+    let id = a.call(&["SESSION"]).await.text();
+    let bearer = |k: &str| format!("Bearer {k}");
+    // Loopback reads need no key, but revocation needs the admin key: not the auth key.
+    for auth in [None, Some(bearer(AUTH_KEY))] {
+        let (status, _, body) =
+            http_request(http, "DELETE", "/v1/locks/k%2F1", auth.as_deref()).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            body.contains("revoking locks needs the admin key"),
+            "{body}"
+        );
+    }
+    let admin = Some(bearer(ADMIN_KEY));
+    let (status, _, body) = http_request(
+        http,
+        "DELETE",
+        "/v1/locks/k%2F1?session=short",
+        admin.as_deref(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (400, "session ids are 32 bytes\n"));
+    let (status, _, body) = http_request(http, "DELETE", "/v1/locks/k%2F1", admin.as_deref()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"released":1}"#));
+    assert_eq!(
+        push(&a.recv().await),
+        ["lost", "k/1", &t.to_string(), "EX", "revoked"]
+    );
+    // Ending the session: its locks go, told as session-ended; then it is not found.
+    let t2 = a.call(&["ACQUIRE", "SH", "0", "k/2"]).await.int();
+    let path = format!("/v1/sessions/{id}");
+    assert_eq!(http_request(http, "DELETE", &path, None).await.0, 401);
+    let (status, _, body) = http_request(http, "DELETE", &path, admin.as_deref()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"released":1}"#));
+    assert_eq!(
+        push(&a.recv().await),
+        ["lost", "k/2", &t2.to_string(), "SH", "session-ended"]
+    );
+    assert_eq!(
+        http_request(http, "DELETE", &path, admin.as_deref())
+            .await
+            .0,
+        404
+    );
+    // The metrics count them.
+    let (_, metrics) = http_get(http, "/metrics", None).await;
+    assert!(metrics.contains("lockd_revoked_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("lockd_sessions_ended_total 1"),
+        "{metrics}"
+    );
+}
