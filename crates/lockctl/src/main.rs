@@ -86,6 +86,12 @@ enum Command {
         /// After --signal, how long the command has to exit before SIGKILL
         #[arg(long = "kill-after", value_parser = parse_duration, default_value = "10s")]
         kill_after: Duration,
+        /// Take the locks with a lease of this length (e.g. 30s): the server lets them go
+        /// when it passes unless extended, which lockctl does every third of it while the
+        /// command runs; when it cannot (or an operator revokes the lock), the command gets
+        /// --signal, as for a lost connection
+        #[arg(long, value_parser = parse_duration)]
+        lease: Option<Duration>,
         /// Keys, then `--`, then the command
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
@@ -122,6 +128,19 @@ enum Command {
     },
     /// Show the server's counters.
     Stats,
+    /// Release the locks on KEY of every holder, or of --session (an operator's command:
+    /// needs the admin key, given as --auth-key). Their holders are told; waiters move up.
+    Revoke {
+        key: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Sessions: `kill ID` ends a session at once, its locks released and its wait
+    /// cancelled (an operator's command: needs the admin key, given as --auth-key).
+    Session {
+        #[command(subcommand)]
+        what: SessionCommand,
+    },
     /// The cluster: `status` (a node's view), `add ID RAFT_ADDR`, `remove ID`.
     Cluster {
         #[command(subcommand)]
@@ -133,6 +152,12 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print lockctl's man page (roff).
     Man,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum SessionCommand {
+    /// End session ID now.
+    Kill { id: String },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -300,6 +325,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             grace,
             signal,
             kill_after,
+            lease,
             keys,
             command,
         } => {
@@ -308,8 +334,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut signals = supervise::Signals::install()
                 .map_err(|e| Failure::other(format!("cannot catch signals: {e}")))?;
             let grace = client.set_grace(*grace).await?;
+            // Subscribed, so that a revocation or an ended session reaches the guard at
+            // once (its events themselves are not needed here).
+            let _events = client.subscribe().await?;
             let acquired = tokio::select! {
-                r = client.acquire(mode(*shared), keys, *timeout) => r,
+                r = async {
+                    match lease {
+                        Some(l) => client.acquire_leased(mode(*shared), keys, *timeout, *l).await,
+                        None => client.acquire(mode(*shared), keys, *timeout).await,
+                    }
+                } => r,
                 sig = signals.next() => return Ok(128 + sig as u8),
             };
             let guard = match acquired {
@@ -327,10 +361,17 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .map_err(|e| {
                     Failure::new(exit::NOINPUT_CMD, format!("cannot run {}: {e}", command[0]))
                 })?;
-            let end =
-                supervise::supervise(child, &mut signals, &client, grace, *signal, *kill_after)
-                    .await
-                    .map_err(|e| Failure::other(format!("cannot watch the command: {e}")))?;
+            let end = supervise::supervise(
+                child,
+                &mut signals,
+                &client,
+                &guard,
+                grace,
+                *signal,
+                *kill_after,
+            )
+            .await
+            .map_err(|e| Failure::other(format!("cannot watch the command: {e}")))?;
             match end {
                 supervise::End::Exited(status) => {
                     let lost = guard.may_be_lost();
@@ -394,6 +435,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 println!("{}", json!({"released": n}));
             } else {
                 println!("released {n}");
+            }
+            Ok(0)
+        }
+        Command::Revoke { key, session } => {
+            let n = client.revoke(key, session.as_deref()).await?;
+            if json {
+                println!("{}", json!({"released": n}));
+            } else {
+                println!("revoked {n}");
+            }
+            Ok(0)
+        }
+        Command::Session {
+            what: SessionCommand::Kill { id },
+        } => {
+            let n = client.kill_session(id).await?;
+            if json {
+                println!("{}", json!({"released": n}));
+            } else {
+                println!("session ended, {n} locks released");
             }
             Ok(0)
         }

@@ -12,6 +12,8 @@
 //!   after the loss itself). Then the command is
 //!   sent `--signal` (SIGTERM), and SIGKILL after `--kill-after`, before another session
 //!   could be granted the lock; lockctl says why and exits 69.
+//! - With `--lease`, the lock is also lost when its lease could not be extended in time,
+//!   or when an operator revokes it or ends the session (told by the next extension).
 //! - SIGTERM, SIGINT and SIGHUP sent to lockctl are passed to the command; the lock is
 //!   released only after the command has exited.
 
@@ -59,11 +61,19 @@ pub async fn supervise(
     mut child: Child,
     signals: &mut Signals,
     client: &Client,
+    guard: &lockd_client::Guard,
     grace: Duration,
     stop_signal: i32,
     kill_after: Duration,
 ) -> std::io::Result<End> {
-    let watch = watchdog(client, grace);
+    // A leased lock that could not be extended, or one an operator revoked, is lost as
+    // surely as a session that could not be resumed.
+    let watch = async {
+        tokio::select! {
+            why = watchdog(client, grace) => why,
+            loss = guard.lost() => format!("the lock is lost: {loss}"),
+        }
+    };
     tokio::pin!(watch);
     loop {
         let pid = child.id();

@@ -847,3 +847,54 @@ fn cluster_members_are_added_and_removed_by_lockctl_and_http() {
         stop.cancel();
     }
 }
+
+/// Issue 15: `lock --lease` keeps its lease extended while the command runs (the lock
+/// outlives several lease lengths); `revoke` (an operator's command) frees the lock, and
+/// the command is stopped at once, as for a lost lock; `session kill` ends a session.
+#[test]
+fn a_leased_lock_runs_until_revoked_and_the_command_is_told() {
+    let addr = server();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("got-term");
+    let script = format!(
+        "trap 'touch {m}; exit 0' TERM; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        m = mark.display()
+    );
+    let args = [
+        "lock", "--lease", "300ms", "leasek", "--", "sh", "-c", &script,
+    ];
+    let child = lockctl(&addr, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the lock held", || held_by_someone(&addr, "leasek"));
+    // Four lease lengths later it is still held: the lease was extended.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(
+        held_by_someone(&addr, "leasek"),
+        "the lease lapsed while the command ran"
+    );
+    let revoked = run(&addr, &["--json", "revoke", "leasek"]);
+    assert_eq!(stdout(&revoked), "{\"released\":1}\n");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(mark.exists(), "the command got --signal");
+    assert!(
+        err.contains("the lock is lost: an operator revoked the lock"),
+        "{err}"
+    );
+    // session kill: a session left holding a lock by `acquire` is ended.
+    let acq = stdout(&run(&addr, &["acquire", "--grace", "60s", "killk"]));
+    let session = acq
+        .lines()
+        .find_map(|l| l.strip_prefix("session "))
+        .unwrap()
+        .to_string();
+    assert!(held_by_someone(&addr, "killk"));
+    let killed = run(&addr, &["session", "kill", &session]);
+    assert_eq!(stdout(&killed), "session ended, 1 locks released\n");
+    assert!(!held_by_someone(&addr, "killk"));
+    let again = run(&addr, &["session", "kill", &session]);
+    assert_ne!(again.status.code(), Some(0));
+}
