@@ -172,3 +172,81 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
         s.shutdown.cancel();
     }
 }
+
+/// Issue 15 on a cluster: a lease ends the lock on the leader's time and hands it to a
+/// waiter on another node; an extended lease lives on; pushes reach the holder's node;
+/// REVOKE and SESSION KILL from one node act on sessions of others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_revocation_and_events_work_across_the_cluster() {
+    let c = three().await;
+    let addr = |i: u64| c.nodes[&i].addr;
+    let mut holder = Resp::connect(addr(1)).await;
+    holder
+        .call(&["HELLO", "3", "AUTH", "default", AUTH_KEY])
+        .await;
+    assert_eq!(holder.call(&["EVENTS", "ON"]).await, R::Simple("OK".into()));
+    let t = holder
+        .call(&["ACQUIRE", "LEASE", "400", "EX", "0", "lk"])
+        .await
+        .int();
+    let mut waiter = Resp::authed(addr(2)).await;
+    waiter.send(&["ACQUIRE", "EX", "10000", "lk"]).await;
+    let told = holder.recv().await;
+    assert_eq!(told.items()[0].text(), "contended", "{told:?}");
+    assert_eq!(told.items()[2].int(), t);
+    // Not extended: gone within the lease and the leader's 100 ms expiry check.
+    let started = std::time::Instant::now();
+    let lost = holder.recv().await;
+    assert_eq!(
+        (lost.items()[0].text(), lost.items()[4].text()),
+        ("lost".to_string(), "lease-expired".to_string())
+    );
+    let t2 = waiter.recv().await.int();
+    assert!(t2 > t);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Extended from node 3, four times its length: still held, seen from node 1.
+    let mut ext = Resp::authed(addr(3)).await;
+    let te = ext
+        .call(&["ACQUIRE", "LEASE", "500", "SH", "0", "ek"])
+        .await
+        .int()
+        .to_string();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ext.call(&["EXTEND", &te]).await, R::Simple("OK".into()));
+    }
+    let mut reader = Resp::authed(addr(1)).await;
+    let seen = reader.call(&["INSPECT", "ek"]).await;
+    assert_eq!(seen.get("holders").items().len(), 1, "{seen:?}");
+    // Revoked from node 2: the lease's next extension is refused.
+    let mut admin = Resp::authed(addr(2)).await;
+    assert_eq!(admin.call(&["REVOKE", "ek"]).await.int(), 1);
+    assert!(ext
+        .call(&["EXTEND", &te])
+        .await
+        .err()
+        .starts_with("NOLEASE"));
+    // A session waiting on node 3, ended from node 1: its wait is answered.
+    let id = ext.call(&["SESSION"]).await.text();
+    ext.send(&["ACQUIRE", "EX", "10000", "lk"]).await;
+    let mut queued = false;
+    for _ in 0..100 {
+        let seen = reader.call(&["INSPECT", "lk"]).await;
+        if seen.get("waiters").items().len() == 1 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queued, "the wait never showed");
+    let mut killer = Resp::authed(addr(1)).await;
+    assert_eq!(killer.call(&["SESSION", "KILL", &id]).await.int(), 0);
+    assert_eq!(
+        ext.recv().await.err(),
+        "REVOKED an operator ended this session while it waited (SESSION KILL)"
+    );
+}
