@@ -98,5 +98,12 @@ pub(super) fn stats(shared: &Shared, args: Args) -> Reply {
         ("native_requests", int(s.native_requests)),
         ("bad_requests", int(s.bad_requests)),
         ("auth_failures", int(s.auth_failures)),
+        ("leases", int(s.leases as u64)),
+        ("leases_expired", int(s.table.leases_expired)),
+        ("lease_extensions", int(s.table.lease_extensions)),
+        ("revoked", int(s.table.revoked)),
+        ("sessions_ended", int(s.table.sessions_ended)),
+        ("events_pushed", int(s.events_queued)),
+        ("events_dropped", int(s.events_dropped)),
     ]))
 }
