@@ -38,6 +38,19 @@ pub enum Acquired {
     /// A native request whose session is no longer bound to its connection (see
     /// `Command::Acquire`).
     NotBound,
+    /// Key number `index` of the request (its lock keys first, then its semaphores) is
+    /// in use as another kind: a semaphore of `capacity` permits (0: a lock) where the
+    /// request asked for a lock or for a semaphore of another capacity. Nothing was done.
+    Mismatch { index: u32, capacity: u16 },
+}
+
+/// Permits of a semaphore, as a request asks for them: `permits` of `capacity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Permits {
+    pub key: Key,
+    pub permits: u16,
+    pub capacity: u16,
 }
 
 /// Whether a request may wait.
@@ -61,14 +74,14 @@ impl LockTable {
         wait: Wait,
         now: Millis,
     ) -> Acquired {
-        if self.past_max_locks(keys) {
+        if self.past_max_locks(keys.len()) {
             return Acquired::TooManyLocks;
         }
         let s = match self.find_session(&id) {
             Some(s) => s,
             None => self.insert_session(id, None),
         };
-        let result = self.acquire_for(s, mode, keys, wait, None, now);
+        let result = self.acquire_for(s, mode, keys, &[], wait, None, now);
         self.forget_if_idle(s);
         result
     }
@@ -76,8 +89,8 @@ impl LockTable {
     /// Whether a request for `keys` is refused by `max_locks` (and counted so). Checked
     /// before conflicts and before the session is looked at, as the original daemon does:
     /// held locks plus the keys asked for, duplicates included.
-    fn past_max_locks(&mut self, keys: &[Key]) -> bool {
-        let past = self.locks_held.saturating_add(keys.len() as u64) > self.config.max_locks;
+    fn past_max_locks(&mut self, keys: usize) -> bool {
+        let past = self.locks_held.saturating_add(keys as u64) > self.config.max_locks;
         self.counters.too_many_locks += u64::from(past);
         past
     }
@@ -92,26 +105,30 @@ impl LockTable {
         conn: crate::types::ConnId,
         mode: Mode,
         keys: &[Key],
+        sems: &[Permits],
         wait: Wait,
         lease: Option<Millis>,
         now: Millis,
     ) -> Acquired {
-        if self.past_max_locks(keys) {
+        if self.past_max_locks(keys.len() + sems.len()) {
             return Acquired::TooManyLocks;
         }
         match self.find_session(&id) {
             Some(s) if self.session(s).conn == Some(conn) => {
-                self.acquire_for(s, mode, keys, wait, lease, now)
+                self.acquire_for(s, mode, keys, sems, wait, lease, now)
             }
             _ => Acquired::NotBound,
         }
     }
 
+    /// The request's lock keys in `mode` and its semaphores' permits, all or nothing.
+    #[allow(clippy::too_many_arguments)]
     fn acquire_for(
         &mut self,
         s: u32,
         mode: Mode,
         keys: &[Key],
+        sems: &[Permits],
         wait: Wait,
         lease: Option<Millis>,
         now: Millis,
@@ -124,11 +141,48 @@ impl LockTable {
         for k in keys {
             idx.push(self.find_key(k.as_bytes()));
         }
+        let mut sidx: SmallVec<[Option<u32>; 2]> = SmallVec::with_capacity(sems.len());
+        for p in sems {
+            sidx.push(self.find_key(p.key.as_bytes()));
+        }
+        // A semaphore named twice, or also as a lock, is refused (the protocol refuses it
+        // first; this keeps the table whole whatever a caller sends).
+        if !sems.is_empty() {
+            let mut seen: hashbrown::HashSet<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            for (i, p) in sems.iter().enumerate() {
+                if !seen.insert(p.key.as_bytes()) {
+                    return Acquired::Mismatch {
+                        index: (keys.len() + i) as u32,
+                        capacity: 0,
+                    };
+                }
+            }
+        }
+        // A key is a lock or a semaphore of one capacity while it is in use.
+        let kinds = idx
+            .iter()
+            .map(|&k| (k, 0))
+            .chain(sidx.iter().zip(sems).map(|(&k, p)| (k, p.capacity)));
+        for (i, (k, want)) in kinds.enumerate() {
+            if let Some(k) = k {
+                let capacity = self.keys[k as usize].capacity();
+                if capacity != want {
+                    return Acquired::Mismatch {
+                        index: i as u32,
+                        capacity,
+                    };
+                }
+            }
+        }
         let free_now = self.faulty(crate::table::Fault::GrantAtOnce)
-            || idx
+            || (idx
                 .iter()
                 .flatten()
-                .all(|&k| self.grantable_on(s, mode, k, None));
+                .all(|&k| self.grantable_on(s, mode, k, None))
+                && sidx.iter().zip(sems).all(|(&k, p)| match k {
+                    Some(k) => self.grantable_sem(s, k, p.permits, None),
+                    None => p.permits <= p.capacity,
+                }));
         if free_now {
             let Some(token) = self.issue_token() else {
                 return Acquired::TokensExhausted;
@@ -145,8 +199,14 @@ impl LockTable {
                 };
                 self.add_holder(k, s, mode, token, now);
             }
+            for (i, p) in sems.iter().enumerate() {
+                let k = self.find_or_insert_semaphore(&p.key, p.capacity);
+                sidx[i] = Some(k);
+                self.add_permits(k, s, p.permits, token, now);
+            }
             if let Some(ms) = lease {
-                let slots: SmallVec<[u32; 4]> = idx.iter().flatten().copied().collect();
+                let slots: SmallVec<[u32; 4]> =
+                    idx.iter().chain(sidx.iter()).flatten().copied().collect();
                 self.start_lease(s, token, &slots, ms, now);
             }
             self.counters.grants += 1;
@@ -159,12 +219,20 @@ impl LockTable {
         if self.waiters.len() >= self.config.max_waiters
             || idx
                 .iter()
+                .chain(sidx.iter())
                 .flatten()
                 .any(|&k| self.keys[k as usize].queue_len() >= self.config.max_waiters_per_key)
         {
             return Acquired::TooManyWaiters;
         }
-        match self.find_deadlock(s, mode, &idx) {
+        // A semaphore request waits for every other holder of its permits and everything
+        // queued before it, as an EX request does on a lock.
+        let searched: SmallVec<[(Option<u32>, Mode); 4]> = idx
+            .iter()
+            .map(|&k| (k, mode))
+            .chain(sidx.iter().map(|&k| (k, Mode::Ex)))
+            .collect();
+        match self.find_deadlock(s, &searched) {
             Search::Clear => {}
             Search::Cycle(other) => {
                 self.counters.deadlocks += 1;
@@ -180,6 +248,11 @@ impl LockTable {
             .iter()
             .map(|key| self.find_or_insert_key(key))
             .collect();
+        let permits: SmallVec<[(u32, u16); 1]> = sems
+            .iter()
+            .map(|p| (self.find_or_insert_semaphore(&p.key, p.capacity), p.permits))
+            .collect();
+        kidx.extend(permits.iter().map(|&(k, _)| k));
         // A request may name a key twice; it waits once on it. Sorted rather than
         // searched: a request has up to 4,096 keys.
         kidx.sort_unstable();
@@ -190,10 +263,11 @@ impl LockTable {
             // A holder of this key goes ahead of every request that waits on its own lock,
             // behind other holders' requests that went ahead before.
             let jumper = self.session_holds_key(s, k);
+            let on_semaphore = permits.iter().any(|&(x, _)| x == k);
             let entry = QEntry {
                 wait: w,
                 session: s,
-                mode,
+                mode: if on_semaphore { Mode::Ex } else { mode },
             };
             let q = self.keys[k as usize]
                 .queue
@@ -202,7 +276,7 @@ impl LockTable {
             q.push(entry, jumper);
             if first {
                 // The holders learn that someone waits for them (once per queue).
-                self.emit_contended(k, mode, s);
+                self.emit_contended(k, entry.mode, s);
             }
         }
         self.waiters.insert(
@@ -213,6 +287,7 @@ impl LockTable {
                 keys: kidx,
                 since: now,
                 lease,
+                permits,
             },
         );
         self.session_mut(s).wait = Some(w);
@@ -250,6 +325,42 @@ impl LockTable {
             }
         }
         true
+    }
+
+    /// Whether `s` can have `permits` more of semaphore `k` now: they fit under its
+    /// capacity, and unless `s` already holds some, nothing is queued before position
+    /// `before` (all of the queue for a request not yet queued).
+    pub(crate) fn grantable_sem(
+        &self,
+        s: u32,
+        k: u32,
+        permits: u16,
+        before: Option<WaitId>,
+    ) -> bool {
+        let Some(q) = &self.keys[k as usize].queue else {
+            return true;
+        };
+        if q.held + u32::from(permits) > u32::from(q.capacity) {
+            return false;
+        }
+        if self.session_holds_key(s, k) {
+            return true;
+        }
+        match before {
+            None => q.is_empty(),
+            Some(w) => q.front().is_none_or(|e| e.wait == w),
+        }
+    }
+
+    /// The slot of semaphore `key`, made with `capacity` if it is not in use (the caller
+    /// checked that a key in use is a semaphore of that capacity).
+    pub(crate) fn find_or_insert_semaphore(&mut self, key: &Key, capacity: u16) -> u32 {
+        let k = self.find_or_insert_key(key);
+        let e = &mut self.keys[k as usize];
+        if e.queue.is_none() {
+            e.queue = Some(Box::new(crate::table::Queue::semaphore(capacity)));
+        }
+        k
     }
 
     /// A queued request is withdrawn (its connection closed). Returns false if it is no
@@ -298,15 +409,16 @@ impl LockTable {
         let mut i = 0;
         let mut ahead_any = false;
         let mut ahead_ex = false;
-        while let Some(w) = self.keys[k as usize]
+        while let Some((w, mode)) = self.keys[k as usize]
             .queue
             .as_ref()
             .and_then(|q| q.get(i))
-            .map(|e| e.wait)
+            .map(|e| (e.wait, e.mode))
         {
-            let (s, mode, new_locks) = {
+            // The entry's mode: a semaphore request's is EX (see `Queue`).
+            let (s, new_locks) = {
                 let x = &self.waiters[&w];
-                (x.session, x.mode, x.keys.len() as u64)
+                (x.session, x.keys.len() as u64)
             };
             let jumps = self.session_holds_key(s, k);
             let blocked_here = !jumps && (ahead_ex || (mode == Mode::Ex && ahead_any));
@@ -323,7 +435,7 @@ impl LockTable {
                     self.refuse_waiter(w, k, revisit);
                     continue;
                 }
-                if self.grant_waiter(w, now) {
+                if self.grant_waiter(w, now, k, revisit) {
                     continue;
                 }
             }
@@ -335,9 +447,10 @@ impl LockTable {
 
     fn waiter_grantable(&self, w: WaitId) -> bool {
         let x = &self.waiters[&w];
-        x.keys
-            .iter()
-            .all(|&k| self.grantable_on(x.session, x.mode, k, Some(w)))
+        x.keys.iter().all(|&k| match x.permits_on(k) {
+            Some(p) => self.grantable_sem(x.session, k, p, Some(w)),
+            None => self.grantable_on(x.session, x.mode, k, Some(w)),
+        })
     }
 
     /// Takes `w` out of its queues with a TooManyLocks answer; its keys other than `k`
@@ -356,13 +469,33 @@ impl LockTable {
         });
     }
 
-    fn grant_waiter(&mut self, w: WaitId, now: Millis) -> bool {
+    /// Grants `w`, found in the queue of `k`. Its other semaphores go on `revisit`: its
+    /// queue entry there blocked everyone behind it (strict FIFO), its permits now block
+    /// only by count, so requests behind it may fit. (On a lock, what it holds now blocks
+    /// exactly what its entry did.)
+    fn grant_waiter(
+        &mut self,
+        w: WaitId,
+        now: Millis,
+        k: u32,
+        revisit: &mut SmallVec<[u32; 4]>,
+    ) -> bool {
         let Some(token) = self.issue_token() else {
             return false;
         };
         let x = self.dequeue(w).expect("queued waiter");
-        for &k in &x.keys {
-            self.add_holder(k, x.session, x.mode, token, now);
+        for &key in &x.keys {
+            match x.permits_on(key) {
+                Some(p) => {
+                    self.add_permits(key, x.session, p, token, now);
+                    if key != k && !revisit.contains(&key) {
+                        revisit.push(key);
+                    }
+                }
+                None => {
+                    self.add_holder(key, x.session, x.mode, token, now);
+                }
+            };
         }
         if let Some(ms) = x.lease {
             self.start_lease(x.session, token, &x.keys, ms, now);
@@ -372,8 +505,9 @@ impl LockTable {
             let Some(q) = self.keys[k as usize].queue.as_ref() else {
                 continue;
             };
-            if q.conflicts_with(x.mode) {
-                let wanted = if x.mode == Mode::Ex {
+            let on_semaphore = x.permits_on(k).is_some();
+            if q.conflicts_with(if on_semaphore { Mode::Ex } else { x.mode }) {
+                let wanted = if x.mode == Mode::Ex || on_semaphore {
                     q[0].mode
                 } else {
                     Mode::Ex
@@ -383,9 +517,10 @@ impl LockTable {
                     x.session,
                     crate::events::EventKind::Contended {
                         key,
-                        mode: x.mode,
+                        mode: if on_semaphore { Mode::Sh } else { x.mode },
                         token,
                         wanted,
+                        permits: x.permits_on(k).unwrap_or(0),
                     },
                 );
             }

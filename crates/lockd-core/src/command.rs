@@ -11,7 +11,7 @@
 //! hash seed. Time never runs backwards inside the table: `now` is clamped to the latest
 //! time applied, so a leader whose clock is behind only stretches waits and grace periods.
 
-use crate::acquire::{Acquired, Wait};
+use crate::acquire::{Acquired, Permits, Wait};
 use crate::key::Key;
 use crate::lease::ExtendError;
 use crate::sessions::ResumeError;
@@ -49,6 +49,16 @@ pub enum Command {
         wait: Wait,
         /// A native request's lease, in ms (see `lease`).
         lease: Option<Millis>,
+        /// A native request's semaphores: permits of each, all or nothing with `keys`.
+        permits: Vec<Permits>,
+    },
+    /// RELEASE PERMITS: the session's permits of these semaphores (all it holds of each),
+    /// or with `token` only where they carry that grant's token.
+    ReleasePermits {
+        session: SessionId,
+        conn: ConnId,
+        keys: Vec<Key>,
+        token: Option<u64>,
     },
     /// EXTEND: the lease of grant `token` of `session` (bound to `conn`) ends `lease_ms`
     /// from now (its own length again when None).
@@ -168,6 +178,14 @@ pub enum Outcome {
     Extended(Result<Millis, ExtendError>),
     /// `EndSession`: the locks the session held, or None if there was no such session.
     Ended(Option<u32>),
+    /// `Acquire` refused, nothing done: `key` is in use as a semaphore of `capacity`
+    /// permits (0: as a lock), and the request asked for one of `asked` (0: a lock); or
+    /// the request named this semaphore twice, or also as a lock (`capacity` 0).
+    WrongKind {
+        key: Key,
+        capacity: u16,
+        asked: u16,
+    },
     /// Nothing to report.
     Unit,
     /// The command came from a connection of a node that was declared down: nothing was
@@ -186,6 +204,7 @@ impl Command {
             | Command::Release { conn, .. }
             | Command::ReleaseAll { conn, .. }
             | Command::Extend { conn, .. }
+            | Command::ReleasePermits { conn, .. }
             | Command::Disconnect { conn } => Some(*conn),
             _ => None,
         }
@@ -244,16 +263,39 @@ impl LockTable {
                 keys,
                 wait,
                 lease,
+                permits,
             } => {
-                if *legacy {
+                let got = if *legacy {
                     self.use_session(*session, *conn);
-                    Outcome::Acquired(self.acquire(*session, *mode, keys, *wait, now))
+                    self.acquire(*session, *mode, keys, *wait, now)
                 } else {
-                    Outcome::Acquired(
-                        self.acquire_bound(*session, *conn, *mode, keys, *wait, *lease, now),
-                    )
+                    self.acquire_bound(*session, *conn, *mode, keys, permits, *wait, *lease, now)
+                };
+                match got {
+                    Acquired::Mismatch { index, capacity } => {
+                        let i = index as usize;
+                        let (key, asked) = match keys.get(i) {
+                            Some(k) => (k.clone(), 0),
+                            None => {
+                                let p = &permits[i - keys.len()];
+                                (p.key.clone(), p.capacity)
+                            }
+                        };
+                        Outcome::WrongKind {
+                            key,
+                            capacity,
+                            asked,
+                        }
+                    }
+                    other => Outcome::Acquired(other),
                 }
             }
+            Command::ReleasePermits {
+                session,
+                conn: _,
+                keys,
+                token,
+            } => Outcome::Released(self.release_permits(*session, keys, *token, now)),
             Command::Extend {
                 session,
                 conn,

@@ -23,7 +23,7 @@
 //!   ([`crate::Acquired::DeadlockUnsearchable`]), so no request holds the mutex longer
 //!   than the budget takes (a few milliseconds; BENCHMARKS.md).
 
-use hashbrown::HashSet;
+use hashbrown::HashMap;
 
 use crate::table::{LockTable, Queue, SearchMemo};
 use crate::types::Mode;
@@ -150,16 +150,17 @@ fn memo_of(q: &Queue, epoch: u32) -> SearchMemo {
 }
 
 impl LockTable {
-    /// Whether queuing a request of session `s` for `mode` on `keys` (`None` for a key
-    /// with no entry, which is free) would close a cycle of waits.
-    pub(crate) fn find_deadlock(&mut self, s: u32, mode: Mode, keys: &[Option<u32>]) -> Search {
+    /// Whether queuing a request of session `s` for `keys`, each in its mode (`None` for a
+    /// key with no entry, which is free), would close a cycle of waits. A semaphore's
+    /// request comes as EX: it waits for every other holder of its permits.
+    pub(crate) fn find_deadlock(&mut self, s: u32, keys: &[(Option<u32>, Mode)]) -> Search {
         if !self.anyone_waits_on_keys_of(s) {
             return Search::Clear;
         }
         let epoch = self.next_search_epoch();
         let mut seen = std::mem::take(&mut self.search_seen);
         seen.resize(self.sessions.len(), 0);
-        let (result, steps) = self.search(s, mode, keys, &mut seen, epoch);
+        let (result, steps) = self.search(s, keys, &mut seen, epoch);
         self.search_seen = seen;
         self.counters.deadlock_search_steps += steps;
         result
@@ -196,8 +197,7 @@ impl LockTable {
     fn search(
         &self,
         s: u32,
-        mode: Mode,
-        keys: &[Option<u32>],
+        keys: &[(Option<u32>, Mode)],
         seen: &mut [u32],
         epoch: u32,
     ) -> (Search, u64) {
@@ -210,23 +210,25 @@ impl LockTable {
             steps: 0,
             budget: self.config.deadlock_search_budget,
         };
-        let result = self.search_in(&mut walk, mode, keys);
+        let result = self.search_in(&mut walk, keys);
         (result.err().unwrap_or(Search::Clear), walk.steps)
     }
 
-    fn search_in(&self, walk: &mut Walk, mode: Mode, keys: &[Option<u32>]) -> Result<(), Search> {
+    fn search_in(&self, walk: &mut Walk, keys: &[(Option<u32>, Mode)]) -> Result<(), Search> {
         let s = walk.s;
         // Keys of the request that `s` holds: there it goes ahead of the queue, so the
-        // conflicting requests queued there (other than holders') would wait on it.
-        let mut jumped: HashSet<u32> = HashSet::new();
+        // conflicting requests queued there (other than holders') would wait on it; with
+        // the request's mode there.
+        let mut jumped: HashMap<u32, Mode> = HashMap::new();
         walk.step(keys.len() as u64)?;
-        for &k in keys.iter().flatten() {
+        for &(k, mode) in keys {
+            let Some(k) = k else { continue };
             // The new request's own edges: conflicting holders, and unless it goes ahead,
             // every conflicting queued request. Holders are not memoised here: `s` is
             // skipped, and a later walk of the same holders must still find it.
             walk.holders(k, mode, s, None)?;
             if self.session_holds_key(s, k) {
-                jumped.insert(k);
+                jumped.insert(k, mode);
             } else if let Some(q) = &self.keys[k as usize].queue {
                 let mut memo = memo_of(q, walk.epoch);
                 walk.queue_prefix(q, &mut memo, mode, q.len(), None)?;
@@ -242,7 +244,13 @@ impl LockTable {
             walk.step(waiter.keys.len() as u64)?;
             for &k in &waiter.keys {
                 let holds = self.session_holds_key(x, k);
-                if !holds && waiter.mode.conflicts(mode) && jumped.contains(&k) {
+                // Its mode here: on a semaphore, EX (see `Queue`).
+                let wmode = if waiter.permits_on(k).is_some() {
+                    Mode::Ex
+                } else {
+                    waiter.mode
+                };
+                if !holds && jumped.get(&k).is_some_and(|&m| wmode.conflicts(m)) {
                     // `x` would wait on the new request, which goes ahead of it on `k`.
                     return Err(Search::Cycle(origin));
                 }
@@ -253,21 +261,21 @@ impl LockTable {
                 let mut memo = memo_of(q, walk.epoch);
                 // An EX walk of the holders follows every one of them, so it does an SH
                 // walk's work too.
-                let bit = match waiter.mode {
+                let bit = match wmode {
                     Mode::Sh => 1,
                     Mode::Ex => 3,
                 };
                 if memo.holders & bit != bit {
                     // `x` itself is reached already, so following it is a no-op.
-                    walk.holders(k, waiter.mode, u32::MAX, Some(origin))?;
+                    walk.holders(k, wmode, u32::MAX, Some(origin))?;
                     memo.holders |= bit;
                 }
                 // Unless the whole queue was followed for this mode already, find where
                 // `x` stands and follow what is ahead of it.
-                if !holds && memo.followed(waiter.mode) < q.len() {
+                if !holds && memo.followed(wmode) < q.len() {
                     let pos = q.position(w).expect("a waiter is in its keys' queues");
                     walk.step(u64::from(usize::BITS - q.len().leading_zeros()))?;
-                    walk.queue_prefix(q, &mut memo, waiter.mode, pos, Some(origin))?;
+                    walk.queue_prefix(q, &mut memo, wmode, pos, Some(origin))?;
                 }
                 q.memo.set(memo);
             }

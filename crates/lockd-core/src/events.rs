@@ -45,6 +45,8 @@ pub enum EventKind {
         mode: Mode,
         token: u64,
         reason: LostReason,
+        /// Of a semaphore: the permits lost (then `mode` is SH); 0 for a lock.
+        permits: u16,
     },
     /// A request for `wanted` on `key` waits for the session's `mode` lock (grant `token`):
     /// told once, when the first request queues behind the lock, or when the lock is
@@ -54,6 +56,8 @@ pub enum EventKind {
         mode: Mode,
         token: u64,
         wanted: Mode,
+        /// Of a semaphore: the permits the session holds; 0 for a lock.
+        permits: u16,
     },
 }
 
@@ -88,17 +92,17 @@ impl LockTable {
     /// for them.
     pub(crate) fn emit_contended(&mut self, k: u32, wanted: Mode, from: u32) {
         let e = &self.keys[k as usize];
-        let told: smallvec::SmallVec<[(u32, Mode, u64); 2]> = e
+        let told: smallvec::SmallVec<[(u32, Mode, u64, u16); 2]> = e
             .holders
             .iter()
             .filter(|h| h.session != from && wanted.conflicts(h.mode))
-            .map(|h| (h.session, h.mode, h.token))
+            .map(|h| (h.session, h.mode, h.token, h.permits))
             .collect();
         if told.is_empty() {
             return;
         }
         let key = e.key.clone();
-        for (s, mode, token) in told {
+        for (s, mode, token, permits) in told {
             self.emit(
                 s,
                 EventKind::Contended {
@@ -106,6 +110,7 @@ impl LockTable {
                     mode,
                     token,
                     wanted,
+                    permits,
                 },
             );
         }

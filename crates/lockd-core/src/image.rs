@@ -62,12 +62,14 @@ pub struct LeaseImage {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyImage {
     pub key: Key,
-    /// (token, since, session slot, mode), in the table's order.
-    pub holders: Vec<(u64, Millis, u32, Mode)>,
+    /// (token, since, session slot, mode, permits), in the table's order.
+    pub holders: Vec<(u64, Millis, u32, Mode, u16)>,
     /// (wait, session slot, mode), in queue order.
     pub queue: Vec<(WaitId, u32, Mode)>,
     /// How many queue entries at the front are holders' requests.
     pub jumpers: u32,
+    /// A semaphore's capacity; 0 for a lock.
+    pub capacity: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct WaiterImage {
     pub keys: Vec<u32>,
     pub since: Millis,
     pub lease: Option<Millis>,
+    /// (key slot, permits) of the semaphores it asks for.
+    pub permits: Vec<(u32, u16)>,
 }
 
 /// An image that does not describe a table (a slot out of range, a session twice).
@@ -121,12 +125,13 @@ impl LockTable {
                     holders: e
                         .holders
                         .iter()
-                        .map(|h| (h.token, h.since, h.session, h.mode))
+                        .map(|h| (h.token, h.since, h.session, h.mode, h.permits))
                         .collect(),
                     queue: e.queue.as_ref().map_or_else(Vec::new, |q| {
                         q.iter().map(|x| (x.wait, x.session, x.mode)).collect()
                     }),
                     jumpers: e.queue.as_ref().map_or(0, |q| q.jumpers()),
+                    capacity: e.capacity(),
                 })
             })
             .collect();
@@ -169,6 +174,7 @@ impl LockTable {
                 keys: x.keys.to_vec(),
                 since: x.since,
                 lease: x.lease,
+                permits: x.permits.to_vec(),
             })
             .collect();
         waiters.sort_unstable_by_key(|w| w.wait);
@@ -237,14 +243,20 @@ impl LockTable {
                     let holders = k
                         .holders
                         .iter()
-                        .map(|&(token, since, session, mode)| Holder {
+                        .map(|&(token, since, session, mode, permits)| Holder {
                             token,
                             since,
                             session,
                             mode,
+                            permits,
                         })
                         .collect();
-                    let queue = (!k.queue.is_empty()).then(|| {
+                    let held: u32 = k.holders.iter().map(|h| u32::from(h.4)).sum();
+                    if k.capacity == 0 && held > 0 || held > u32::from(k.capacity) {
+                        return Err(BadImage("a key's permits are past its capacity"));
+                    }
+                    // A semaphore keeps its queue (and in it, its capacity) while in use.
+                    let queue = (!k.queue.is_empty() || k.capacity > 0).then(|| {
                         Box::new(Queue::restore(
                             k.queue
                                 .iter()
@@ -255,6 +267,8 @@ impl LockTable {
                                 })
                                 .collect(),
                             k.jumpers,
+                            k.capacity,
+                            held,
                         ))
                     });
                     KeyEntry {
@@ -326,7 +340,18 @@ impl LockTable {
             .keys
             .iter()
             .flatten()
-            .map(|k| k.holders.iter().filter(|h| h.3 == Mode::Sh).count() as u64)
+            .map(|k| {
+                k.holders
+                    .iter()
+                    .filter(|h| h.3 == Mode::Sh && h.4 == 0)
+                    .count() as u64
+            })
+            .sum();
+        t.sem_holds = img
+            .keys
+            .iter()
+            .flatten()
+            .map(|k| k.holders.iter().filter(|h| h.4 > 0).count() as u64)
             .sum();
         for c in &img.conns {
             if c.sessions.iter().any(|&s| !live_session(s)) {
@@ -352,6 +377,7 @@ impl LockTable {
                     keys: w.keys.iter().copied().collect(),
                     since: w.since,
                     lease: w.lease,
+                    permits: w.permits.iter().copied().collect(),
                 },
             );
         }

@@ -12,6 +12,8 @@ pub struct HolderInfo {
     pub mode: Mode,
     pub token: u64,
     pub held_ms: Millis,
+    /// Of a semaphore: the permits held (then `mode` is SH); 0 for a lock.
+    pub permits: u16,
 }
 
 /// A queued request on a key, as [`LockTable::inspect`] reports it.
@@ -20,6 +22,9 @@ pub struct WaiterInfo {
     pub session: SessionId,
     pub mode: Mode,
     pub waited_ms: Millis,
+    /// On a semaphore: the permits asked for (then `mode` is EX, as it is queued); 0 on
+    /// a lock.
+    pub permits: u16,
 }
 
 /// Holders and waiters of one key; both empty for a free key.
@@ -28,6 +33,8 @@ pub struct KeyInfo {
     pub holders: Vec<HolderInfo>,
     /// In queue order.
     pub waiters: Vec<WaiterInfo>,
+    /// A semaphore's capacity; 0 for a lock (or a free key).
+    pub capacity: u16,
 }
 
 /// A session, as [`LockTable::sessions_info`] reports it.
@@ -56,6 +63,8 @@ pub struct LockInfo {
     pub key: Key,
     pub mode: Mode,
     pub token: u64,
+    /// Of a semaphore: the permits held; 0 for a lock.
+    pub permits: u16,
 }
 
 impl LockTable {
@@ -72,6 +81,7 @@ impl LockTable {
                 mode: h.mode,
                 token: h.token,
                 held_ms: now.saturating_sub(h.since),
+                permits: h.permits,
             })
             .collect();
         holders.sort_by_key(|h| h.token);
@@ -79,13 +89,21 @@ impl LockTable {
             .queue
             .iter()
             .flat_map(|q| q.iter())
-            .map(|e| WaiterInfo {
-                session: self.session(e.session).id,
-                mode: e.mode,
-                waited_ms: now.saturating_sub(self.waiters[&e.wait].since),
+            .map(|q| {
+                let w = &self.waiters[&q.wait];
+                WaiterInfo {
+                    session: self.session(q.session).id,
+                    mode: q.mode,
+                    waited_ms: now.saturating_sub(w.since),
+                    permits: w.permits_on(k).unwrap_or(0),
+                }
             })
             .collect();
-        KeyInfo { holders, waiters }
+        KeyInfo {
+            holders,
+            waiters,
+            capacity: e.capacity(),
+        }
     }
 
     /// The locks session `id` holds, ordered by token then key; `None` if no such session.
@@ -99,6 +117,7 @@ impl LockTable {
                     key: e.key.clone(),
                     mode: h.mode,
                     token: h.token,
+                    permits: h.permits,
                 });
             }
         }

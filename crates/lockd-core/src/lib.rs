@@ -27,7 +27,7 @@ mod sessions;
 mod table;
 mod types;
 
-pub use acquire::{Acquired, Wait};
+pub use acquire::{Acquired, Permits, Wait};
 pub use command::{conn_node, Command, Outcome, Settings};
 pub use deadlock::SEARCH_BUDGET as DEADLOCK_SEARCH_BUDGET;
 pub use error::KeyError;
@@ -48,3 +48,5 @@ mod tests_command;
 mod tests_lease;
 #[cfg(test)]
 mod tests_queue;
+#[cfg(test)]
+mod tests_semaphore;

@@ -8,7 +8,19 @@ impl LockTable {
     /// Drops session `id`'s `mode` lock on each key; keys not held are ignored. Returns how
     /// many locks were released.
     pub fn release(&mut self, id: SessionId, mode: Mode, keys: &[Key], now: Millis) -> u32 {
-        self.release_where(id, mode, keys, None, now)
+        self.release_where(id, mode, keys, None, false, now)
+    }
+
+    /// Drops every permit session `id` holds of each semaphore in `keys` (only where they
+    /// carry `token`, when given). Returns how many holds were released.
+    pub fn release_permits(
+        &mut self,
+        id: SessionId,
+        keys: &[Key],
+        token: Option<u64>,
+        now: Millis,
+    ) -> u32 {
+        self.release_where(id, Mode::Sh, keys, token, true, now)
     }
 
     /// Drops session `id`'s `mode` lock on each key only where it still carries `token`
@@ -23,16 +35,19 @@ impl LockTable {
         token: u64,
         now: Millis,
     ) -> u32 {
-        self.release_where(id, mode, keys, Some(token), now)
+        self.release_where(id, mode, keys, Some(token), false, now)
     }
 
-    /// [`LockTable::release`], restricted to locks carrying `token` when one is given.
+    /// [`LockTable::release`], restricted to locks carrying `token` when one is given, and
+    /// to semaphores (`permits`) or to locks (not): a lock release never takes permits,
+    /// nor the other way round.
     fn release_where(
         &mut self,
         id: SessionId,
         mode: Mode,
         keys: &[Key],
         token: Option<u64>,
+        permits: bool,
         now: Millis,
     ) -> u32 {
         let Some(s) = self.find_session(&id) else {
@@ -43,6 +58,9 @@ impl LockTable {
             let Some(k) = self.find_key(key.as_bytes()) else {
                 continue;
             };
+            if (self.keys[k as usize].capacity() > 0) != permits {
+                continue;
+            }
             let carries = |t: u64| {
                 self.keys[k as usize]
                     .holders

@@ -28,20 +28,30 @@ impl LockTable {
         reason: LostReason,
         now: Millis,
     ) -> u32 {
+        let n = self.take_holds(k, s, token, reason);
+        if n > 0 {
+            self.grant_waiters(k, now);
+            self.release_key_if_unused(k);
+        }
+        n
+    }
+
+    /// [`LockTable::take_lock`] without moving the waiters up (the caller does, once).
+    fn take_holds(&mut self, k: u32, s: u32, token: Option<u64>, reason: LostReason) -> u32 {
         let Some(e) = self.keys.get(k as usize) else {
             return 0;
         };
-        let found: SmallVec<[(Mode, u64); 2]> = e
+        let found: SmallVec<[(Mode, u64, u16); 2]> = e
             .holders
             .iter()
             .filter(|h| h.session == s && token.is_none_or(|t| h.token == t))
-            .map(|h| (h.mode, h.token))
+            .map(|h| (h.mode, h.token, h.permits))
             .collect();
         if found.is_empty() {
             return 0;
         }
         let key = e.key.clone();
-        for &(mode, token) in &found {
+        for &(mode, token, permits) in &found {
             self.emit(
                 s,
                 EventKind::Lost {
@@ -49,12 +59,11 @@ impl LockTable {
                     mode,
                     token,
                     reason,
+                    permits,
                 },
             );
             self.remove_holder(k, s, mode);
         }
-        self.grant_waiters(k, now);
-        self.release_key_if_unused(k);
         found.len() as u32
     }
 
@@ -77,9 +86,15 @@ impl LockTable {
                 sessions.push(h.session);
             }
         }
+        // Every holder goes before any waiter moves up: a waiter granted by the first
+        // release (an upgrade of one of the holders) is not a holder being revoked.
         let mut n = 0;
         for &s in &sessions {
-            n += self.take_lock(k, s, None, LostReason::Revoked, now);
+            n += self.take_holds(k, s, None, LostReason::Revoked);
+        }
+        if n > 0 {
+            self.grant_waiters(k, now);
+            self.release_key_if_unused(k);
         }
         for &s in &sessions {
             self.forget_if_idle(s);

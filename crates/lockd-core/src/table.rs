@@ -64,13 +64,16 @@ impl Default for Config {
     }
 }
 
-/// One session's hold of one key in one mode.
+/// One session's hold of one key in one mode; on a semaphore, of `permits` of its permits
+/// (a semaphore's holders have mode SH, so that the lock paths never see them as EX).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Holder {
     pub token: u64,
     pub since: Millis,
     pub session: u32,
     pub mode: Mode,
+    /// 0 on a lock.
+    pub permits: u16,
 }
 
 pub(crate) struct KeyEntry {
@@ -90,7 +93,10 @@ pub(crate) struct QEntry {
 }
 
 /// The requests waiting on a key, in queue order, and how many of them are EX (so that a
-/// new request's compatibility with the whole queue is known without walking it).
+/// new request's compatibility with the whole queue is known without walking it). A
+/// semaphore key always has one: it holds the capacity and the permits held, and its
+/// requests are queued as EX (each waits for everything queued before it: strict FIFO, so
+/// a large request is not starved by small ones).
 ///
 /// The queue is two runs, each in the order of its [`WaitId`]s (which are issued in
 /// increasing order): first the requests of sessions that held the key when they queued
@@ -105,6 +111,9 @@ pub(crate) struct Queue {
     /// Scratch for the deadlock search (see `deadlock`): what of this queue the current
     /// search has walked already. Valid only while its epoch is the search's.
     pub memo: std::cell::Cell<SearchMemo>,
+    /// A semaphore's permits (0: the key is a lock), and how many its holders hold.
+    pub capacity: u16,
+    pub held: u32,
 }
 
 /// What one deadlock search has done with one key (see `deadlock`).
@@ -164,8 +173,9 @@ impl Queue {
         find(0, j).or_else(|| find(j, self.entries.len()))
     }
 
-    /// A queue as an image describes it (see `image`).
-    pub fn restore(entries: VecDeque<QEntry>, jumpers: u32) -> Queue {
+    /// A queue as an image describes it (see `image`), of a semaphore of `capacity`
+    /// permits of which `held` are held (0, 0 for a lock).
+    pub fn restore(entries: VecDeque<QEntry>, jumpers: u32, capacity: u16, held: u32) -> Queue {
         let ex = entries.iter().filter(|e| e.mode == Mode::Ex).count() as u32;
         // Never past the entries, whatever the image says: positions rely on it.
         let jumpers = jumpers.min(entries.len() as u32);
@@ -174,11 +184,21 @@ impl Queue {
             ex,
             jumpers,
             memo: Default::default(),
+            capacity,
+            held,
         }
     }
 
     pub fn jumpers(&self) -> u32 {
         self.jumpers
+    }
+
+    /// The queue a semaphore of `capacity` permits starts with.
+    pub fn semaphore(capacity: u16) -> Queue {
+        Queue {
+            capacity,
+            ..Queue::default()
+        }
     }
 
     pub fn remove(&mut self, w: WaitId) {
@@ -207,6 +227,11 @@ impl KeyEntry {
     pub fn queue_len(&self) -> usize {
         self.queue.as_ref().map_or(0, |q| q.len())
     }
+
+    /// The semaphore's capacity, or 0 for a lock.
+    pub fn capacity(&self) -> u16 {
+        self.queue.as_ref().map_or(0, |q| q.capacity)
+    }
 }
 
 pub(crate) struct Session {
@@ -229,6 +254,15 @@ pub(crate) struct Waiter {
     pub since: Millis,
     /// The lease its grant gets, if it asked for one.
     pub lease: Option<Millis>,
+    /// Of `keys`, the semaphores, with the permits asked of each.
+    pub permits: SmallVec<[(u32, u16); 1]>,
+}
+
+impl Waiter {
+    /// The permits this request asks of key slot `k`, if `k` is one of its semaphores.
+    pub fn permits_on(&self, k: u32) -> Option<u16> {
+        self.permits.iter().find(|&&(x, _)| x == k).map(|&(_, p)| p)
+    }
 }
 
 /// Counters since the table was made.
@@ -275,6 +309,8 @@ pub struct LockTable {
     pub(crate) locks_held: u64,
     /// Of `locks_held`, how many are SH.
     pub(crate) locks_sh: u64,
+    /// Of `locks_held`, how many are holds of semaphore permits.
+    pub(crate) sem_holds: u64,
     pub(crate) dead_sessions: usize,
     pub(crate) counters: Counters,
     pub(crate) wakeups: Vec<Wakeup>,
@@ -331,6 +367,7 @@ impl LockTable {
             token_limit: MAX_TOKEN,
             locks_held: 0,
             locks_sh: 0,
+            sem_holds: 0,
             dead_sessions: 0,
             counters: Counters::default(),
             wakeups: Vec::new(),
@@ -531,12 +568,42 @@ impl LockTable {
         token: u64,
         now: Millis,
     ) -> bool {
+        self.add_hold(k, s, mode, 0, token, now)
+    }
+
+    /// Adds `permits` of semaphore `k` to what `s` holds of it. Returns whether it is a
+    /// new hold.
+    pub(crate) fn add_permits(
+        &mut self,
+        k: u32,
+        s: u32,
+        permits: u16,
+        token: u64,
+        now: Millis,
+    ) -> bool {
+        self.add_hold(k, s, Mode::Sh, permits, token, now)
+    }
+
+    fn add_hold(
+        &mut self,
+        k: u32,
+        s: u32,
+        mode: Mode,
+        permits: u16,
+        token: u64,
+        now: Millis,
+    ) -> bool {
         let e = &mut self.keys[k as usize];
+        if permits > 0 {
+            let q = e.queue.as_mut().expect("a semaphore has a queue");
+            q.held += u32::from(permits);
+        }
         if let Some(h) = e
             .holders
             .iter_mut()
             .find(|h| h.session == s && h.mode == mode)
         {
+            h.permits += permits;
             let old = std::mem::replace(&mut h.token, token);
             if old != token {
                 // The lock now belongs to the new grant; the old grant's lease lets go of it.
@@ -549,6 +616,7 @@ impl LockTable {
             since: now,
             session: s,
             mode,
+            permits,
         });
         let sess = self.sessions[s as usize]
             .as_mut()
@@ -559,7 +627,8 @@ impl LockTable {
             sess.keys.insert_unique(h, k, |&x| index_hash(x));
         }
         self.locks_held += 1;
-        self.locks_sh += (mode == Mode::Sh) as u64;
+        self.locks_sh += (mode == Mode::Sh && permits == 0) as u64;
+        self.sem_holds += (permits > 0) as u64;
         true
     }
 
@@ -585,7 +654,13 @@ impl LockTable {
             }
         }
         self.locks_held -= 1;
-        self.locks_sh -= (mode == Mode::Sh) as u64;
+        self.locks_sh -= (mode == Mode::Sh && gone.permits == 0) as u64;
+        if gone.permits > 0 {
+            self.sem_holds -= 1;
+            if let Some(q) = self.keys[k as usize].queue.as_mut() {
+                q.held -= u32::from(gone.permits);
+            }
+        }
         self.lease_lock_gone(gone.token);
         true
     }
@@ -606,9 +681,17 @@ impl LockTable {
         self.locks_held
     }
 
-    /// Locks held in each mode: (SH, EX).
+    /// Locks held in each mode: (SH, EX); holds of semaphore permits are in neither.
     pub fn locks_by_mode(&self) -> (u64, u64) {
-        (self.locks_sh, self.locks_held - self.locks_sh)
+        (
+            self.locks_sh,
+            self.locks_held - self.locks_sh - self.sem_holds,
+        )
+    }
+
+    /// Holds of semaphore permits (each counts as one lock against `max_locks`).
+    pub fn semaphore_holds(&self) -> u64 {
+        self.sem_holds
     }
 
     /// Requests waiting in queues.

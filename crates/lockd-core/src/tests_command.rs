@@ -14,6 +14,21 @@ fn key(i: u8) -> Key {
     Key::new(format!("key-{i}").as_bytes()).unwrap()
 }
 
+/// Semaphores of 2 or 3 permits, on keys that locks use too (so some requests meet a key
+/// of the other kind).
+fn permits() -> impl Strategy<Value = Vec<crate::Permits>> {
+    proptest::collection::vec(
+        ((3u8..8).prop_map(key), 2u16..4, 1u16..3).prop_map(|(key, capacity, permits)| {
+            crate::Permits {
+                key,
+                permits: permits.min(capacity),
+                capacity,
+            }
+        }),
+        0..2,
+    )
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let session = (0u8..5).prop_map(sid);
     let conn = (0u64..4, 0u16..3).prop_map(|(c, n)| ConnId((u64::from(n) << 48) | c));
@@ -26,8 +41,10 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (conn.clone(), session.clone(), session.clone())
             .prop_map(|(conn, current, session)| Command::Resume { conn, current, session }),
         1 => (session.clone(), 0u64..3000).prop_map(|(session, grace_ms)| Command::SetGrace { session, grace_ms }),
-        6 => (session.clone(), conn.clone(), any::<bool>(), mode.clone(), keys.clone(), wait, proptest::option::of(1u64..3000))
-            .prop_map(|(session, conn, legacy, mode, keys, wait, lease)| Command::Acquire { session, conn, legacy, mode, keys, wait, lease }),
+        6 => (session.clone(), conn.clone(), any::<bool>(), mode.clone(), keys.clone(), wait, proptest::option::of(1u64..3000), permits())
+            .prop_map(|(session, conn, legacy, mode, keys, wait, lease, permits)| Command::Acquire { session, conn, legacy, mode, keys, wait, lease, permits }),
+        1 => (session.clone(), conn.clone(), keys.clone(), proptest::option::of(1u64..30))
+            .prop_map(|(session, conn, keys, token)| Command::ReleasePermits { session, conn, keys, token }),
         2 => (session.clone(), conn.clone(), 1u64..30, proptest::option::of(1u64..3000))
             .prop_map(|(session, conn, token, lease_ms)| Command::Extend { session, conn, token, lease_ms }),
         1 => ((0u8..6).prop_map(key), proptest::option::of(session.clone()))
@@ -131,6 +148,7 @@ fn time_is_clamped_and_regrace_never_shortens() {
             keys: vec![key(0)],
             wait: Wait::No,
             lease: None,
+            permits: Vec::new(),
         },
         1000,
     );
@@ -181,6 +199,7 @@ fn node_down_ends_that_nodes_connections_only() {
                 keys: vec![key(0)],
                 wait: Wait::No,
                 lease: None,
+                permits: Vec::new(),
             },
             0,
         );

@@ -62,6 +62,7 @@ fn acquire(
             keys: keys.iter().map(|&k| key(k)).collect(),
             wait,
             lease,
+            permits: Vec::new(),
         },
         now,
     ) {
@@ -491,7 +492,7 @@ fn held(t: &LockTable) -> BTreeMap<(SessionId, Vec<u8>, Mode), u64> {
     let img = t.image();
     let mut out = BTreeMap::new();
     for k in img.keys.iter().flatten() {
-        for &(token, _, s, mode) in &k.holders {
+        for &(token, _, s, mode, _) in &k.holders {
             let id = img.sessions[s as usize].as_ref().unwrap().id;
             out.insert((id, k.key.as_bytes().to_vec(), mode), token);
         }
@@ -528,6 +529,7 @@ proptest! {
                     keys: keys.iter().map(|&k| key(k)).collect(),
                     wait: if *queue { Wait::Queue } else { Wait::No },
                     lease: *lease,
+                    permits: Vec::new(),
                 },
                 Op::Release { s, ex, keys } => {
                     let mode = if *ex { Mode::Ex } else { Mode::Sh };

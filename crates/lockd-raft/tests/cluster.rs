@@ -170,6 +170,7 @@ fn acquire(session: SessionId, conn: ConnId, key: &str, wait: Wait) -> Command {
         keys: vec![k(key)],
         wait,
         lease: None,
+        permits: Vec::new(),
     }
 }
 

@@ -425,6 +425,22 @@ struct HolderJson {
     mode: &'static str,
     token: u64,
     held_ms: u64,
+    /// On a semaphore (mode `PERMITS`).
+    #[serde(skip_serializing_if = "is_zero")]
+    permits: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// A mode as JSON shows it: `PERMITS` for a semaphore's.
+fn mode_name(mode: lockd_core::Mode, permits: u16) -> &'static str {
+    if permits > 0 {
+        "PERMITS"
+    } else {
+        mode.as_str()
+    }
 }
 
 #[derive(Serialize)]
@@ -432,6 +448,8 @@ struct WaiterJson {
     session: String,
     mode: &'static str,
     waited_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    permits: u16,
 }
 
 #[derive(Serialize)]
@@ -439,6 +457,9 @@ struct KeyJson {
     key: String,
     holders: Vec<HolderJson>,
     waiters: Vec<WaiterJson>,
+    /// A semaphore's.
+    #[serde(skip_serializing_if = "is_zero")]
+    capacity: u16,
 }
 
 /// Keys and session ids are bytes; JSON shows them as text, invalid UTF-8 replaced.
@@ -449,19 +470,22 @@ fn text(b: &[u8]) -> String {
 fn key_json(key: &[u8], info: KeyInfo) -> KeyJson {
     let h = |h: HolderInfo| HolderJson {
         session: text(&h.session.0),
-        mode: h.mode.as_str(),
+        mode: mode_name(h.mode, h.permits),
         token: h.token,
         held_ms: h.held_ms,
+        permits: h.permits,
     };
     let w = |w: WaiterInfo| WaiterJson {
         session: text(&w.session.0),
-        mode: w.mode.as_str(),
+        mode: mode_name(w.mode, w.permits),
         waited_ms: w.waited_ms,
+        permits: w.permits,
     };
     KeyJson {
         key: text(key),
         holders: info.holders.into_iter().map(h).collect(),
         waiters: info.waiters.into_iter().map(w).collect(),
+        capacity: info.capacity,
     }
 }
 

@@ -88,6 +88,7 @@ impl Legacy {
                     keys: to_keys(&keys),
                     wait: Wait::No,
                     lease: None,
+                    permits: Vec::new(),
                 },
                 |_, o| match o {
                     Outcome::Acquired(Acquired::Granted(_)) => Reply::Acquired,

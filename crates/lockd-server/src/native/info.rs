@@ -12,6 +12,19 @@ fn mode(m: Mode) -> Value {
     Value::bulk(m.as_str())
 }
 
+/// A holder's, waiter's or lock's mode and, on a semaphore, its permits: mode `PERMITS`
+/// and a `permits` field (a lock's entries are as they always were).
+fn mode_fields(m: Mode, permits: u16) -> Vec<(&'static str, Value)> {
+    if permits == 0 {
+        vec![("mode", mode(m))]
+    } else {
+        vec![
+            ("mode", Value::bulk("PERMITS")),
+            ("permits", Value::Integer(i64::from(permits))),
+        ]
+    }
+}
+
 pub(super) fn inspect(shared: &Shared, args: Args) -> Reply {
     let [key] = args.arity(1, 1)? else {
         unreachable!("arity checked")
@@ -22,29 +35,31 @@ pub(super) fn inspect(shared: &Shared, args: Args) -> Reply {
         .holders
         .into_iter()
         .map(|h| {
-            Value::map([
-                ("session", Value::bulk(h.session.0)),
-                ("mode", mode(h.mode)),
-                ("token", Value::Integer(h.token as i64)),
-                ("held_ms", Value::Integer(h.held_ms as i64)),
-            ])
+            let mut f = vec![("session", Value::bulk(h.session.0))];
+            f.extend(mode_fields(h.mode, h.permits));
+            f.push(("token", Value::Integer(h.token as i64)));
+            f.push(("held_ms", Value::Integer(h.held_ms as i64)));
+            Value::map(f)
         })
         .collect();
     let waiters = info
         .waiters
         .into_iter()
         .map(|w| {
-            Value::map([
-                ("session", Value::bulk(w.session.0)),
-                ("mode", mode(w.mode)),
-                ("waited_ms", Value::Integer(w.waited_ms as i64)),
-            ])
+            let mut f = vec![("session", Value::bulk(w.session.0))];
+            f.extend(mode_fields(w.mode, w.permits));
+            f.push(("waited_ms", Value::Integer(w.waited_ms as i64)));
+            Value::map(f)
         })
         .collect();
-    Ok(Value::map([
+    let mut f = vec![
         ("holders", Value::Array(holders)),
         ("waiters", Value::Array(waiters)),
-    ]))
+    ];
+    if info.capacity > 0 {
+        f.push(("capacity", Value::Integer(i64::from(info.capacity))));
+    }
+    Ok(Value::map(f))
 }
 
 pub(super) fn locks(n: &Native, shared: &Shared, args: Args) -> Reply {
@@ -63,11 +78,10 @@ pub(super) fn locks(n: &Native, shared: &Shared, args: Args) -> Reply {
         locks
             .into_iter()
             .map(|l| {
-                Value::map([
-                    ("key", Value::bulk(l.key.as_bytes())),
-                    ("mode", mode(l.mode)),
-                    ("token", Value::Integer(l.token as i64)),
-                ])
+                let mut f = vec![("key", Value::bulk(l.key.as_bytes()))];
+                f.extend(mode_fields(l.mode, l.permits));
+                f.push(("token", Value::Integer(l.token as i64)));
+                Value::map(f)
             })
             .collect(),
     ))

@@ -1,7 +1,9 @@
 //! Lock commands: ACQUIRE (optionally with a lease), EXTEND (a lease), RELEASE (optionally
 //! naming the grant's token), RELEASEALL.
 
-use lockd_core::{Acquired, Command, ExtendError, Key, Millis, Mode, Outcome as Applied, Wait};
+use lockd_core::{
+    Acquired, Command, ExtendError, Key, Millis, Mode, Outcome as Applied, Permits, Wait,
+};
 use lockd_proto::resp::Value;
 
 use super::args::{uint, upper, Args};
@@ -45,24 +47,143 @@ fn lease_ms(arg: &[u8]) -> Result<Millis, Value> {
     }
 }
 
-/// ACQUIRE [LEASE ms] SH|EX timeout_ms key [key ...]
-pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
-    let parsed = (|| {
-        let rest = args.arity(3, usize::MAX)?;
-        // The option comes first: after the mode every argument may be a key.
-        let (lease, rest) = if rest[0].eq_ignore_ascii_case(b"LEASE") {
-            if rest.len() < 5 {
-                return Err(args.arity(5, usize::MAX).expect_err("too few"));
-            }
-            (Some(lease_ms(rest[1])?), &rest[2..])
-        } else {
-            (None, rest)
+/// The most permits a semaphore may have.
+const MAX_CAPACITY: u64 = u16::MAX as u64;
+
+/// What an ACQUIRE asks for.
+struct Ask {
+    lease: Option<Millis>,
+    permits: Vec<Permits>,
+    mode: Mode,
+    timeout: u64,
+    keys: Vec<Key>,
+}
+
+/// `PERMITS key permits capacity`, after the word.
+fn permits_clause(args: &[&[u8]]) -> Result<Permits, Value> {
+    let [key, permits, capacity] = args else {
+        unreachable!("three arguments")
+    };
+    let capacity = match uint(capacity, "capacity")? {
+        c @ 1..=MAX_CAPACITY => c as u16,
+        _ => {
+            return Err(Value::error(format!(
+                "ERR a semaphore's capacity must be 1 to {MAX_CAPACITY}"
+            )))
+        }
+    };
+    let permits = match uint(permits, "permits")? {
+        p if p >= 1 && p <= u64::from(capacity) => p as u16,
+        _ => {
+            return Err(Value::error(format!(
+                "ERR permits must be 1 to the semaphore's capacity ({capacity})"
+            )))
+        }
+    };
+    let key = keys(&[key])?.pop().expect("one key");
+    Ok(Permits {
+        key,
+        permits,
+        capacity,
+    })
+}
+
+/// ACQUIRE [LEASE ms] [PERMITS key permits capacity]... SH|EX timeout_ms key [key ...], or
+/// with at least one PERMITS and no lock keys: ACQUIRE [LEASE ms] PERMITS ... timeout_ms.
+/// The options come first: after the mode every argument may be a key.
+fn parse_acquire(args: &Args) -> Result<Ask, Value> {
+    let wrong = || {
+        args.arity(usize::MAX, usize::MAX)
+            .expect_err("never that many")
+    };
+    let rest = args.arity(2, usize::MAX)?;
+    let mut i = 0;
+    let (mut lease, mut permits) = (None, Vec::new());
+    loop {
+        let Some(a) = rest.get(i) else {
+            return Err(wrong());
         };
-        let mode = mode(rest[0])?;
-        let timeout = uint(rest[1], "timeout")?;
-        Ok::<_, Value>((mode, timeout, keys(&rest[2..])?, lease))
-    })();
-    let (mode, timeout, keys, lease) = match parsed {
+        if a.eq_ignore_ascii_case(b"LEASE") && lease.is_none() {
+            lease = Some(lease_ms(rest.get(i + 1).ok_or_else(wrong)?)?);
+            i += 2;
+        } else if a.eq_ignore_ascii_case(b"PERMITS") {
+            permits.push(permits_clause(rest.get(i + 1..i + 4).ok_or_else(wrong)?)?);
+            i += 4;
+        } else {
+            break;
+        }
+    }
+    let rest = &rest[i..];
+    let (mode, rest, had_mode) = match rest.first() {
+        Some(a) if a.eq_ignore_ascii_case(b"SH") || a.eq_ignore_ascii_case(b"EX") => {
+            (self::mode(a)?, &rest[1..], true)
+        }
+        // Semaphores alone: the timeout comes next, and no lock key.
+        Some(_) if !permits.is_empty() => (Mode::Ex, rest, false),
+        Some(a) => return Err(self::mode(a).expect_err("not a mode")),
+        None => return Err(wrong()),
+    };
+    let timeout = uint(rest.first().ok_or_else(wrong)?, "timeout")?;
+    let lock_keys = &rest[1..];
+    if lock_keys.is_empty() && (permits.is_empty() || had_mode) {
+        return Err(wrong());
+    }
+    if !had_mode && !lock_keys.is_empty() {
+        return Err(Value::error(
+            "ERR lock keys need a mode: ACQUIRE [PERMITS ...] SH|EX timeout key [key ...]",
+        ));
+    }
+    if lock_keys.len() + permits.len() > MAX_KEYS {
+        return Err(Value::error(format!(
+            "ERR too many keys in one request (at most {MAX_KEYS})"
+        )));
+    }
+    let keys = keys(lock_keys)?;
+    if !permits.is_empty() {
+        let mut seen: std::collections::HashSet<&[u8]> =
+            keys.iter().map(|k| k.as_bytes()).collect();
+        for p in &permits {
+            if !seen.insert(p.key.as_bytes()) {
+                return Err(Value::error(format!(
+                    "ERR key '{}' is named twice: a semaphore is asked for once, and is not \
+                     also a lock",
+                    String::from_utf8_lossy(p.key.as_bytes())
+                )));
+            }
+        }
+    }
+    Ok(Ask {
+        lease,
+        permits,
+        mode,
+        timeout,
+        keys,
+    })
+}
+
+/// The reply to an ACQUIRE refused because a key is in use as another kind.
+fn wrong_kind(key: &Key, capacity: u16, asked: u16) -> Value {
+    let key = String::from_utf8_lossy(key.as_bytes());
+    let is = match capacity {
+        0 => "a lock".to_string(),
+        c => format!("a semaphore of {c} permits"),
+    };
+    let not = match asked {
+        0 => "a lock".to_string(),
+        c => format!("a semaphore of {c}"),
+    };
+    Value::error(format!("WRONGTYPE key '{key}' is {is}, not {not}"))
+}
+
+/// ACQUIRE: see [`parse_acquire`].
+pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
+    let Ask {
+        lease,
+        permits,
+        mode,
+        timeout,
+        keys,
+    } = match parse_acquire(&args) {
         Ok(x) => x,
         Err(e) => return Outcome::Reply(e),
     };
@@ -75,10 +196,16 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
         keys,
         wait,
         lease,
+        permits,
     };
     n.run(shared, cmd, move |n, shared, applied, parked| {
         let got = match applied {
             Applied::Acquired(a) => a,
+            Applied::WrongKind {
+                key,
+                capacity,
+                asked,
+            } => return Outcome::Reply(wrong_kind(&key, capacity, asked)),
             Applied::NodeDown => return Outcome::Close(node_down()),
             other => unreachable!("ACQUIRE answered {other:?}"),
         };
@@ -123,6 +250,10 @@ pub(super) fn acquire(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
             Acquired::TokensExhausted => Outcome::Reply(Value::error(
                 "ERR no fencing tokens reserved yet; try again",
             )),
+            // Made into `Applied::WrongKind` by the table's `apply`.
+            Acquired::Mismatch { capacity, .. } => Outcome::Reply(Value::error(format!(
+                "WRONGTYPE a key of this request is in use as another kind ({capacity} permits)"
+            ))),
             Acquired::NotBound => Outcome::Reply(Value::error(
                 "NOSESSION this connection's session was let go",
             )),
@@ -178,8 +309,9 @@ fn released(_: &mut Native, _: &Shared, o: Applied, _: Option<super::Parked>) ->
     }
 }
 
-/// RELEASE SH|EX key [key ...], or RELEASE TOKEN token SH|EX key [key ...]: only the locks
-/// that still carry that grant's token (so a stale release is a no-op).
+/// RELEASE SH|EX|PERMITS key [key ...], or RELEASE TOKEN token SH|EX|PERMITS key [key ...]:
+/// only the locks that still carry that grant's token (so a stale release is a no-op).
+/// PERMITS lets go of every permit the session holds of each semaphore named.
 pub(super) fn release(n: &mut Native, shared: &Shared, args: Args) -> Outcome {
     match release_command(n, args) {
         Ok(cmd) => n.run(shared, cmd, released),
@@ -200,6 +332,14 @@ fn release_command(n: &Native, args: Args) -> Result<Command, Value> {
     } else {
         (None, rest)
     };
+    if rest[0].eq_ignore_ascii_case(b"PERMITS") {
+        return Ok(Command::ReleasePermits {
+            session: n.session,
+            conn: n.conn,
+            keys: keys(&rest[1..])?,
+            token,
+        });
+    }
     let mode = mode(rest[0])?;
     let keys = keys(&rest[1..])?;
     Ok(Command::Release {
