@@ -249,4 +249,26 @@ async fn leases_revocation_and_events_work_across_the_cluster() {
         ext.recv().await.err(),
         "REVOKED an operator ended this session while it waited (SESSION KILL)"
     );
+    // A semaphore of two permits across three nodes: the third request waits on node 3
+    // until a permit is let go on node 1; a request of the wrong capacity is refused.
+    let mut p1 = Resp::authed(addr(1)).await;
+    let mut p2 = Resp::authed(addr(2)).await;
+    let mut p3 = Resp::authed(addr(3)).await;
+    let first = p1
+        .call(&["ACQUIRE", "PERMITS", "pool", "1", "2", "0"])
+        .await
+        .int();
+    p2.call(&["ACQUIRE", "PERMITS", "pool", "1", "2", "0"])
+        .await
+        .int();
+    assert!(p3
+        .call(&["ACQUIRE", "PERMITS", "pool", "1", "3", "0"])
+        .await
+        .err()
+        .starts_with("WRONGTYPE"));
+    p3.send(&["ACQUIRE", "PERMITS", "pool", "1", "2", "10000"])
+        .await;
+    assert!(p3.nothing_to_read().await, "granted past the capacity");
+    assert_eq!(p1.call(&["RELEASE", "PERMITS", "pool"]).await.int(), 1);
+    assert!(p3.recv().await.int() > first);
 }

@@ -8,4 +8,5 @@ mod interop;
 mod leases;
 mod legacy;
 mod native;
+mod semaphores;
 mod tls;
