@@ -92,6 +92,11 @@ enum Command {
         /// --signal, as for a lost connection
         #[arg(long, value_parser = parse_duration)]
         lease: Option<Duration>,
+        /// Take one permit of a semaphore of N permits on the key instead of a lock, so
+        /// that at most N commands run at once (as `consul lock -n`); one key only, and
+        /// every lockctl using it must give the same N
+        #[arg(short = 'n', long = "limit", value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "shared")]
+        limit: Option<u16>,
         /// Keys, then `--`, then the command
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
@@ -249,6 +254,51 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A mode as lockctl prints it: `N permits` on a semaphore.
+fn shown(mode: Mode, permits: u16) -> String {
+    match permits {
+        0 => mode.as_str().to_string(),
+        1 => "1 permit".to_string(),
+        n => format!("{n} permits"),
+    }
+}
+
+/// What `lockctl lock` holds while the command runs: locks, or a semaphore's permit.
+enum Held {
+    Locks(lockd_client::Guard),
+    Permit(lockd_client::Permit),
+}
+
+impl Held {
+    fn token(&self) -> u64 {
+        match self {
+            Held::Locks(g) => g.token(),
+            Held::Permit(p) => p.token(),
+        }
+    }
+
+    fn may_be_lost(&self) -> bool {
+        match self {
+            Held::Locks(g) => g.may_be_lost(),
+            Held::Permit(p) => p.may_be_lost(),
+        }
+    }
+
+    async fn lost(&self) -> lockd_client::Loss {
+        match self {
+            Held::Locks(g) => g.lost().await,
+            Held::Permit(p) => p.lost().await,
+        }
+    }
+
+    async fn release(self) -> Result<(), lockd_client::Error> {
+        match self {
+            Held::Locks(g) => g.release().await,
+            Held::Permit(p) => p.release().await,
+        }
+    }
+}
+
 fn mode(shared: bool) -> Mode {
     if shared {
         Mode::Sh
@@ -326,9 +376,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             signal,
             kill_after,
             lease,
+            limit,
             keys,
             command,
         } => {
+            if limit.is_some() && keys.len() != 1 {
+                return Err(Failure::usage(
+                    "--limit (-n) takes one key: the semaphore's",
+                ));
+            }
             // Caught from now on: a signal while waiting ends lockctl without running the
             // command; one while it runs is passed to it.
             let mut signals = supervise::Signals::install()
@@ -339,9 +395,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let _events = client.subscribe().await?;
             let acquired = tokio::select! {
                 r = async {
-                    match lease {
-                        Some(l) => client.acquire_leased(mode(*shared), keys, *timeout, *l).await,
-                        None => client.acquire(mode(*shared), keys, *timeout).await,
+                    match (limit, lease) {
+                        (Some(n), _) => client
+                            .acquire_permits(&keys[0], 1, *n, *timeout, *lease)
+                            .await
+                            .map(Held::Permit),
+                        (None, Some(l)) => client
+                            .acquire_leased(mode(*shared), keys, *timeout, *l)
+                            .await
+                            .map(Held::Locks),
+                        (None, None) => client.acquire(mode(*shared), keys, *timeout).await.map(Held::Locks),
                     }
                 } => r,
                 sig = signals.next() => return Ok(128 + sig as u8),
@@ -365,7 +428,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 child,
                 &mut signals,
                 &client,
-                &guard,
+                guard.lost(),
                 grace,
                 *signal,
                 *kill_after,
@@ -461,21 +524,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Inspect { key } => {
             let info = client.inspect(key).await?;
             if json {
-                let holders: Vec<_> = info.holders.iter().map(|h| json!({"session": h.session, "mode": h.mode.as_str(), "token": h.token, "held_ms": h.held_ms})).collect();
-                let waiters: Vec<_> = info.waiters.iter().map(|w| json!({"session": w.session, "mode": w.mode.as_str(), "waited_ms": w.waited_ms})).collect();
+                let holders: Vec<_> = info.holders.iter().map(|h| json!({"session": h.session, "mode": shown(h.mode, h.permits), "permits": h.permits, "token": h.token, "held_ms": h.held_ms})).collect();
+                let waiters: Vec<_> = info.waiters.iter().map(|w| json!({"session": w.session, "mode": shown(w.mode, w.permits), "permits": w.permits, "waited_ms": w.waited_ms})).collect();
                 println!(
                     "{}",
-                    json!({"key": key, "holders": holders, "waiters": waiters})
+                    json!({"key": key, "capacity": info.capacity, "holders": holders, "waiters": waiters})
                 );
             } else {
                 if info.holders.is_empty() && info.waiters.is_empty() {
                     println!("{key}: free");
                 }
+                if info.capacity > 0 {
+                    println!("{key}: a semaphore of {} permits", info.capacity);
+                }
                 for h in &info.holders {
                     println!(
                         "holder  {}  {}  token {}  held {} ms",
                         h.session,
-                        h.mode.as_str(),
+                        shown(h.mode, h.permits),
                         h.token,
                         h.held_ms
                     );
@@ -484,7 +550,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     println!(
                         "waiter  {}  {}  waited {} ms",
                         w.session,
-                        w.mode.as_str(),
+                        shown(w.mode, w.permits),
                         w.waited_ms
                     );
                 }

@@ -61,7 +61,7 @@ pub async fn supervise(
     mut child: Child,
     signals: &mut Signals,
     client: &Client,
-    guard: &lockd_client::Guard,
+    lost: impl std::future::Future<Output = lockd_client::Loss>,
     grace: Duration,
     stop_signal: i32,
     kill_after: Duration,
@@ -71,7 +71,7 @@ pub async fn supervise(
     let watch = async {
         tokio::select! {
             why = watchdog(client, grace) => why,
-            loss = guard.lost() => format!("the lock is lost: {loss}"),
+            loss = lost => format!("the lock is lost: {loss}"),
         }
     };
     tokio::pin!(watch);

@@ -898,3 +898,46 @@ fn a_leased_lock_runs_until_revoked_and_the_command_is_told() {
     let again = run(&addr, &["session", "kill", &session]);
     assert_ne!(again.status.code(), Some(0));
 }
+
+/// Issue 15: `lock -n N` takes one of N permits of a semaphore, as `consul lock -n`: N
+/// commands run at once, the next one waits (or, with --timeout 0, exits 75).
+#[test]
+fn lock_with_a_limit_runs_at_most_that_many_commands() {
+    let addr = server();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "i=0; while [ ! -e {g} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        g = go.display()
+    );
+    let args = ["lock", "-n", "2", "pool", "--", "sh", "-c", &script];
+    let mut running: Vec<_> = (0..2)
+        .map(|_| lockctl(&addr, &args).spawn().unwrap())
+        .collect();
+    wait_for("two permits held", || {
+        stdout(&run(&addr, &["inspect", "pool"]))
+            .matches("holder")
+            .count()
+            == 2
+    });
+    let third = run(
+        &addr,
+        &["lock", "-n", "2", "--timeout", "0", "pool", "--", "true"],
+    );
+    assert_eq!(third.status.code(), Some(75), "{third:?}");
+    let wrong = run(
+        &addr,
+        &["lock", "-n", "3", "--timeout", "0", "pool", "--", "true"],
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("WRONGTYPE"),
+        "{wrong:?}"
+    );
+    let two_keys = run(&addr, &["lock", "-n", "2", "a", "b", "--", "true"]);
+    assert_eq!(two_keys.status.code(), Some(2), "{two_keys:?}");
+    std::fs::write(&go, "").unwrap();
+    for c in &mut running {
+        assert_eq!(c.wait().unwrap().code(), Some(0));
+    }
+    assert!(!held_by_someone(&addr, "pool"));
+}

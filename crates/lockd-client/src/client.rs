@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) losses: crate::lease::Losses,
     /// While subscribed: where events go (see [`Client::subscribe`]).
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
+    /// Semaphores this client holds permits of (one [`Permit`] each).
+    permits: Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Most events a subscriber's channel holds; past it they are dropped (and counted in an
@@ -125,6 +127,14 @@ pub(crate) struct Held {
 }
 
 impl Inner {
+    /// A [`Permit`] of `key` is gone.
+    pub(crate) fn forget_permit(&self, key: &[u8]) {
+        self.permits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// Records a grant of `keys` in `mode` with `token`: the epochs the new guard counts on.
     pub(crate) fn granted(&self, mode: Mode, keys: &[Vec<u8>], token: u64) -> Vec<u64> {
         let mut book = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,6 +221,7 @@ impl Client {
                 epochs: Default::default(),
                 losses: Default::default(),
                 events: Mutex::new(None),
+                permits: Default::default(),
             }),
         })
     }
@@ -325,7 +336,8 @@ impl Client {
         let mut free: Vec<(Mode, u64, Vec<&[u8]>)> = Vec::new();
         {
             let mut book = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
-            for l in &on_server {
+            // Semaphores' permits belong to their guards (see `Permit`), not to the book.
+            for l in on_server.iter().filter(|l| l.permits == 0) {
                 match book.locks.get_mut(&(l.key.clone(), l.mode)) {
                     Some(h) => h.token = l.token,
                     None => match free
@@ -339,8 +351,11 @@ impl Client {
             }
             // Locks the server no longer has (let go while the connection was down: not
             // possible within the grace, but never counted on): their guards are inert.
-            book.locks
-                .retain(|(k, m), _| on_server.iter().any(|l| l.key == *k && l.mode == *m));
+            book.locks.retain(|(k, m), _| {
+                on_server
+                    .iter()
+                    .any(|l| l.permits == 0 && l.key == *k && l.mode == *m)
+            });
         }
         for (mode, token, keys) in free {
             conn.call(&as_args(&release_args(mode, token, &keys)))
@@ -501,6 +516,86 @@ impl Client {
         }
     }
 
+    /// Takes `permits` of semaphore `key`, whose capacity is `capacity` (every client of
+    /// a semaphore names the same; a different one is refused with a `WRONGTYPE` server
+    /// error), waiting up to `timeout` in FIFO order (a large request is not overtaken by
+    /// small ones). With `lease`, the server lets the permits go when it passes, and the
+    /// permit extends it while it lives (see [`Client::acquire_leased`]). One client holds
+    /// one [`Permit`] of a semaphore at a time: a second is refused with
+    /// [`Error::HeldHere`] (the server counts a session's permits together, so two permits
+    /// of one session could not be released apart).
+    pub async fn acquire_permits(
+        &self,
+        key: impl AsRef<[u8]>,
+        permits: u16,
+        capacity: u16,
+        timeout: Duration,
+        lease: Option<Duration>,
+    ) -> Result<crate::Permit, Error> {
+        let key = key.as_ref().to_vec();
+        if !self
+            .inner
+            .permits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(Error::HeldHere(String::from_utf8_lossy(&key).into_owned()));
+        }
+        // Leaves the set unless a Permit takes the key over.
+        struct Claim<'a>(&'a Inner, Option<Vec<u8>>);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                if let Some(k) = self.1.take() {
+                    self.0.forget_permit(&k);
+                }
+            }
+        }
+        let mut claim = Claim(&self.inner, Some(key.clone()));
+        let ms = timeout
+            .as_millis()
+            .max(u128::from(!timeout.is_zero()))
+            .to_string();
+        let (p, c) = (permits.to_string(), capacity.to_string());
+        let lease_ms = lease.map(|l| l.as_millis().max(1).to_string());
+        let mut args: Vec<&[u8]> = vec![b"ACQUIRE"];
+        if let Some(l) = &lease_ms {
+            args.extend([b"LEASE".as_slice(), l.as_bytes()]);
+        }
+        args.extend([
+            b"PERMITS".as_slice(),
+            &key,
+            p.as_bytes(),
+            c.as_bytes(),
+            ms.as_bytes(),
+        ]);
+        let conn = self.conn();
+        // A grant that comes back after this future was dropped is let go.
+        let orphan: crate::conn::Orphan = {
+            let (conn, key) = (Arc::downgrade(&conn), key.clone());
+            Box::new(move |v| {
+                if let (Value::Integer(t), Some(conn)) = (v, conn.upgrade()) {
+                    let t = t.to_string();
+                    conn.send_only(&[b"RELEASE", b"TOKEN", t.as_bytes(), b"PERMITS", &key]);
+                }
+            })
+        };
+        match conn.call_or(&args, Some(orphan)).await? {
+            Value::Integer(token) => {
+                claim.1 = None;
+                Ok(crate::Permit::new(
+                    self.clone(),
+                    key,
+                    permits,
+                    token as u64,
+                    lease,
+                ))
+            }
+            Value::Null => Err(Error::Timeout),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Releases `keys` in `mode` for this session directly, whatever guards say; returns
     /// how many locks were held and released.
     pub async fn release<K: AsRef<[u8]>>(&self, mode: Mode, keys: &[K]) -> Result<u64, Error> {
@@ -580,25 +675,37 @@ impl Client {
         let holders = list("holders")?
             .into_iter()
             .map(|h| {
+                let (mode, permits) = field_mode_permits(&h, Mode::Sh)?;
                 Ok(Holder {
                     session: field_text(&h, "session")?,
-                    mode: field_mode(&h)?,
+                    mode,
                     token: field_int(&h, "token")?,
                     held_ms: field_int(&h, "held_ms")?,
+                    permits,
                 })
             })
             .collect::<Result<_, Error>>()?;
         let waiters = list("waiters")?
             .into_iter()
             .map(|w| {
+                let (mode, permits) = field_mode_permits(&w, Mode::Ex)?;
                 Ok(Waiter {
                     session: field_text(&w, "session")?,
-                    mode: field_mode(&w)?,
+                    mode,
                     waited_ms: field_int(&w, "waited_ms")?,
+                    permits,
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(KeyInfo { holders, waiters })
+        let capacity = match m.get("capacity") {
+            Some(Value::Integer(c)) => *c as u16,
+            _ => 0,
+        };
+        Ok(KeyInfo {
+            holders,
+            waiters,
+            capacity,
+        })
     }
 
     /// The locks of a session (this one when `None`).
@@ -754,6 +861,15 @@ fn field_text(m: &HashMap<String, Value>, name: &str) -> Result<String, Error> {
         .and_then(text)
 }
 
+/// A mode and, for a semaphore's entry (mode `PERMITS`), its permits; such an entry gets
+/// `as_mode` (SH for a holder, EX for a waiter, as the server keeps them).
+fn field_mode_permits(m: &HashMap<String, Value>, as_mode: Mode) -> Result<(Mode, u16), Error> {
+    if field_text(m, "mode")? == "PERMITS" {
+        return Ok((as_mode, field_int(m, "permits")? as u16));
+    }
+    Ok((field_mode(m)?, 0))
+}
+
 fn field_mode(m: &HashMap<String, Value>) -> Result<Mode, Error> {
     let t = field_text(m, "mode")?;
     Mode::parse(&t).ok_or_else(|| Error::Protocol(format!("bad mode {t}")))
@@ -771,8 +887,9 @@ fn parse_locks(v: Value) -> Result<Vec<LockInfo>, Error> {
                         Some(Value::Bulk(b)) => b.to_vec(),
                         _ => return Err(Error::Protocol("LOCKS entry without key".into())),
                     },
-                    mode: field_mode(&m)?,
+                    mode: field_mode_permits(&m, Mode::Sh)?.0,
                     token: field_int(&m, "token")?,
+                    permits: field_mode_permits(&m, Mode::Sh)?.1,
                 })
             })
             .collect(),

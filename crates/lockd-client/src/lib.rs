@@ -36,6 +36,10 @@
 //! the reason, when the lock is gone (lease passed, revoked by an operator, session ended
 //! or forgotten). [`Client::subscribe`] has the server push such events as they happen.
 //!
+//! A semaphore's permits ([`Client::acquire_permits`]: "at most 5 workers reindex at
+//! once") come back as a [`Permit`], released on drop; a client that crashes lets go of
+//! them at the end of its session's grace, as of its locks.
+//!
 //! [`QuorumClient`] takes locks on a majority of several independent servers.
 
 mod client;
@@ -43,6 +47,7 @@ mod conn;
 mod error;
 mod guard;
 mod lease;
+mod permit;
 mod quorum;
 mod tls;
 mod types;
@@ -51,6 +56,7 @@ pub use client::Client;
 pub use error::Error;
 pub use guard::Guard;
 pub use lease::{Event, Loss};
+pub use permit::Permit;
 pub use quorum::{QuorumClient, QuorumGuard};
 pub use tls::TlsOptions;
 pub use types::{Holder, KeyInfo, LockInfo, Mode, Waiter};

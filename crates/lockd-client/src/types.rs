@@ -33,6 +33,8 @@ pub struct Holder {
     pub mode: Mode,
     pub token: u64,
     pub held_ms: u64,
+    /// On a semaphore: the permits held (`mode` is then SH); 0 on a lock.
+    pub permits: u16,
 }
 
 /// A queued request on a key, from [`crate::Client::inspect`].
@@ -41,6 +43,8 @@ pub struct Waiter {
     pub session: String,
     pub mode: Mode,
     pub waited_ms: u64,
+    /// On a semaphore: the permits asked for (`mode` is then EX); 0 on a lock.
+    pub permits: u16,
 }
 
 /// Holders and waiters (in queue order) of a key.
@@ -48,6 +52,8 @@ pub struct Waiter {
 pub struct KeyInfo {
     pub holders: Vec<Holder>,
     pub waiters: Vec<Waiter>,
+    /// A semaphore's capacity; 0 for a lock or a free key.
+    pub capacity: u16,
 }
 
 /// A lock a session holds, from [`crate::Client::locks`].
@@ -56,4 +62,6 @@ pub struct LockInfo {
     pub key: Vec<u8>,
     pub mode: Mode,
     pub token: u64,
+    /// Of a semaphore: the permits held (`mode` is then SH); 0 for a lock.
+    pub permits: u16,
 }

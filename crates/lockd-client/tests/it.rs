@@ -960,3 +960,59 @@ async fn a_subscribed_client_hears_of_contention_and_loss_at_once() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn permits_of_a_semaphore_are_shared_and_handed_on() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let b = Client::connect(&srv.addr, KEY).await.unwrap();
+    let c = Client::connect(&srv.addr, KEY).await.unwrap();
+    let pa = a
+        .acquire_permits("reindex", 1, 2, Duration::ZERO, None)
+        .await
+        .unwrap();
+    let pb = b
+        .acquire_permits("reindex", 1, 2, Duration::ZERO, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.acquire_permits("reindex", 1, 2, Duration::ZERO, None)
+            .await,
+        Err(Error::Timeout)
+    ));
+    // One permit of a semaphore per client; a capacity that disagrees is refused.
+    assert!(matches!(
+        a.acquire_permits("reindex", 1, 2, Duration::ZERO, None)
+            .await,
+        Err(Error::HeldHere(_))
+    ));
+    match c
+        .acquire_permits("reindex", 1, 3, Duration::ZERO, None)
+        .await
+    {
+        Err(Error::Server(e)) => assert!(e.starts_with("WRONGTYPE"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let info = c.inspect("reindex").await.unwrap();
+    assert_eq!(info.capacity, 2);
+    assert_eq!(info.holders.iter().map(|h| h.permits).sum::<u16>(), 2);
+    let waiting = tokio::spawn(async move {
+        let p = c
+            .acquire_permits("reindex", 1, 2, Duration::from_secs(30), None)
+            .await;
+        (c, p)
+    });
+    srv.eventually("c waits", |s| s.waiters == 1).await;
+    drop(pa);
+    let (c, granted) = waiting.await.unwrap();
+    let pc = granted.unwrap();
+    assert!(pc.token() > pb.token());
+    assert_eq!(pc.permits(), 1);
+    pb.release().await.unwrap();
+    assert_eq!(c.inspect("reindex").await.unwrap().holders.len(), 1);
+    // Its session's LOCKS shows the permits.
+    let locks = c.locks(None).await.unwrap();
+    assert_eq!((locks.len(), locks[0].permits), (1, 1));
+    drop(pc);
+    assert!(c.inspect("reindex").await.unwrap().holders.is_empty());
+}
