@@ -53,6 +53,8 @@ pub struct Client {
     /// (native), in order; `None` for the others.
     pub tokens: Vec<Option<u64>>,
     last_token: Option<u64>,
+    /// Native: the lease every ACQUIRE asks for (`--lease-ms`).
+    pub lease_ms: Option<u64>,
 }
 
 /// The wire name of key number `n`: 31 bytes, as MediaWiki's keys are (its decimal
@@ -104,6 +106,7 @@ impl Client {
             values: Vec::new(),
             tokens: Vec::new(),
             last_token: None,
+            lease_ms: None,
         };
         match protocol {
             Protocol::Legacy | Protocol::Etcd => {}
@@ -255,13 +258,46 @@ impl Client {
                     timeout_ms,
                 },
             ) => {
-                encode_array_header(3 + keys.len(), &mut self.out);
+                let lease = 2 * usize::from(self.lease_ms.is_some());
+                let permits = mode == LockMode::Permits;
+                let n = if permits { 6 } else { 3 + keys.len() };
+                encode_array_header(n + lease, &mut self.out);
                 encode_bulk(b"ACQUIRE", &mut self.out);
-                encode_bulk(mode_str(mode).as_bytes(), &mut self.out);
+                if let Some(ms) = self.lease_ms {
+                    encode_bulk(b"LEASE", &mut self.out);
+                    encode_bulk(itoa::Buffer::new().format(ms).as_bytes(), &mut self.out);
+                }
+                if permits {
+                    let [k] = keys else {
+                        bail!("--mode permits takes one key a request");
+                    };
+                    encode_bulk(b"PERMITS", &mut self.out);
+                    encode_bulk(&key_name(*k), &mut self.out);
+                    encode_bulk(b"1", &mut self.out);
+                    encode_bulk(b"1", &mut self.out);
+                } else {
+                    encode_bulk(mode_str(mode).as_bytes(), &mut self.out);
+                }
                 encode_bulk(
                     itoa::Buffer::new().format(timeout_ms).as_bytes(),
                     &mut self.out,
                 );
+                if !permits {
+                    for &k in keys {
+                        encode_bulk(&key_name(k), &mut self.out);
+                    }
+                }
+            }
+            (
+                Protocol::Native,
+                Req::Release {
+                    keys,
+                    mode: LockMode::Permits,
+                },
+            ) => {
+                encode_array_header(2 + keys.len(), &mut self.out);
+                encode_bulk(b"RELEASE", &mut self.out);
+                encode_bulk(b"PERMITS", &mut self.out);
                 for &k in keys {
                     encode_bulk(&key_name(k), &mut self.out);
                 }

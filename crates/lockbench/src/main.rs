@@ -71,6 +71,9 @@ pub enum LockMode {
     Sh,
     /// Nine SH for every EX.
     Mix,
+    /// One permit of a semaphore of one permit per key (native only): the same exclusion
+    /// as EX, through the semaphore path (`ACQUIRE PERMITS key 1 1`, `RELEASE PERMITS`).
+    Permits,
 }
 
 /// Benchmark a lock server.
@@ -92,6 +95,10 @@ pub struct Args {
     pub duration: f64,
     #[arg(long, value_enum, default_value = "ex")]
     pub mode: LockMode,
+    /// Native: every ACQUIRE asks for a lease of this many ms (`ACQUIRE LEASE ms ...`);
+    /// it ends with the lock's release (runs are meant to hold locks for less)
+    #[arg(long = "lease-ms")]
+    pub lease_ms: Option<u64>,
     /// Locks to hold (hold workload).
     #[arg(long, default_value_t = 1_000_000)]
     pub hold: u64,
@@ -194,6 +201,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if args.protocol == Protocol::Redis && (args.mode != LockMode::Ex || args.keys_per_request != 1)
     {
         bail!("the Redis lock is exclusive and takes one key: use --mode ex --keys-per-request 1");
+    }
+    if (args.mode == LockMode::Permits || args.lease_ms.is_some())
+        && args.protocol != Protocol::Native
+    {
+        bail!("--mode permits and --lease-ms are lockd's native protocol's: use --protocol native");
     }
     if args.protocol == Protocol::Etcd {
         if args.mode != LockMode::Ex || args.keys_per_request != 1 || args.depth != 1 {

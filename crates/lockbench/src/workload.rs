@@ -60,6 +60,7 @@ async fn connect_ids(args: &Args, addr: &str, ids: &[usize]) -> anyhow::Result<V
         let mut c = Client::connect(addr_of(addr, i), args.protocol, &args.auth_key, i as u32)
             .await
             .with_context(|| format!("connection {i}"))?;
+        c.lease_ms = args.lease_ms;
         c.ping().await.with_context(|| format!("connection {i}"))?;
         clients.push(c);
     }
@@ -132,6 +133,10 @@ impl TaskResult {
         let answered = tokio::time::timeout(BATCH_TIMEOUT, c.batch(reqs, outcomes)).await;
         if !matches!(answered, Ok(Ok(()))) {
             self.counts.errors += 1;
+            first_error(match answered {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => format!("no reply within {BATCH_TIMEOUT:?}"),
+            });
             return false;
         }
         self.done(t0.elapsed().as_micros() as u64, reqs.len() as u64);
@@ -144,6 +149,15 @@ impl TaskResult {
 
     fn held(&self, us: u64) {
         self.rec.holds.borrow_mut().saturating_record(us);
+    }
+}
+
+/// Says the run's first error on standard error (the report counts them all), so that
+/// a run that fails says why.
+fn first_error(what: String) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("lockbench: first error: {what}");
     }
 }
 
@@ -338,7 +352,10 @@ async fn pingpong(
                             session = (i + lives * conns) as u32;
                             let a = addr_of(addrs, i + lives);
                             match Client::connect(a, *protocol, key, session).await {
-                                Ok(c2) => back = Some(c2),
+                                Ok(mut c2) => {
+                                    c2.lease_ms = c.lease_ms;
+                                    back = Some(c2);
+                                }
                                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                             }
                         }

@@ -147,7 +147,8 @@ impl LockTable {
         }
         // A semaphore named twice, or also as a lock, is refused (the protocol refuses it
         // first; this keeps the table whole whatever a caller sends).
-        if !sems.is_empty() {
+        // (One semaphore alone cannot collide: no set is made for the common case.)
+        if !sems.is_empty() && sems.len() + keys.len() > 1 {
             let mut seen: hashbrown::HashSet<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
             for (i, p) in sems.iter().enumerate() {
                 if !seen.insert(p.key.as_bytes()) {

@@ -139,7 +139,7 @@ fn parse_acquire(args: &Args) -> Result<Ask, Value> {
         )));
     }
     let keys = keys(lock_keys)?;
-    if !permits.is_empty() {
+    if !permits.is_empty() && permits.len() + keys.len() > 1 {
         let mut seen: std::collections::HashSet<&[u8]> =
             keys.iter().map(|k| k.as_bytes()).collect();
         for p in &permits {
