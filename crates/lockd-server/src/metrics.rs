@@ -111,7 +111,7 @@ impl Metrics {
             .set(s.locks_sh as i64);
         locks
             .get_or_create(&ModeLabel { mode: "EX" })
-            .set((s.locks_held - s.locks_sh) as i64);
+            .set((s.locks_held - s.locks_sh - s.semaphore_holds) as i64);
         r.register("locks_held", "Locks held, by mode", locks);
         r.register(
             "waiters",
@@ -127,6 +127,11 @@ impl Metrics {
             "leases",
             "Grants with a lease running",
             ConstGauge::new(s.leases as i64),
+        );
+        r.register(
+            "semaphore_holds",
+            "Sessions' holds of semaphore permits (each counts as a lock against max-locks)",
+            ConstGauge::new(s.semaphore_holds as i64),
         );
         // The bounds, beside what they bound, for alerts on the ratio.
         r.register(

@@ -129,6 +129,8 @@ pub struct Snapshot {
     pub keys: usize,
     pub waiters: usize,
     pub leases: usize,
+    /// Sessions' holds of semaphore permits (each also one of `locks_held`).
+    pub semaphore_holds: u64,
     /// Events queued for subscribers, and dropped (a subscriber's queue was full).
     pub events_queued: u64,
     pub events_dropped: u64,
@@ -290,6 +292,7 @@ impl Shared {
             keys: t.key_count(),
             waiters: t.waiter_count(),
             leases: t.lease_count(),
+            semaphore_holds: t.semaphore_holds(),
             events_queued: core.events_queued,
             events_dropped: core.events_dropped,
             table: t.counters().clone(),

@@ -6,7 +6,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn permits_are_shared_out_in_order() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.http_address = Some("127.0.0.1:0".into())).await;
     let mut a = Resp::authed(srv.addr).await;
     let mut b = Resp::authed(srv.addr).await;
     let mut c = Resp::authed(srv.addr).await;
@@ -63,6 +63,15 @@ async fn permits_are_shared_out_in_order() {
     assert_eq!(b.call(&["RELEASEALL"]).await.int(), 1);
     let stats = a.call(&["STATS"]).await;
     assert!(stats.get("grants").int() >= 3);
+    // c's permit: a semaphore hold, in neither mode of the locks.
+    let snap = srv.snapshot();
+    assert_eq!(
+        (snap.semaphore_holds, snap.locks_held, snap.locks_sh),
+        (1, 1, 0)
+    );
+    let (_, text) = http_get(srv.admin.unwrap(), "/metrics", None).await;
+    assert!(text.contains("lockd_semaphore_holds 1"), "{text}");
+    assert!(text.contains("lockd_locks_held{mode=\"EX\"} 0"), "{text}");
 }
 
 #[tokio::test]
