@@ -434,15 +434,6 @@ fn is_zero(n: &u16) -> bool {
     *n == 0
 }
 
-/// A mode as JSON shows it: `PERMITS` for a semaphore's.
-fn mode_name(mode: lockd_core::Mode, permits: u16) -> &'static str {
-    if permits > 0 {
-        "PERMITS"
-    } else {
-        mode.as_str()
-    }
-}
-
 #[derive(Serialize)]
 struct WaiterJson {
     session: String,
@@ -470,14 +461,14 @@ fn text(b: &[u8]) -> String {
 fn key_json(key: &[u8], info: KeyInfo) -> KeyJson {
     let h = |h: HolderInfo| HolderJson {
         session: text(&h.session.0),
-        mode: mode_name(h.mode, h.permits),
+        mode: crate::native::mode_name(h.mode, h.permits),
         token: h.token,
         held_ms: h.held_ms,
         permits: h.permits,
     };
     let w = |w: WaiterInfo| WaiterJson {
         session: text(&w.session.0),
-        mode: mode_name(w.mode, w.permits),
+        mode: crate::native::mode_name(w.mode, w.permits),
         waited_ms: w.waited_ms,
         permits: w.permits,
     };

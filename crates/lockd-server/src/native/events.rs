@@ -41,16 +41,6 @@ pub(super) fn events(n: &mut Native, shared: &Shared, args: Args) -> Reply {
     }
 }
 
-/// A holder's mode as pushes show it: `PERMITS` on a semaphore (a request for permits
-/// is shown `wanted` EX, as it is queued).
-fn mode_name(mode: lockd_core::Mode, permits: u16) -> &'static str {
-    if permits > 0 {
-        "PERMITS"
-    } else {
-        mode.as_str()
-    }
-}
-
 /// The push message for one event.
 fn push(e: &Event) -> Value {
     match &e.kind {
@@ -64,7 +54,7 @@ fn push(e: &Event) -> Value {
             Value::bulk("lost"),
             Value::bulk(key.as_bytes()),
             Value::Integer(*token as i64),
-            Value::bulk(mode_name(*mode, *permits)),
+            Value::bulk(crate::native::mode_name(*mode, *permits)),
             Value::bulk(reason.as_str()),
         ]),
         EventKind::Contended {
@@ -77,7 +67,7 @@ fn push(e: &Event) -> Value {
             Value::bulk("contended"),
             Value::bulk(key.as_bytes()),
             Value::Integer(*token as i64),
-            Value::bulk(mode_name(*mode, *permits)),
+            Value::bulk(crate::native::mode_name(*mode, *permits)),
             Value::bulk(wanted.as_str()),
         ]),
     }

@@ -8,21 +8,14 @@ use super::Native;
 use crate::shared::Shared;
 use crate::sys;
 
-fn mode(m: Mode) -> Value {
-    Value::bulk(m.as_str())
-}
-
 /// A holder's, waiter's or lock's mode and, on a semaphore, its permits: mode `PERMITS`
 /// and a `permits` field (a lock's entries are as they always were).
 fn mode_fields(m: Mode, permits: u16) -> Vec<(&'static str, Value)> {
-    if permits == 0 {
-        vec![("mode", mode(m))]
-    } else {
-        vec![
-            ("mode", Value::bulk("PERMITS")),
-            ("permits", Value::Integer(i64::from(permits))),
-        ]
+    let mut f = vec![("mode", Value::bulk(super::mode_name(m, permits)))];
+    if permits > 0 {
+        f.push(("permits", Value::Integer(i64::from(permits))));
     }
+    f
 }
 
 pub(super) fn inspect(shared: &Shared, args: Args) -> Reply {

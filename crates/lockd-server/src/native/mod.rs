@@ -348,6 +348,16 @@ impl Native {
     }
 }
 
+/// A mode as the protocol shows a holder's or a waiter's (INSPECT, LOCKS, pushes, the
+/// admin HTTP): `PERMITS` on a semaphore.
+pub(crate) fn mode_name(mode: lockd_core::Mode, permits: u16) -> &'static str {
+    if permits > 0 {
+        "PERMITS"
+    } else {
+        mode.as_str()
+    }
+}
+
 /// The receiving end of a queued request's wait.
 pub(crate) type Parked = oneshot::Receiver<lockd_core::Woken>;
 
