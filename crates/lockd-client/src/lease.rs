@@ -45,7 +45,7 @@ impl std::fmt::Display for Loss {
 /// An event the server pushed to a subscribed client (see `EVENTS` in docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// This session no longer holds `key`.
+    /// This session no longer holds `key` (a semaphore's permits have `mode` SH).
     Lost {
         key: Vec<u8>,
         token: u64,
@@ -76,7 +76,11 @@ impl Event {
             Value::Integer(i) if *i >= 0 => Some(*i as u64),
             _ => None,
         };
-        let mode = |v: &Value| Mode::parse(&String::from_utf8_lossy(&text(v)?));
+        // A semaphore's permits are held as SH (docs/protocol.md, Semaphores).
+        let mode = |v: &Value| match text(v)?.as_slice() {
+            b"PERMITS" => Some(Mode::Sh),
+            m => Mode::parse(&String::from_utf8_lossy(m)),
+        };
         match (text(items.first()?)?.as_slice(), items) {
             (b"lost", [_, k, t, m, r]) => Some(Event::Lost {
                 key: text(k)?,

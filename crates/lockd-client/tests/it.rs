@@ -1016,3 +1016,21 @@ async fn permits_of_a_semaphore_are_shared_and_handed_on() {
     drop(pc);
     assert!(c.inspect("reindex").await.unwrap().holders.is_empty());
 }
+
+#[tokio::test]
+async fn a_permit_hears_that_it_was_revoked() {
+    let srv = server(Duration::from_secs(60)).await;
+    let a = Client::connect(&srv.addr, KEY).await.unwrap();
+    let _events = a.subscribe().await.unwrap();
+    let p = a
+        .acquire_permits("pool", 2, 3, Duration::ZERO, None)
+        .await
+        .unwrap();
+    let admin = Client::connect(&srv.addr, KEY).await.unwrap();
+    assert_eq!(admin.revoke("pool", None).await.unwrap(), 1);
+    let loss = tokio::time::timeout(Duration::from_secs(5), p.lost())
+        .await
+        .expect("told by the push");
+    assert_eq!(loss, lockd_client::Loss::Revoked);
+    assert!(p.may_be_lost());
+}

@@ -54,7 +54,12 @@ pub struct Cli {
     /// A second secret for operators: only connections authenticated with it may revoke
     /// locks or end sessions (REVOKE, SESSION KILL, the admin HTTP's revocation). Unset:
     /// the auth key carries that right too
-    #[arg(long = "admin-key", env = "LOCKD_ADMIN_KEY", hide_env_values = true)]
+    #[arg(
+        long = "admin-key",
+        alias = "adminKey",
+        env = "LOCKD_ADMIN_KEY",
+        hide_env_values = true
+    )]
     pub admin_key: Option<String>,
 
     /// Legacy signature schemes accepted: hmac (MediaWiki's LSLockManager), sha1 (the
@@ -247,6 +252,7 @@ struct FileOptions {
     port: Option<u16>,
     #[serde(alias = "authKey")]
     auth_key: Option<String>,
+    #[serde(alias = "adminKey")]
     admin_key: Option<String>,
     #[serde(alias = "authScheme")]
     auth_scheme: Option<String>,
@@ -787,6 +793,31 @@ mod tests {
         assert_eq!(s.server.max_locks, 4);
         assert_eq!(s.server.lock_timeout, Duration::from_secs(9));
         assert_eq!(s.key_source, KeySource::Given);
+    }
+
+    #[test]
+    fn the_admin_key_comes_from_a_flag_or_the_file_and_is_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockd.toml");
+        std::fs::write(&path, "auth-key = \"k\"\nadmin-key = \"ops\"\n").unwrap();
+        let s = resolve(parse(&["--config", path.to_str().unwrap()]).unwrap()).unwrap();
+        assert_eq!(s.server.admin_key.as_deref(), Some("ops"));
+        assert_eq!(s.server.admin_key(), "ops");
+        let r = |args: &[&str]| {
+            let mut a = vec!["--auth-key", "k"];
+            a.extend_from_slice(args);
+            resolve(parse(&a).unwrap())
+        };
+        let s = r(&["--adminKey", "flag"]).unwrap();
+        assert_eq!(s.server.admin_key.as_deref(), Some("flag"));
+        let s = r(&[]).unwrap();
+        assert_eq!(
+            s.server.admin_key(),
+            s.server.auth_key,
+            "unset: the auth key's right"
+        );
+        let e = r(&["--admin-key", ""]).err().unwrap();
+        assert_eq!(e.to_string(), "--admin-key must not be empty");
     }
 
     #[test]
