@@ -149,7 +149,10 @@ impl LockTable {
     pub(crate) fn relengthen_leases(&mut self, now: Millis) {
         let all: Vec<(Millis, u64)> = self.lease_order.iter().copied().collect();
         for (at, token) in all {
-            let l = self.leases.get_mut(&token).expect("ordered lease exists");
+            // Every deadline has its lease (they are made and dropped together).
+            let Some(l) = self.leases.get_mut(&token) else {
+                continue;
+            };
             let new_at = at.max(now.saturating_add(l.ms));
             if new_at != at {
                 l.until = new_at;
