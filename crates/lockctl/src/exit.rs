@@ -6,7 +6,8 @@ use lockd_client::Error;
 pub const TEMPFAIL: u8 = 75;
 /// Server unreachable or connection lost (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
-/// Wrong auth key (EX_NOPERM).
+/// Wrong auth key, or a key without the admin right for an operator's command
+/// (EX_NOPERM).
 pub const NOPERM: u8 = 77;
 /// Anything else (EX_SOFTWARE).
 pub const SOFTWARE: u8 = 70;
@@ -55,7 +56,7 @@ impl From<Error> for Failure {
             Error::Connect { .. } | Error::ConnectionLost | Error::Io(_) | Error::Tls(_) => {
                 UNAVAILABLE
             }
-            Error::Auth(_) => NOPERM,
+            Error::Auth(_) | Error::NoPermission(_) => NOPERM,
             Error::Timeout | Error::Deadlock { .. } | Error::NoQuorum { .. } => TEMPFAIL,
             _ => SOFTWARE,
         };

@@ -20,7 +20,8 @@ use serde_json::json;
 ///
 /// Exit status: the command's own for `lock`; 0 on success otherwise; 75 when the lock was
 /// not had within the timeout (or waiting would deadlock); 69 when the server cannot be
-/// reached or the connection was lost; 77 when the auth key is wrong; 70 on any other
+/// reached or the connection was lost; 77 when the auth key is wrong (or, for revoke and
+/// session kill, is not the admin key); 70 on any other
 /// error; 2 for bad usage.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]

@@ -875,6 +875,7 @@ fn a_leased_lock_runs_until_revoked_and_the_command_is_told() {
         "the lease lapsed while the command ran"
     );
     let revoked = run(&addr, &["--json", "revoke", "leasek"]);
+    // (This server has no admin key: the auth key carries the right.)
     assert_eq!(stdout(&revoked), "{\"released\":1}\n");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -940,4 +941,31 @@ fn lock_with_a_limit_runs_at_most_that_many_commands() {
         assert_eq!(c.wait().unwrap().code(), Some(0));
     }
     assert!(!held_by_someone(&addr, "pool"));
+}
+
+/// Issue 15: with an admin key, `revoke` and `session kill` need it (exit 77 otherwise,
+/// saying why); the admin key also works for everything else.
+#[test]
+fn revocation_needs_the_admin_key_when_there_is_one() {
+    let mut config = lockd_server::ServerConfig::new("127.0.0.1", 0, KEY);
+    config.admin_key = Some("ops-key".into());
+    let addr = in_thread(config).0;
+    assert_eq!(
+        run(&addr, &["acquire", "--grace", "60s", "adm"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let refused = run(&addr, &["revoke", "adm"]);
+    assert_eq!(refused.status.code(), Some(77));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("NOPERM"),
+        "{refused:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .env_remove("LOCKD_AUTH_KEY")
+        .args(["--addr", &addr, "--auth-key", "ops-key", "revoke", "adm"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "revoked 1\n", "{out:?}");
 }

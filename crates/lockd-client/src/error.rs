@@ -13,6 +13,8 @@ pub enum Error {
     Tls(String),
     #[error("authentication failed: {0}")]
     Auth(String),
+    #[error("not allowed: {0}")]
+    NoPermission(String),
     #[error("the lock was not granted within the timeout")]
     Timeout,
     #[error("refused: waiting would deadlock with session {session}")]
@@ -47,6 +49,7 @@ impl Error {
             },
             "TOOMANYLOCKS" => Error::TooManyLocks,
             "NOAUTH" | "WRONGPASS" => Error::Auth(line.to_string()),
+            "NOPERM" => Error::NoPermission(line.to_string()),
             "NOSESSION" | "BUSYSESSION" => Error::Session(line.to_string()),
             "ERR" if rest == "TLS is required" => {
                 Error::Tls("the server requires TLS (give a CA file)".into())
