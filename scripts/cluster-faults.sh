@@ -56,7 +56,8 @@ for i in 1 2 3; do
 done
 addrs="127.0.0.1:${cport[1]},127.0.0.1:${cport[2]},127.0.0.1:${cport[3]}"
 "$bin/lockbench" --protocol native --addr "$addrs" --auth-key "$key" --reconnect \
-  -c 30 -d "$secs" --keys 50 --mode mix --hold-us 200 --client-threads 2 >"$dir/bench" 2>&1 &
+  -c 30 -d "$secs" --keys 50 --mode mix --hold-us 200 --client-threads 2 \
+  --stall-log "$dir/stalls" >"$dir/bench" 2>&1 &
 bench=$!
 leader() {
   for i in 1 2 3; do
@@ -68,6 +69,7 @@ for k in $(seq "$kills"); do
   fault=${faults[$(( (k - 1) % ${#faults[@]} ))]}
   l=$(leader)
   if [ -z "$l" ]; then echo "round $k: no leader found"; sleep 2; continue; fi
+  echo "$(date +%s.%N) $k $fault $l" >>"$dir/rounds"
   case "$fault" in
     kill-leader|kill-follower)
       victim=$l
@@ -112,6 +114,15 @@ done
 status=0
 wait "$bench" || status=$?
 cat "$dir/bench"
+# Each stall with the fault it followed: the last round begun before the stall ended (a
+# stall starts at the last grant before it, so a fault's own stall starts a moment before
+# the fault), and when the stall began from that round's start.
+if [ -s "$dir/stalls" ] && [ -s "$dir/rounds" ]; then
+  awk 'NR == FNR { t[NR] = $1; what[NR] = "round " $2 ": " $3 " (leader was node " $4 ")"; n = NR; next }
+       { end = $1 + $2 / 1000; r = 0; for (i = 1; i <= n; i++) if (t[i] <= end) r = i
+         if (r) printf "stall %6d ms, from %+5.1f s of %s\n", $2, $1 - t[r], what[r]
+         else printf "stall %6d ms, before the first fault\n", $2 }' "$dir/rounds" "$dir/stalls"
+fi
 grep -q '^violations    0$' "$dir/bench" || { echo "FAIL: violations"; exit 1; }
 grep -q '^errors        0$' "$dir/bench" || { echo "FAIL: errors"; exit 1; }
 [ "$status" = 0 ] || { echo "FAIL: lockbench exited $status"; exit 1; }

@@ -99,6 +99,11 @@ pub struct Args {
     /// it ends with the lock's release (runs are meant to hold locks for less)
     #[arg(long = "lease-ms")]
     pub lease_ms: Option<u64>,
+    /// With --reconnect: write every stall (250 ms or more without a grant) to this file,
+    /// a line each, `START LENGTH_MS` (START in Unix seconds), so that a fault harness can
+    /// say which fault each followed
+    #[arg(long = "stall-log")]
+    pub stall_log: Option<std::path::PathBuf>,
     /// Locks to hold (hold workload).
     #[arg(long, default_value_t = 1_000_000)]
     pub hold: u64,
@@ -202,6 +207,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     {
         bail!("the Redis lock is exclusive and takes one key: use --mode ex --keys-per-request 1");
     }
+    if args.mode == LockMode::Permits && args.keys_per_request != 1 {
+        bail!("--mode permits takes one semaphore a request: use --keys-per-request 1");
+    }
     if (args.mode == LockMode::Permits || args.lease_ms.is_some())
         && args.protocol != Protocol::Native
     {
@@ -257,6 +265,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", report.table());
+        }
+        if report.errors > 0 {
+            if let Some(e) = workload::first_error_said() {
+                eprintln!("lockbench: the first error: {e}");
+            }
         }
         Ok(report.violations == 0 && report.errors == 0 && within_budgets(&args, &report))
     })

@@ -22,8 +22,12 @@ pub struct Shadow {
     /// Microseconds from `started` to the last grant, and the longest gap between grants.
     last_grant_us: AtomicU64,
     longest_gap_us: AtomicU64,
-    /// Gaps of at least [`STALL`] (one per fault, typically), the first [`MAX_STALLS`].
-    stalls: Mutex<Vec<u64>>,
+    /// Gaps of at least [`STALL`] (one per fault, typically), the first [`MAX_STALLS`]:
+    /// (microseconds from `started` to the gap's start, its length in microseconds).
+    stalls: Mutex<Vec<(u64, u64)>>,
+    /// `started` on the wall clock (Unix microseconds), to line stalls up with the faults
+    /// a harness injected (`--stall-log`).
+    started_unix_us: u64,
     /// Violations that were a token not above an earlier grant's.
     pub token_violations: AtomicU64,
 }
@@ -57,6 +61,9 @@ impl Default for Shadow {
             longest_gap_us: AtomicU64::new(0),
             stalls: Mutex::default(),
             token_violations: AtomicU64::new(0),
+            started_unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
         }
     }
 }
@@ -69,10 +76,21 @@ impl Shadow {
             .lock()
             .unwrap()
             .iter()
-            .map(|us| us / 1000)
+            .map(|&(_, us)| us / 1000)
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// The stalls in the order they happened: (when each began, in Unix seconds; its
+    /// length in ms).
+    pub fn stall_times(&self) -> Vec<(f64, u64)> {
+        self.stalls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&(at, us)| ((self.started_unix_us + at) as f64 / 1e6, us / 1000))
+            .collect()
     }
 
     /// The longest time, until now, in which no lock was granted (from the start, and
@@ -128,7 +146,7 @@ impl Shadow {
         if gap >= STALL.as_micros() as u64 {
             let mut stalls = self.stalls.lock().unwrap();
             if stalls.len() < MAX_STALLS {
-                stalls.push(gap);
+                stalls.push((now - gap, gap));
             }
         }
         let h = keys.entry(key).or_default();
@@ -219,6 +237,16 @@ mod tests {
         let stalls = s.stalls_ms();
         assert_eq!(stalls.len(), 1, "{stalls:?}");
         assert!(stalls[0] >= 300, "{stalls:?}");
+        // It began at the second grant, by the wall clock.
+        let [(at, ms)] = s.stall_times()[..] else {
+            panic!("{:?}", s.stall_times())
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert_eq!(ms, stalls[0]);
+        assert!(at <= now - 0.3 && at > now - 5.0, "{at} vs {now}");
         assert!(s.longest_outage() >= STALL);
     }
 

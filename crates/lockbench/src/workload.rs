@@ -152,13 +152,20 @@ impl TaskResult {
     }
 }
 
-/// Says the run's first error on standard error (the report counts them all), so that
-/// a run that fails says why.
+/// The run's first failed batch, kept so that a run that reports errors can say why
+/// (with --reconnect, a batch that failed with its connection is not an error).
+static FIRST_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn first_error(what: String) {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        eprintln!("lockbench: first error: {what}");
-    }
+    FIRST_ERROR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert(what);
+}
+
+/// What [`first_error`] kept.
+pub fn first_error_said() -> Option<String> {
+    FIRST_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The longest a ping-pong batch may wait for its replies.
@@ -300,6 +307,15 @@ where
     if args.reconnect {
         report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
         report.stalls_ms = Some(shadow.stalls_ms());
+        if let Some(path) = &args.stall_log {
+            let lines: String = shadow
+                .stall_times()
+                .iter()
+                .map(|(at, ms)| format!("{at:.3} {ms}\n"))
+                .collect();
+            std::fs::write(path, lines)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     if let (Some(s), Some(cpu0)) = (server, cpu0) {
         let cpu = s.cpu_time().saturating_sub(cpu0);
