@@ -165,7 +165,10 @@ fn first_error(what: String) {
 
 /// What [`first_error`] kept.
 pub fn first_error_said() -> Option<String> {
-    FIRST_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    FIRST_ERROR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// The longest a ping-pong batch may wait for its replies.

@@ -814,7 +814,19 @@ impl<T: Table> Cluster<T> {
         while Instant::now() < deadline && !self.stop.stopped() {
             let leader = self.raft.current_leader().await;
             let got = match leader {
-                Some(l) if l == self.id => self.propose(batch.clone()).await,
+                // Bounded as a forward is: a leader that lost its quorum (its followers
+                // dead, cut off, or not acknowledging) would otherwise hold this node's one
+                // batch in flight, and every client behind it, until the quorum is back.
+                // The batch may still commit later: applied once, as a retried one is.
+                Some(l) if l == self.id => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, self.propose(batch.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ForwardError::NoQuorum(
+                            "not committed within the commit timeout (no quorum)".into(),
+                        )),
+                    }
+                }
                 Some(l) => match self.leader_addr(l) {
                     Some(addr) => {
                         let c = peers.entry(l).or_insert_with(|| {
@@ -1148,7 +1160,16 @@ impl<T: Table> Cluster<T> {
             PeerRequest::Append(r) => PeerReply::Append(self.raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerReply::Vote(self.raft.vote(r).await),
             PeerRequest::Snapshot(r) => PeerReply::Snapshot(self.raft.install_snapshot(r).await),
-            PeerRequest::Forward(b) => PeerReply::Forward(self.propose(b).await),
+            // Bounded as the forwarding node's call is (see `commit`).
+            PeerRequest::Forward(b) => PeerReply::Forward(
+                tokio::time::timeout(self.config.commit_timeout, self.propose(b))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ForwardError::NoQuorum(
+                            "not committed within the commit timeout (no quorum)".into(),
+                        ))
+                    }),
+            ),
             PeerRequest::Ping(_) => PeerReply::Pong,
             PeerRequest::Member(c) => {
                 PeerReply::Member(self.lead_change(c).await.map_err(|e| e.to_string()))

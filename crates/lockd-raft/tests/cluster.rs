@@ -482,6 +482,43 @@ async fn a_node_without_a_quorum_says_so() {
     node.shutdown().await;
 }
 
+/// A leader whose followers are gone stays leader (openraft 0.9 has no check-quorum step
+/// down), and a command submitted on it is answered "no quorum" within the commit timeout
+/// instead of waiting for a quorum that may never come back (found by the fault soak: all
+/// clients stuck for 15 s, their own timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_followers_answers_within_the_commit_timeout() {
+    let mut c = Nodes::start(3, 1000).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = c.nodes.keys().copied().filter(|&i| i != leader).collect();
+    for i in followers {
+        c.kill(i).await;
+    }
+    let (node, table) = c.nodes[&leader].clone();
+    let t0 = std::time::Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(12),
+        node.submit(vec![Command::Open {
+            session: sid(b'r'),
+            conn: conn(leader, 4),
+        }]),
+    )
+    .await
+    .expect("answered, not left waiting for a quorum");
+    assert!(
+        matches!(got, Err(lockd_raft::ClusterError::NoQuorum(_))),
+        "{got:?}"
+    );
+    // The commit timeout (5 s), and some slack for a loaded machine.
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(table.lock().session_state(&sid(b'r')).is_none());
+    node.shutdown().await;
+}
+
 /// Issue 14: the cluster grows from 3 to 5 voters and shrinks back to 3 (its leader among
 /// those removed) while a client takes and releases a lock on every round, without one
 /// failed command; a removed node serves nothing; an id is never reused; a removal that

@@ -364,9 +364,9 @@ impl Shared {
     /// The connection closed: its sessions die or are forgotten, its wait (if any) is
     /// withdrawn.
     pub fn disconnect(&self, conn: ConnId, wait: Option<WaitId>) {
-        self.unsubscribe(conn);
         if self.clustered {
             self.with_core(|core| {
+                core.subscribers.remove(&conn);
                 if let Some(w) = wait {
                     core.waits.remove(&w);
                     core.parked.remove(&w);
@@ -376,6 +376,7 @@ impl Shared {
             return;
         }
         self.with(|core, now| {
+            core.subscribers.remove(&conn);
             if let Some(w) = wait {
                 core.waits.remove(&w);
             }
