@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 profile=${PROFILE:-release}
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
-cargo build --profile "$profile" -p lockd -p lockctl
+# The whole workspace's binaries, as .ci/run builds them, so that the same build serves both
+# (building only these two packages resolves other features and compiles again).
+cargo build --profile "$profile" --workspace --bins
 bin=target/$dir
 assets=target/deb-assets
 rm -rf "$assets" && mkdir -p "$assets"
