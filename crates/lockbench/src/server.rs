@@ -123,9 +123,7 @@ fn command(bin: &std::path::Path) -> Command {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(lockd_server::free_port()?)
 }
 
 fn proc_cpu_time(pid: u32) -> Option<Duration> {

@@ -212,13 +212,7 @@ async fn the_etcd_mode_locks_and_unlocks_through_a_real_etcd() {
         eprintln!("SKIPPED: etcd is not installed");
         return;
     }
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = || lockd_server::free_port().unwrap();
     let (client, peer) = (free(), free());
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = Command::new("etcd")

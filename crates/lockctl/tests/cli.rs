@@ -69,11 +69,7 @@ fn cluster_node(
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockd_server::free_port().unwrap()
 }
 
 /// One RESP request on a new connection after AUTH: the reply's first line.

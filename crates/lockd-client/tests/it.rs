@@ -788,13 +788,7 @@ async fn guards_and_the_servers_locks_always_agree() {
 /// session there once the cluster has declared the dead node down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_survives_the_loss_of_its_cluster_node() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = || lockd_server::free_port().unwrap();
     let raft: std::collections::BTreeMap<u64, String> = (1..=3)
         .map(|i| (i, format!("127.0.0.1:{}", free())))
         .collect();

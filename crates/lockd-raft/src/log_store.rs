@@ -1,9 +1,14 @@
-//! The Raft log, the vote and the latest snapshot, in one redb file.
+//! The Raft log's entries in append-only segment files ([`crate::wal`]); the vote, the
+//! purged index, the committed index and the latest snapshot in one redb file.
 //!
-//! Every write but the committed index is a redb transaction committed with
-//! `Durability::Immediate` (fsync, with checksummed commit slots), and openraft is told an append is flushed only after that
-//! commit returned. Writes run on the blocking pool: an fsync must not stall the runtime
-//! that serves clients. openraft serializes log I/O, so the store needs no lock of its own.
+//! openraft is told an append is flushed only after its `fdatasync` returned. Every redb
+//! write but the committed index is committed with `Durability::Immediate` (fsync, with
+//! checksummed commit slots). Writes run on the blocking pool: an fsync must not stall the
+//! runtime that serves clients. openraft serializes log writes; the segment index has its
+//! own short-held lock for the replication tasks that read meanwhile.
+//!
+//! A data directory from a build that kept the entries in the redb file has them moved to
+//! the segment files when it is first opened (then removed from the redb file).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -15,7 +20,9 @@ use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::types::{NodeId, TypeConfig};
+use crate::wal::Wal;
 
+/// Where builds before the segment files kept the entries (read once, to move them).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -29,6 +36,7 @@ type StoreResult<T> = Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     pub(crate) db: Arc<Database>,
+    wal: Arc<Wal>,
     /// Test-only fault switch (the fault harness's slow disk): see [`SLOW_FSYNC_ENV`].
     slow: Option<std::path::PathBuf>,
 }
@@ -56,7 +64,8 @@ fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> LogStore {
+    /// The store on `db` (see [`open`]) with its entries in the directory `wal_dir`.
+    pub fn new(db: Arc<Database>, wal_dir: &Path) -> Result<LogStore, std::io::Error> {
         let slow = std::env::var_os(SLOW_FSYNC_ENV).map(std::path::PathBuf::from);
         if let Some(p) = &slow {
             tracing::warn!(
@@ -64,7 +73,52 @@ impl LogStore {
                 "{SLOW_FSYNC_ENV} is set: a test-only fault switch (slow fsync) is armed"
             );
         }
-        LogStore { db, slow }
+        let purged: Option<LogId<NodeId>> = Self::read_meta(&db, PURGED)?;
+        let wal = Wal::open(wal_dir, purged.map(|p| p.index))?;
+        let store = LogStore {
+            db,
+            wal: Arc::new(wal),
+            slow,
+        };
+        store.move_entries_from_redb()?;
+        Ok(store)
+    }
+
+    /// Moves the entries an earlier build kept in the redb file into the segment files.
+    fn move_entries_from_redb(&self) -> Result<(), std::io::Error> {
+        let rows: Vec<(u64, Vec<u8>)> = {
+            let txn = self.db.begin_read().map_err(io)?;
+            let table = match txn.open_table(LOG) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(io(e)),
+            };
+            let mut rows = Vec::new();
+            for item in table.iter().map_err(io)? {
+                let (k, v) = item.map_err(io)?;
+                rows.push((k.value(), v.value().to_vec()));
+            }
+            rows
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if !self.wal.is_empty() {
+            return Err(std::io::Error::other(
+                "the data directory has Raft entries both in raft.redb and in raft-log/",
+            ));
+        }
+        let next = self.wal.next_index();
+        let rows: Vec<_> = rows.into_iter().filter(|(i, _)| *i >= next).collect();
+        self.wal.append(&rows, || {})?;
+        let txn = self.db.begin_write().map_err(io)?;
+        txn.delete_table(LOG).map_err(io)?;
+        txn.commit().map_err(io)?;
+        tracing::info!(
+            entries = rows.len(),
+            "moved the Raft log's entries from raft.redb to raft-log/"
+        );
+        Ok(())
     }
 
     /// Runs `f` in one write transaction on the blocking pool, durable unless told.
@@ -128,32 +182,35 @@ impl LogStore {
         &self,
         range: (Bound<u64>, Bound<u64>),
     ) -> Result<Vec<Entry<TypeConfig>>, std::io::Error> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = match txn.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
+        let from = match range.0 {
+            Bound::Included(i) => i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in table.range::<u64>(range).map_err(io)? {
-            let (_, v) = item.map_err(io)?;
-            out.push(postcard::from_bytes(v.value()).map_err(io)?);
-        }
-        Ok(out)
+        let to = match range.1 {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.wal
+            .read(from, to)?
+            .into_iter()
+            .map(|(_, b)| postcard::from_bytes(&b).map_err(io))
+            .collect()
     }
 
     fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, std::io::Error> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = match txn.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(io(e)),
+        let Some(last) = self.wal.last_index() else {
+            return Ok(None);
         };
-        let last = match table.last().map_err(io)? {
-            Some((_, v)) => Some(postcard::from_bytes(v.value()).map_err(io)?),
-            None => None,
-        };
-        Ok(last)
+        Ok(self
+            .entries((Bound::Included(last), Bound::Included(last)))?
+            .pop())
+    }
+
+    /// The slow-disk switch's delay, slept before an fsync of the log.
+    fn slow_delay(&self) -> Option<std::time::Duration> {
+        self.slow.as_deref().and_then(slow_fsync_delay)
     }
 }
 
@@ -230,15 +287,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = postcard::to_stdvec(&e).map_err(|x| StorageIOError::write_logs(&io(x)))?;
             rows.push((e.log_id.index, bytes));
         }
-        let r = self
-            .write(Durability::Immediate, move |txn| {
-                let mut t = txn.open_table(LOG).map_err(io)?;
-                for (i, b) in &rows {
-                    t.insert(*i, b.as_slice()).map_err(io)?;
+        let wal = self.wal.clone();
+        let delay = self.slow_delay();
+        let r = tokio::task::spawn_blocking(move || {
+            wal.append(&rows, || {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
                 }
-                Ok(())
             })
-            .await;
+        })
+        .await
+        .map_err(io)
+        .and_then(|r| r);
         // Told only now: the commit (and its fsync) returned.
         let failed = r.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(r);
@@ -249,29 +309,86 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        let from = log_id.index;
-        self.write(Durability::Immediate, move |txn| {
-            let mut t = txn.open_table(LOG).map_err(io)?;
-            t.retain_in(from.., |_, _| false).map_err(io)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write_logs(&e).into())
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.truncate(log_id.index))
+            .await
+            .map_err(io)
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let bytes = postcard::to_stdvec(&log_id).map_err(|e| StorageIOError::write_logs(&io(e)))?;
         let upto = log_id.index;
+        // Recorded first: the segment files then drop what the record says is gone.
         self.write(Durability::Immediate, move |txn| {
-            {
-                let mut m = txn.open_table(META).map_err(io)?;
-                m.insert(PURGED, bytes.as_slice()).map_err(io)?;
-            }
-            let mut t = txn.open_table(LOG).map_err(io)?;
-            t.retain_in(..=upto, |_, _| false).map_err(io)?;
+            let mut m = txn.open_table(META).map_err(io)?;
+            m.insert(PURGED, bytes.as_slice()).map_err(io)?;
             Ok(())
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(&e).into())
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.purge(upto))
+            .await
+            .map_err(io)
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_kept_in_redb_by_an_earlier_build_are_moved_to_the_segment_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("raft.redb")).unwrap();
+        // As the build before the segment files wrote them, with entry 1 purged.
+        {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LOG).unwrap();
+                for i in 2..=5 {
+                    t.insert(i, postcard::to_stdvec(&entry(i)).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut m = txn.open_table(META).unwrap();
+                let purged = entry(1).log_id;
+                m.insert(PURGED, postcard::to_stdvec(&purged).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let wal_dir = dir.path().join("raft-log");
+        let mut store = LogStore::new(db.clone(), &wal_dir).unwrap();
+        let got = store.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(entry(5).log_id)
+        );
+        drop(store);
+        // Moved, not copied: a second open finds them only in the segment files.
+        let txn = db.begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(LOG),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+        drop(txn);
+        let mut store = LogStore::new(db, &wal_dir).unwrap();
+        assert_eq!(store.try_get_log_entries(3..=4).await.unwrap().len(), 2);
     }
 }

@@ -291,7 +291,7 @@ impl<T: Table> Cluster<T> {
             config.node_id,
             Arc::new(raft_config),
             network,
-            LogStore::new(db),
+            LogStore::new(db, &config.data_dir.join("raft-log")).map_err(data)?,
             sm,
         )
         .await

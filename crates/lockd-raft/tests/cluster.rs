@@ -12,11 +12,7 @@ use lockd_raft::{Cluster, ClusterConfig, MemTable, Table};
 const KEY: &[u8] = b"cluster-test-key";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockd_raft::free_port().unwrap()
 }
 
 struct Nodes {

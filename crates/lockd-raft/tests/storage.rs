@@ -19,7 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<MemTable>, tempfile::TempDi
         let db = open(&dir.path().join("raft.redb")).expect("store opens");
         let table = Arc::new(MemTable::new(lockd_core::Config::default()));
         let sm = StateMachine::open(db.clone(), table).expect("state machine opens");
-        Ok((dir, LogStore::new(db), sm))
+        let log = LogStore::new(db, &dir.path().join("raft-log")).expect("log opens");
+        Ok((dir, log, sm))
     }
 }
 

@@ -38,7 +38,7 @@ pub use config::ServerConfig;
 pub use listener::{admin_address, check_data_dir, check_tls, Server, ServerError, ServerHandle};
 pub use lockd_core::Fault;
 pub use lockd_raft::tls::PeerTlsFiles;
-pub use lockd_raft::ClusterConfig;
+pub use lockd_raft::{free_port, ClusterConfig};
 pub use shared::Snapshot;
 pub use tls::TlsError;
 pub use tokio_util::sync::CancellationToken;

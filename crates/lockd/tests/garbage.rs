@@ -25,11 +25,7 @@ impl Drop for Lockd {
 }
 
 fn start() -> Lockd {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = lockd_server::free_port().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_lockd"))
         .args([
             "--port",

@@ -10,11 +10,7 @@ use lockd_server::ClusterConfig;
 use crate::harness::{key, session, Client, Resp, TestServer, AUTH_KEY, R};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockd_server::free_port().unwrap()
 }
 
 struct Three {

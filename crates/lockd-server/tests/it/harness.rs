@@ -409,10 +409,7 @@ pub async fn assert_no_reply(waiter: &mut Resp, other: &mut Resp, why: &str) {
 /// A cluster of one node (this server) in `dir`, with short election timeouts: a node that
 /// leads at once, for tests of what a cluster node serves.
 pub fn one_node_cluster(dir: &std::path::Path) -> lockd_server::ClusterConfig {
-    let raft = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
+    let raft = format!("127.0.0.1:{}", lockd_server::free_port().unwrap());
     let mut node =
         lockd_server::ClusterConfig::new(1, &raft, dir.to_path_buf(), AUTH_KEY.as_bytes());
     node.initial = [(1, raft)].into_iter().collect();

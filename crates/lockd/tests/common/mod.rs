@@ -18,11 +18,7 @@ pub fn lockd() -> Command {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockd_server::free_port().unwrap()
 }
 
 /// Waits (10 s at most) until something listens on `port`.
