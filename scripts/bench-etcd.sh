@@ -7,7 +7,8 @@
 # through its native protocol, ping-pong (one request in flight a connection, as etcd's
 # HTTP/1.1 client), then pipelined (16 in flight), which etcd's client cannot do.
 #
-# usage: scripts/bench-etcd.sh [SECONDS]     (release builds; prints one report per run)
+# usage: [CONNS="1 50 1000"] scripts/bench-etcd.sh [SECONDS]
+#        (release builds; prints one report per run; CONNS: the connection counts to run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -58,7 +59,7 @@ run() {
     echo "=== $name"
     "$bin/lockbench" --keys 100000 --mode ex -d "$secs" "$@"
 }
-for c in 1 50 1000; do
+for c in ${CONNS:-1 50 1000}; do
     run "etcd, $c connections" --protocol etcd --addr "$etcd_addrs" -c "$c"
     run "lockd, $c connections" --protocol native --addr "$lockd_addrs" --auth-key "$key" -c "$c"
 done
