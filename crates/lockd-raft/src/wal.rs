@@ -20,8 +20,9 @@
 //!
 //! **Concurrency.** openraft serializes the writes (append, truncate, purge), but its
 //! replication tasks read entries meanwhile: the index (where each entry is) sits behind a
-//! short-held mutex, never held across a write or an fsync; reads use `pread` on a shared
-//! handle.
+//! short-held mutex, not held across an append's write or fsync (the path every commit
+//! takes); the rare operations (starting a segment, truncating, purging) hold it across
+//! their file operations. Reads use `pread` on a shared handle.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
