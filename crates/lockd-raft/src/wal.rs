@@ -93,8 +93,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// One record read from `r` at `off`: `Ok(None)` at a clean end, `Err` with the offset
-/// where a torn or corrupt record starts.
+/// The next record from `r`: `Ok(None)` at a clean end (no byte left), `Err` for a torn
+/// or corrupt record (short, oversized, or failing its CRC).
 fn read_record(r: &mut impl Read) -> Result<Option<(u64, Vec<u8>)>, ()> {
     let mut h = [0u8; HEADER];
     let mut got = 0;
