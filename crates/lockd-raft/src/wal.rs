@@ -425,6 +425,12 @@ mod tests {
         f.set_len(full - 3).unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(w.read(0, 100).unwrap(), entries(1, 4));
+        let record4 = (HEADER + payload(4).len()) as u64;
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            full - record4,
+            "the torn record's bytes are gone from the file"
+        );
         w.append(&entries(4, 6), || {}).unwrap();
         drop(w);
         let w = Wal::open(dir.path(), None).unwrap();
