@@ -9,10 +9,12 @@
 //! - [`state_machine`]: the lock table as the state machine: deterministic apply,
 //!   deduplication of retried batches, snapshots as table images.
 //! - [`network`]: peer RPCs over TCP, both ends proving they know the auth key.
+//! - [`breaks`]: the test-only switch that turns a check off, for the fault tests.
 //!
 //! `lockd-core` stays free of I/O, and `lockd-server` of Raft details: the server hands
 //! this crate commands and gets outcomes back through its [`Table`] implementation.
 
+pub mod breaks;
 pub mod log_store;
 pub mod network;
 pub mod node;

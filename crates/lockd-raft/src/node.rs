@@ -248,6 +248,7 @@ impl<T: Table> Cluster<T> {
         if config.node_id == 0 || config.node_id > u64::from(u16::MAX) {
             return Err(ClusterError::BadNodeId(config.node_id));
         }
+        crate::breaks::validate().map_err(ClusterError::Raft)?;
         let data = |source| ClusterError::Data {
             path: config.data_dir.clone(),
             source,
@@ -847,7 +848,8 @@ impl<T: Table> Cluster<T> {
                         let req = PeerRequest::Forward(batch.clone());
                         let r = tokio::select! {
                             r = c.call(&req, left) => Some(r),
-                            _ = self.leader_moved_from(l) => None,
+                            _ = self.leader_moved_from(l),
+                                if !crate::breaks::off(crate::breaks::Check::ForwardMoves) => None,
                         };
                         match r {
                             Some(Ok(PeerReply::Forward(r))) => r,
@@ -898,7 +900,11 @@ impl<T: Table> Cluster<T> {
                 let newly = {
                     let mut c = self.leader_clock.lock().unwrap_or_else(|p| p.into_inner());
                     if c.is_none_or(|(t, _, _)| t != term) {
-                        *c = Some((term, Instant::now(), self.table.last_now()));
+                        let mut base = self.table.last_now();
+                        if crate::breaks::off(crate::breaks::Check::LeaderTime) {
+                            base += 3_600_000;
+                        }
+                        *c = Some((term, Instant::now(), base));
                         true
                     } else {
                         false
@@ -913,9 +919,11 @@ impl<T: Table> Cluster<T> {
                     seen.extend(members.into_iter().map(|id| (id, now)));
                     drop(seen);
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        let _ = me.submit(vec![Command::Regrace]).await;
-                    });
+                    if !crate::breaks::off(crate::breaks::Check::LeaderTime) {
+                        tokio::spawn(async move {
+                            let _ = me.submit(vec![Command::Regrace]).await;
+                        });
+                    }
                 }
             } else {
                 *self.leader_clock.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -1003,7 +1011,7 @@ impl<T: Table> Cluster<T> {
                     .filter(|id| !down.contains(&(*id as u16)))
                     .map(|id| Command::NodeDown { node: id as u16 })
                     .collect();
-                if !cmds.is_empty() {
+                if !cmds.is_empty() && !crate::breaks::off(crate::breaks::Check::NodeDown) {
                     tracing::warn!(
                         ?cmds,
                         "members silent past the detection time: declared down"
@@ -1132,6 +1140,9 @@ impl<T: Table> Cluster<T> {
     /// check-quorum step-down, and ignores an election trigger on a leader). When the
     /// pings are answered again, appends are taken again.
     fn deaf_leader(&self, from: NodeId) -> bool {
+        if crate::breaks::off(crate::breaks::Check::DeafLeader) {
+            return false;
+        }
         let limit = Duration::from_millis(self.config.election_max_ms);
         self.leader_silent_since
             .lock()
