@@ -334,8 +334,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
+/// A failed call as openraft should take it. `Unreachable` makes its replication to the
+/// peer back off for 500 ms; right for a peer that refuses connections (dead, restarting),
+/// wrong for one that was only slower than the RPC's time limit, which openraft sets to
+/// the heartbeat interval: a follower whose append and fsync once took longer than that
+/// (a loaded machine, a slow disk) would get nothing for half a second, and with two
+/// followers the leader could commit nothing (seen as 5-6 s stalls in the fault harness).
+/// A timeout is a `Network` error: the next heartbeat retries.
 fn unreachable<E: std::error::Error>(e: std::io::Error) -> RPCError<NodeId, BasicNode, E> {
-    if e.kind() == std::io::ErrorKind::InvalidData {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut
+    ) {
         RPCError::Network(NetworkError::new(&e))
     } else {
         RPCError::Unreachable(Unreachable::new(&e))

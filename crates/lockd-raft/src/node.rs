@@ -89,15 +89,18 @@ impl ClusterConfig {
             initial: BTreeMap::new(),
             key: key.to_vec(),
             data_dir,
-            // A failover takes up to about twice election_max: a follower refuses votes for
-            // election_max after the last heartbeat (openraft's leader lease), and a
-            // candidate refused waits another timeout. 400-800 ms keeps the client-seen
-            // outage of a leader kill near 1.5 s at the median (BENCHMARKS.md), far above
-            // this machine's fsync and scheduling stalls (an election costs availability
-            // for a moment, never safety); heartbeats at a quarter of the minimum.
+            // A follower that has heard from its leader stands for election only after the
+            // leader lease (openraft 0.9: election_max, fixed) plus a random election
+            // timeout, so a leader killed costs election_max + [min, max] + a vote round:
+            // 750-1000 ms here, about 1 s client-seen at the median and 1.6-2.2 s at most
+            // over 20 kills (BENCHMARKS.md; 400-800 ms gave 1.5 s and 3.2-3.7 s). Heartbeats
+            // every 100 ms: a follower stands after 750 ms without one. The heartbeat is also
+            // openraft's time limit for an append (a follower's write and fsync): 50 ms
+            // was too short for debug builds under load. A spurious election costs a moment
+            // of availability, never safety.
             heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            election_min_ms: 250,
+            election_max_ms: 500,
             detect_ms: 3000,
             snapshot_every: 10_000,
             keep_log: 1000,
