@@ -92,15 +92,17 @@ impl ClusterConfig {
             // A follower that has heard from its leader stands for election only after the
             // leader lease (openraft 0.9: election_max, fixed) plus a random election
             // timeout, so a leader killed costs election_max + [min, max] + a vote round:
-            // 750-1000 ms here, about 1 s client-seen at the median and 1.6-2.2 s at most
-            // over 20 kills (BENCHMARKS.md; 400-800 ms gave 1.5 s and 3.2-3.7 s). Heartbeats
-            // every 100 ms: a follower stands after 750 ms without one. The heartbeat is also
+            // 600-800 ms here. Client-seen over 20 kills under load (BENCHMARKS.md): p50
+            // 0.8 s, at most 0.9-1.3 s; 250-500 ms gave 1.0 s and 1.6-2.4 s, 400-800 ms 1.5 s
+            // and 3.2-3.7 s (the outliers: a candidate with the shorter log refused, then a
+            // split vote, each costing another timeout). Heartbeats
+            // every 100 ms: a follower stands after 600 ms without one. The heartbeat is also
             // openraft's time limit for an append (a follower's write and fsync): 50 ms
             // was too short for debug builds under load. A spurious election costs a moment
             // of availability, never safety.
             heartbeat_ms: 100,
-            election_min_ms: 250,
-            election_max_ms: 500,
+            election_min_ms: 200,
+            election_max_ms: 400,
             detect_ms: 3000,
             snapshot_every: 10_000,
             keep_log: 1000,
