@@ -16,6 +16,8 @@
 #   deaf-leader    one way: the leader hears nothing from the others for 5 s (what it
 #                  sends still arrives)
 #   mute-leader    one way: nothing the leader sends arrives for 5 s (it still hears)
+# At the end, the three nodes' tables are compared (CLUSTER DIGEST, once they applied the
+# same log index) and must be the same.
 # Passes when lockbench reports 0 violations (no two sessions ever held conflicting locks,
 # no release found a lock gone that its holder believed held, no token at or below an
 # earlier one on its key) and 0 errors (failures of a lost node's connections are
@@ -122,6 +124,21 @@ if [ -s "$dir/stalls" ] && [ -s "$dir/rounds" ]; then
        { end = $1 + $2 / 1000; r = 0; for (i = 1; i <= n; i++) if (t[i] <= end) r = i
          if (r) printf "stall %6d ms, from %+5.1f s of %s\n", $2, $1 - t[r], what[r]
          else printf "stall %6d ms, before the first fault\n", $2 }' "$dir/rounds" "$dir/stalls"
+fi
+# The nodes' tables compared: once no entries are coming (every node at the same applied
+# index), each node's CLUSTER DIGEST (a CRC-32 of its table's image) must be the same.
+# Retried for 30 s: the load's sessions are ending meanwhile (disconnects, then expiry
+# at the end of their grace), and an apply under way can put one node a batch ahead.
+tables=""
+for _ in $(seq 60); do
+  d1=$(cli "${cport[1]}" CLUSTER DIGEST); d2=$(cli "${cport[2]}" CLUSTER DIGEST); d3=$(cli "${cport[3]}" CLUSTER DIGEST)
+  if [ -n "$d1" ] && [ "$d1" = "$d2" ] && [ "$d2" = "$d3" ]; then tables="$d1"; break; fi
+  sleep 0.5
+done
+if [ -n "$tables" ]; then
+  echo "tables        the same on the 3 nodes ($tables)"
+else
+  echo "FAIL: the nodes' tables differ: node 1 $d1, node 2 $d2, node 3 $d3"; exit 1
 fi
 grep -q '^violations    0$' "$dir/bench" || { echo "FAIL: violations"; exit 1; }
 grep -q '^errors        0$' "$dir/bench" || { echo "FAIL: errors"; exit 1; }

@@ -355,9 +355,14 @@ async fn pingpong(
                 let mut rng = rand::rngs::SmallRng::from_entropy();
                 let mut session = i as u32;
                 let mut lives = 0usize;
-                // A failed batch: with --reconnect, a new session on the next node (what
-                // this one held is let go in the shadow table before every release, and
-                // an acquire whose answer was lost was never recorded in it).
+                let n_addrs = survive.as_ref().map_or(1, |s| s.0.split(',').count());
+                let mut at = i % n_addrs;
+                // A failed batch: with --reconnect, a new session on another node, chosen
+                // at random (what this one held is let go in the shadow table before every
+                // release, and an acquire whose answer was lost was never recorded in it).
+                // Not the next node in turn: every connection of a lost node then went to
+                // the same one, and over a soak's faults they gathered on one node, whose
+                // next fault stopped every client for all of its length.
                 macro_rules! lost {
                     () => {{
                         let Some((addrs, protocol, key, conns)) = survive.as_ref() else {
@@ -369,7 +374,10 @@ async fn pingpong(
                             lives += 1;
                             r.counts.reconnects += 1;
                             session = (i + lives * conns) as u32;
-                            let a = addr_of(addrs, i + lives);
+                            if n_addrs > 1 {
+                                at = (at + 1 + rng.gen_range(0..n_addrs - 1)) % n_addrs;
+                            }
+                            let a = addr_of(addrs, at);
                             match Client::connect(a, *protocol, key, session).await {
                                 Ok(mut c2) => {
                                     c2.lease_ms = c.lease_ms;

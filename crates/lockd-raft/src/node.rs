@@ -128,6 +128,9 @@ pub struct ClusterStatus {
     pub snapshot_index: u64,
     /// On the leader: milliseconds since a majority last acknowledged it.
     pub quorum_ack_ms: Option<u64>,
+    /// This node's `--election-timeout` (min, max) and heartbeat, in milliseconds.
+    pub election_timeout_ms: [u64; 2],
+    pub heartbeat_ms: u64,
     pub members: Vec<MemberStatus>,
 }
 
@@ -463,7 +466,33 @@ impl<T: Table> Cluster<T> {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             quorum_ack_ms: m.millis_since_quorum_ack,
+            election_timeout_ms: [self.config.election_min_ms, self.config.election_max_ms],
+            heartbeat_ms: self.config.heartbeat_ms,
             members,
+        }
+    }
+
+    /// The log index this node's table has applied, and a CRC-32 of the table's image
+    /// there (its postcard bytes: the image is laid out the same on every replica).
+    /// Replicas at the same index have the same digest, or they diverged. The index is
+    /// read again until it did not move while the image was taken; an apply under way
+    /// may still put the image one batch ahead of it, so compare nodes when no entries
+    /// are coming (the fault harness retries until they agree, and fails if they never
+    /// do).
+    pub fn digest(&self) -> (u64, u32) {
+        let applied = || {
+            self.raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index)
+        };
+        loop {
+            let before = applied();
+            let image = postcard::to_stdvec(&self.table.image()).unwrap_or_default();
+            if applied() == before {
+                return (before, crc32fast::hash(&image));
+            }
         }
     }
 
@@ -782,10 +811,12 @@ impl<T: Table> Cluster<T> {
     }
 
     /// Whether this node has had no leader (as leader: no quorum) for longer than a
-    /// failover takes (twice the longest election timeout): then a command is answered
+    /// failover takes (four times the longest election timeout: a follower stands after
+    /// the leader lease and an election timeout, each up to that long, and a vote may
+    /// split once): then a command is answered
     /// "no quorum" at once instead of after the commit timeout.
     fn long_without_quorum(&self) -> bool {
-        let failover = Duration::from_millis(2 * self.config.election_max_ms);
+        let failover = Duration::from_millis(4 * self.config.election_max_ms);
         let m = self.raft.metrics().borrow().clone();
         let mut since = self
             .leaderless_since

@@ -133,6 +133,18 @@ impl Nodes {
     }
 
     /// Every running node's table, once they applied the same log.
+    /// `Cluster::digest` of every node, once they all report the same (10 s at most).
+    async fn same_digest(&self) -> (u64, u32) {
+        for _ in 0..200 {
+            let d: Vec<_> = self.nodes.values().map(|(n, _)| n.digest()).collect();
+            if d.windows(2).all(|w| w[0] == w[1]) {
+                return d[0];
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the nodes' digests never agreed");
+    }
+
     async fn converged(&self) -> lockd_core::TableImage {
         for _ in 0..200 {
             let imgs: Vec<_> = self.nodes.values().map(|(_, t)| t.image()).collect();
@@ -260,16 +272,17 @@ async fn locks_survive_the_leader_and_restarts() {
     }
     // The leader purges only while no replication reads the log, so it may take more
     // entries (its replication to the dead node backs off between attempts).
-    let l = c.leader().await;
+    // Every live node must have purged it: whichever leads when the node comes back (an
+    // election may follow its return) has only the snapshot to send (seen once: a new
+    // leader that still had the log sent that).
     let mut i = 60u64;
     loop {
-        let purged = c.nodes[&l]
-            .0
-            .raft
-            .metrics()
-            .borrow()
-            .purged
-            .map_or(0, |p| p.index);
+        let purged = c
+            .nodes
+            .values()
+            .map(|(n, _)| n.raft.metrics().borrow().purged.map_or(0, |p| p.index))
+            .min()
+            .unwrap_or(0);
         if purged > behind {
             break;
         }
@@ -311,10 +324,18 @@ async fn locks_survive_the_leader_and_restarts() {
     }
     let after = c.converged().await;
     assert_eq!(after.next_token, t_before);
+    // The digest the fault harness compares (CLUSTER DIGEST): the same on every node, and
+    // another once one more lock is held.
+    let (at, digest) = c.same_digest().await;
     let l = c.leader().await;
     let y = conn(l, 99);
     let got = c.open_acquire(l, sid(b'y'), y, "fresh").await;
     assert!(token(&got) >= t_before);
+    let (at2, digest2) = c.same_digest().await;
+    assert!(
+        at2 > at && digest2 != digest,
+        "{at} {digest:x} then {at2} {digest2:x}"
+    );
     for i in 1..=3 {
         c.kill(i).await;
     }

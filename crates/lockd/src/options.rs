@@ -160,6 +160,18 @@ pub struct Cli {
     )]
     pub initial_cluster: Option<String>,
 
+    /// The Raft election timeout, MIN-MAX in milliseconds; heartbeats every MIN/2. A leader
+    /// killed costs clients about MAX + MIN..MAX + a vote (docs/cluster.md "Failover"):
+    /// raise it for links with long round trips or disks slow to fsync, the same on every
+    /// node [default: 200-400]
+    #[arg(
+        long = "election-timeout",
+        alias = "electionTimeout",
+        env = "LOCKD_ELECTION_TIMEOUT",
+        value_name = "MIN-MAX"
+    )]
+    pub election_timeout: Option<String>,
+
     /// Worker threads; 1 runs everything on one thread, which costs the least CPU per
     /// request [default: 1]
     #[arg(long, env = "LOCKD_THREADS")]
@@ -301,6 +313,8 @@ struct FileOptions {
     raft_address: Option<String>,
     #[serde(alias = "initialCluster")]
     initial_cluster: Option<String>,
+    #[serde(alias = "electionTimeout")]
+    election_timeout: Option<String>,
 }
 
 /// Where the auth key came from.
@@ -453,6 +467,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Settings> {
         cli.node_id.or(file.node_id),
         cli.raft_address.or(file.raft_address),
         cli.initial_cluster.or(file.initial_cluster),
+        cli.election_timeout.or(file.election_timeout),
         &server,
     )?;
     let tls_ca = cli.tls_ca.or(file.tls_ca);
@@ -553,11 +568,12 @@ fn cluster_config(
     node_id: Option<u64>,
     raft_address: Option<String>,
     initial: Option<String>,
+    election: Option<String>,
     server: &ServerConfig,
 ) -> anyhow::Result<Option<lockd_server::ClusterConfig>> {
     let Some(id) = node_id else {
-        if raft_address.is_some() || initial.is_some() {
-            bail!("--raft-address and --initial-cluster need --node-id (this node's id in the cluster)");
+        if raft_address.is_some() || initial.is_some() || election.is_some() {
+            bail!("--raft-address, --initial-cluster and --election-timeout need --node-id (this node's id in the cluster)");
         }
         return Ok(None);
     };
@@ -597,7 +613,29 @@ fn cluster_config(
     }
     let mut c = lockd_server::ClusterConfig::new(id, &raft, dir, server.auth_key.as_bytes());
     c.initial = members;
+    if let Some(e) = election {
+        let (min, max) = election_timeout(&e)?;
+        c.election_min_ms = min;
+        c.election_max_ms = max;
+        c.heartbeat_ms = min / 2;
+    }
     Ok(Some(c))
+}
+
+/// `--election-timeout MIN-MAX`, checked: what a cluster can run with.
+fn election_timeout(text: &str) -> anyhow::Result<(u64, u64)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--election-timeout {text:?}: give MIN-MAX in milliseconds, 100 <= MIN < MAX <= 60000 (e.g. 200-400)"
+        )
+    };
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let min: u64 = min.trim().parse().map_err(|_| bad())?;
+    let max: u64 = max.trim().parse().map_err(|_| bad())?;
+    if min < 100 || min >= max || max > 60_000 {
+        return Err(bad());
+    }
+    Ok((min, max))
 }
 
 /// The listen address: an IP address or a host name, without a port (the port is its own

@@ -42,6 +42,16 @@ fn eventually(mut f: impl FnMut() -> String, want: impl Fn(&str) -> bool) -> Str
 
 #[test]
 fn the_cluster_flags_are_checked() {
+    let node = [
+        "--node-id",
+        "1",
+        "--raft-address",
+        "127.0.0.1:1",
+        "--data-dir",
+        "/tmp/x",
+    ];
+    let with = |more: &[&'static str]| [&node[..], more].concat();
+    let timeout = |t: &'static str| with(&["--election-timeout", t]);
     for (args, says) in [
         (&["--node-id", "1"][..], "--raft-address"),
         (&["--raft-address", "127.0.0.1:1"][..], "--node-id"),
@@ -54,22 +64,20 @@ fn the_cluster_flags_are_checked() {
             "1 to 65535",
         ),
         (
-            &[
-                "--node-id",
-                "1",
-                "--raft-address",
-                "127.0.0.1:1",
-                "--data-dir",
-                "/tmp/x",
-                "--initial-cluster",
-                "1=127.0.0.1:9,2=127.0.0.1:2",
-            ][..],
+            &with(&["--initial-cluster", "1=127.0.0.1:9,2=127.0.0.1:2"])[..],
             "must list this node as 1=127.0.0.1:1 (it lists 127.0.0.1:9)",
         ),
         (
             &["--node-id", "1", "--raft-address", "127.0.0.1:1"][..],
             "--data-dir",
         ),
+        (&["--election-timeout", "200-400"][..], "need --node-id"),
+        (
+            &timeout("400-200")[..],
+            "--election-timeout \"400-200\": give MIN-MAX in milliseconds",
+        ),
+        (&timeout("50")[..], "100 <= MIN < MAX <= 60000"),
+        (&timeout("50-100")[..], "100 <= MIN < MAX <= 60000"),
     ] {
         let out = lockd()
             .args(["--auth-key", KEY])
@@ -170,7 +178,8 @@ fn a_node_with_other_settings_applies_the_clusters_and_says_so() {
     let mut nodes = vec![
         node_with(1, &raft, dirs[0].path(), &["--max-locks", "2"]),
         node(2, &raft, dirs[1].path()),
-        node(3, &raft, dirs[2].path()),
+        // Its own timing, which is a node's (not the table's): taken, and shown.
+        node_with(3, &raft, dirs[2].path(), &["--election-timeout", "300-900"]),
     ];
     let mut c = Native::connect(nodes[2].port, KEY);
     let first = eventually(
@@ -183,6 +192,13 @@ fn a_node_with_other_settings_applies_the_clusters_and_says_so() {
     assert!(
         third.starts_with("-TOOMANYLOCKS") && third.contains("maximum of 2"),
         "node 3 applied its own --max-locks: {third}"
+    );
+    assert!(c.call(&["CLUSTER", "STATUS"]).starts_with('$'));
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut c.r, &mut status).unwrap();
+    assert!(
+        status.contains(r#""election_timeout_ms":[300,900],"heartbeat_ms":150"#),
+        "{status}"
     );
     for n in &nodes {
         signal(&n.child, libc::SIGTERM);

@@ -2,6 +2,10 @@
 //!
 //! - `CLUSTER STATUS`: role, leader, term, log and applied index, members and their lag,
 //!   as one JSON text, the same as the admin HTTP's `/v1/cluster`.
+//! - `CLUSTER DIGEST`: `applied=N digest=X`, a CRC-32 of the table's image as applied up
+//!   to log index N: nodes at the same index must have the same digest (the fault harness
+//!   compares them at the end of a run). It copies the whole image under the table's
+//!   lock: an operator's or a test's command, not one for every request.
 //! - `CLUSTER ADD id raft_address`: adds a node (a learner until it has caught up, then a
 //!   voter); `CLUSTER REMOVE id`: removes one. Both answer with what was done, or `-ERR`
 //!   with why not (an id used before, a quorum that would be lost, a learner that did not
@@ -37,6 +41,13 @@ pub(super) fn cluster(shared: &Shared, args: Args) -> Outcome {
             )),
             None => Err(not_clustered()),
         }),
+        "DIGEST" => args.arity(1, 1).and_then(|_| match shared.cluster() {
+            Some(c) => {
+                let (applied, digest) = c.digest();
+                Ok(Value::bulk(format!("applied={applied} digest={digest:08x}")))
+            }
+            None => Err(not_clustered()),
+        }),
         "ADD" => match args.arity(3, 3) {
             Ok(a) => match uint(a[1], "node id") {
                 Ok(id) => {
@@ -55,7 +66,7 @@ pub(super) fn cluster(shared: &Shared, args: Args) -> Outcome {
             Err(e) => Err(e),
         },
         _ => Err(Value::error(
-            "ERR This instance has cluster support disabled (lockd: CLUSTER STATUS|ADD|REMOVE)",
+            "ERR This instance has cluster support disabled (lockd: CLUSTER STATUS|DIGEST|ADD|REMOVE)",
         )),
     };
     Outcome::Reply(reply.unwrap_or_else(|e| e))
