@@ -200,8 +200,9 @@ pub async fn accept_login<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
 
 /// Test-only fault switch (the fault harness's partitions): names a file; while it exists,
 /// each of its words cuts this node off from a peer: `3` both ways, `>3` only what this
-/// node sends to node 3, `<3` only what it receives from node 3. A cut is a blackhole:
-/// connections stay open, requests go unanswered (the sender times out). For
+/// node sends to node 3, `<3` only what it receives from node 3; or slows the link:
+/// `~3:60` holds each request to node 3 for 60 ms. A cut is a blackhole: connections stay
+/// open, requests go unanswered (the sender times out). For
 /// `scripts/cluster-faults.sh` only; lockd warns at start when it is set.
 pub const PARTITION_ENV: &str = "LOCKD_FAULT_PARTITION";
 
@@ -212,10 +213,10 @@ pub enum Way {
     From,
 }
 
-/// Whether the partition switch cuts messages going `way` between this node and `peer`.
-pub fn cut(way: Way, peer: NodeId) -> bool {
+/// The partition switch's words now (none when it is not set or its file is absent).
+fn switch_words() -> Option<String> {
     static SWITCH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    let Some(path) = SWITCH.get_or_init(|| {
+    let path = SWITCH.get_or_init(|| {
         let p = std::env::var_os(PARTITION_ENV).map(std::path::PathBuf::from);
         if let Some(p) = &p {
             tracing::warn!(
@@ -224,10 +225,13 @@ pub fn cut(way: Way, peer: NodeId) -> bool {
             );
         }
         p
-    }) else {
-        return false;
-    };
-    let Ok(text) = std::fs::read_to_string(path) else {
+    });
+    std::fs::read_to_string(path.as_ref()?).ok()
+}
+
+/// Whether the partition switch cuts messages going `way` between this node and `peer`.
+pub fn cut(way: Way, peer: NodeId) -> bool {
+    let Some(text) = switch_words() else {
         return false;
     };
     let id = peer.to_string();
@@ -235,9 +239,24 @@ pub fn cut(way: Way, peer: NodeId) -> bool {
         let (dir, n) = match w.as_bytes().first() {
             Some(b'>') => (Some(Way::To), &w[1..]),
             Some(b'<') => (Some(Way::From), &w[1..]),
+            Some(b'~') => return false,
             _ => (None, w),
         };
         n == id && dir.is_none_or(|d| d == way)
+    })
+}
+
+/// How long the partition switch holds each request this node sends to `peer` before it
+/// goes (`~3:60`: 60 ms to node 3; at most 10 s), as a slow link would.
+pub fn delay(peer: NodeId) -> Option<Duration> {
+    delay_in(&switch_words()?, peer)
+}
+
+fn delay_in(text: &str, peer: NodeId) -> Option<Duration> {
+    text.split_whitespace().find_map(|w| {
+        let (n, ms) = w.strip_prefix('~')?.split_once(':')?;
+        let ms: u64 = ms.parse().ok()?;
+        (n.parse::<NodeId>().ok()? == peer).then(|| Duration::from_millis(ms.min(10_000)))
     })
 }
 
@@ -276,6 +295,9 @@ impl PeerClient {
             if cut(Way::To, self.target) {
                 // Sent into a blackhole: no answer comes.
                 return std::future::pending().await;
+            }
+            if let Some(d) = delay(self.target) {
+                tokio::time::sleep(d).await;
             }
             if self.conn.is_none() {
                 self.conn = Some(dial(&self.addr, &self.key, self.me, self.tls.as_ref()).await?);
@@ -423,5 +445,19 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             Ok(_) => Err(odd_reply()),
             Err(e) => Err(unreachable(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_switch_delays_only_the_peers_it_names() {
+        let words = "3 >2 ~2:60 ~5:99999 ~4:x";
+        assert_eq!(delay_in(words, 2), Some(Duration::from_millis(60)));
+        assert_eq!(delay_in(words, 3), None);
+        assert_eq!(delay_in(words, 5), Some(Duration::from_secs(10)));
+        assert_eq!(delay_in(words, 4), None);
     }
 }

@@ -33,6 +33,15 @@ impl Shared {
 
     /// Commits `cmds` through the cluster.
     pub(crate) fn submit(&self, cmds: Vec<Command>) -> CommitFuture {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            for c in &cmds {
+                // A Disconnect is what ends the entry, not what needs one.
+                if let (Some(conn), false) = (c.conn(), matches!(c, Command::Disconnect { .. })) {
+                    touched.insert(conn);
+                }
+            }
+        }
         match self.cluster() {
             Some(c) => Box::pin(async move { c.submit(cmds).await }),
             None => {

@@ -103,6 +103,10 @@ pub(crate) struct Shared {
     /// In a cluster: closed connections whose `Disconnect` is not committed yet.
     pub(crate) closed: Mutex<Vec<ConnId>>,
     pub(crate) closed_notify: Notify,
+    /// In a cluster: the open connections that have sent the table a command, so that
+    /// only theirs need a `Disconnect` entry when they close (a probe that only ran
+    /// `PING` or `CLUSTER STATUS` costs the log nothing). 8 bytes and a hash slot each.
+    pub(crate) touched: Mutex<std::collections::HashSet<ConnId>>,
     /// The status page's charts (sampled only where the admin HTTP server runs).
     pub(crate) history: Mutex<crate::history::History>,
 }
@@ -183,6 +187,7 @@ impl Shared {
             cut: Default::default(),
             cluster_token_floor: 0,
             closed: Mutex::new(Vec::new()),
+            touched: Mutex::default(),
             closed_notify: Notify::new(),
             history: Mutex::new(crate::history::History::new()),
         }
@@ -372,7 +377,14 @@ impl Shared {
                     core.parked.remove(&w);
                 }
             });
-            self.disconnect_in_cluster(conn);
+            let touched = self
+                .touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&conn);
+            if touched {
+                self.disconnect_in_cluster(conn);
+            }
             return;
         }
         self.with(|core, now| {

@@ -268,3 +268,64 @@ async fn leases_revocation_and_events_work_across_the_cluster() {
     assert_eq!(p1.call(&["RELEASE", "PERMITS", "pool"]).await.int(), 1);
     assert!(p3.recv().await.int() > first);
 }
+
+/// The applied index in a node's `CLUSTER DIGEST`, asked on `r`.
+async fn applied(r: &mut Resp) -> u64 {
+    match r.call(&["CLUSTER", "DIGEST"]).await {
+        R::Bulk(b) => {
+            let text = String::from_utf8(b).unwrap();
+            text.strip_prefix("applied=")
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{text}"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A connection that never sent the table a command (a probe: PING, CLUSTER STATUS) costs
+/// the log nothing when it closes; one that took a lock has its `Disconnect` committed (its
+/// session dies, and its lock is let go at the end of its grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_connections_that_used_the_table_commit_a_disconnect() {
+    let t = three().await;
+    let addr = t.nodes[&1].addr;
+    let mut watch = Resp::authed(addr).await;
+    // Quiet first: the start-up connections' disconnects and their sessions' expiry.
+    let mut last = applied(&mut watch).await;
+    let mut still = 0;
+    while still < 20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = applied(&mut watch).await;
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    for _ in 0..5 {
+        let mut probe = Resp::authed(addr).await;
+        probe.call(&["PING"]).await;
+        probe.call(&["CLUSTER", "STATUS"]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(applied(&mut watch).await, last, "probes added log entries");
+
+    let mut user = Resp::authed(addr).await;
+    user.call(&["SESSION", "GRACE", "0"]).await;
+    assert!(matches!(
+        user.call(&["ACQUIRE", "EX", "0", "probe"]).await,
+        R::Int(_)
+    ));
+    drop(user);
+    let mut other = Resp::authed(addr).await;
+    let mut got = R::Null;
+    for _ in 0..100 {
+        got = other.call(&["ACQUIRE", "EX", "0", "probe"]).await;
+        if matches!(got, R::Int(_)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        matches!(got, R::Int(_)),
+        "the closed connection's lock was never let go: {got:?}"
+    );
+}
