@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -26,18 +25,6 @@ fn node_with(i: u64, raft: &[String; 3], dir: &std::path::Path, extra: &[&str]) 
             .args(["--initial-cluster", &initial])
             .stdout(Stdio::null()),
     )
-}
-
-/// Retries `f` until it answers `want` (10 s at most): a node serves once it joined.
-fn eventually(mut f: impl FnMut() -> String, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = f();
-        if want(&got) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -113,18 +113,6 @@ impl Trio {
     }
 }
 
-/// Retries `f` until it answers `want` (10 s at most): a node serves once it joined.
-fn eventually(mut f: impl FnMut() -> String, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = f();
-        if want(&got) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A client that holds `key` on node `i`, its session's grace `grace_ms`: its token.
 fn holder(t: &Trio, i: usize, key: &str, grace_ms: u64) -> (Native, u64) {
     let mut c = Native::connect(t.port(i), KEY);

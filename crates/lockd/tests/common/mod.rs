@@ -57,6 +57,18 @@ pub fn resp(args: &[&str]) -> Vec<u8> {
     out
 }
 
+/// Retries `f` until it answers `want` (10 s at most): a node serves once it joined.
+pub fn eventually(mut f: impl FnMut() -> String, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = f();
+        if want(&got) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A blocking native client that reads one-line replies.
 pub struct Native {
     pub r: BufReader<TcpStream>,
