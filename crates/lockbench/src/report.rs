@@ -8,6 +8,50 @@ use serde::Serialize;
 
 use crate::{Args, LockMode, Protocol, Workload};
 
+/// Failed batches by what failed them.
+#[derive(Serialize, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Failures {
+    /// The cluster answered `-CLUSTERDOWN` (no quorum, a removed node).
+    pub clusterdown: u64,
+    /// The connection broke (reset, closed, refused).
+    pub connection: u64,
+    /// No reply within the batch's time limit.
+    pub no_reply: u64,
+    pub other: u64,
+}
+
+impl Failures {
+    /// Counts a failed batch, from its error's text (`None`: no reply in time).
+    pub fn count(&mut self, error: Option<&str>) {
+        match error {
+            None => self.no_reply += 1,
+            Some(e) if e.contains("CLUSTERDOWN") => self.clusterdown += 1,
+            Some(e)
+                if [
+                    "connection",
+                    "reset",
+                    "closed",
+                    "broken pipe",
+                    "refused",
+                    "end of file",
+                ]
+                .iter()
+                .any(|w| e.to_ascii_lowercase().contains(w)) =>
+            {
+                self.connection += 1
+            }
+            Some(_) => self.other += 1,
+        }
+    }
+
+    pub fn add(&mut self, o: &Failures) {
+        self.clusterdown += o.clusterdown;
+        self.connection += o.connection;
+        self.no_reply += o.no_reply;
+        self.other += o.other;
+    }
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub protocol: Protocol,
@@ -23,6 +67,9 @@ pub struct Report {
     pub errors: u64,
     /// Connections made again after a failure (`--reconnect`).
     pub reconnects: u64,
+    /// Every failed batch by kind, whether it counted as an error or (with `--reconnect`)
+    /// led to a reconnect.
+    pub failures: Failures,
     pub violations: u64,
     /// Of the violations: grants whose fencing token was not above an earlier grant's on
     /// the same key (native only: the other protocols give no token).
@@ -78,6 +125,7 @@ impl Report {
             refusals: 0,
             errors: 0,
             reconnects: 0,
+            failures: Failures::default(),
             violations: 0,
             token_violations: 0,
             longest_outage_ms: None,
@@ -171,6 +219,14 @@ impl Report {
         if self.reconnects > 0 {
             let _ = writeln!(s, "reconnects    {}", self.reconnects);
         }
+        let f = &self.failures;
+        if f.clusterdown + f.connection + f.no_reply + f.other > 0 {
+            let _ = writeln!(
+                s,
+                "failures      CLUSTERDOWN {}, connection lost {}, no reply {}, other {}",
+                f.clusterdown, f.connection, f.no_reply, f.other
+            );
+        }
         let _ = writeln!(s, "violations    {}", self.violations);
         if self.token_violations > 0 {
             let _ = writeln!(
@@ -256,4 +312,30 @@ fn summary(h: &Histogram<u64>) -> Option<[u64; 4]> {
             h.len(),
         ]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failures;
+
+    #[test]
+    fn failures_are_counted_by_kind() {
+        let mut f = Failures::default();
+        f.count(Some("server said: -CLUSTERDOWN no quorum: not committed"));
+        f.count(Some(
+            "reading the reply: Connection reset by peer (os error 104)",
+        ));
+        f.count(Some("the server closed the connection"));
+        f.count(None);
+        f.count(Some("an odd reply: +QUEUED"));
+        assert_eq!(
+            f,
+            Failures {
+                clusterdown: 1,
+                connection: 2,
+                no_reply: 1,
+                other: 1
+            }
+        );
+    }
 }

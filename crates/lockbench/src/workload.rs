@@ -133,10 +133,12 @@ impl TaskResult {
         let answered = tokio::time::timeout(BATCH_TIMEOUT, c.batch(reqs, outcomes)).await;
         if !matches!(answered, Ok(Ok(()))) {
             self.counts.errors += 1;
-            first_error(match answered {
-                Ok(Err(e)) => format!("{e:#}"),
-                _ => format!("no reply within {BATCH_TIMEOUT:?}"),
-            });
+            let error = match answered {
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                _ => None,
+            };
+            self.counts.failures.count(error.as_deref());
+            first_error(error.unwrap_or_else(|| format!("no reply within {BATCH_TIMEOUT:?}")));
             return false;
         }
         self.done(t0.elapsed().as_micros() as u64, reqs.len() as u64);
@@ -183,6 +185,7 @@ struct Counts {
     refusals: u64,
     errors: u64,
     reconnects: u64,
+    failures: crate::report::Failures,
 }
 
 fn pick_mode(mode: LockMode, rng: &mut impl Rng) -> LockMode {
@@ -298,6 +301,7 @@ where
             report.refusals += r.refusals;
             report.errors += r.errors;
             report.reconnects += r.reconnects;
+            report.failures.add(&r.failures);
         }
     }
     if let Some(e) = first_error {
