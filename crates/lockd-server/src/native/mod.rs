@@ -123,12 +123,7 @@ impl Native {
     /// every change acknowledged before), at the cost of one round of consensus.
     fn linearized(&mut self, shared: &Shared, args: Args) -> Outcome {
         if lockd_raft::breaks::off(lockd_raft::breaks::Check::ReadIndex) {
-            let reply = match args.name().as_bytes() {
-                b"INSPECT" => info::inspect(shared, args),
-                b"LOCKS" => info::locks(self, shared, args),
-                _ => info::stats(shared, args),
-            };
-            return Outcome::Reply(reply.unwrap_or_else(|e| e));
+            return read_here(self, shared, args);
         }
         let owned: Vec<Vec<u8>> = args.all().iter().map(|a| a.to_vec()).collect();
         Outcome::Commit(Commit {
@@ -137,13 +132,11 @@ impl Native {
                 if let Err(e) = committed {
                     return Outcome::Reply(no_quorum(&e));
                 }
-                let args = Args::new(owned.iter().map(Vec::as_slice).collect());
-                let reply = match args.name().as_bytes() {
-                    b"INSPECT" => info::inspect(shared, args),
-                    b"LOCKS" => info::locks(n, shared, args),
-                    _ => info::stats(shared, args),
-                };
-                Outcome::Reply(reply.unwrap_or_else(|e| e))
+                read_here(
+                    n,
+                    shared,
+                    Args::new(owned.iter().map(Vec::as_slice).collect()),
+                )
             }),
         })
     }
@@ -403,4 +396,15 @@ fn random_session_id() -> SessionId {
         *b = ALPHABET[rng.gen_range(0..ALPHABET.len())];
     }
     SessionId(id)
+}
+
+/// `INSPECT`, `LOCKS` or `STATS`, answered from this node's table as it is now (in a
+/// cluster, once [`Native::linearized`] has seen an entry committed after the read).
+fn read_here(n: &Native, shared: &Shared, args: Args) -> Outcome {
+    let reply = match args.name().as_bytes() {
+        b"INSPECT" => info::inspect(shared, args),
+        b"LOCKS" => info::locks(n, shared, args),
+        _ => info::stats(shared, args),
+    };
+    Outcome::Reply(reply.unwrap_or_else(|e| e))
 }
