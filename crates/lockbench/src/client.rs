@@ -163,6 +163,19 @@ impl Client {
         Ok(line)
     }
 
+    /// A native command; its reply as it came, an error (`-...`) too, which is not an
+    /// `Err` here: only a lost connection is. A bulk reply is its content.
+    pub async fn call(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        encode_request(args, &mut self.out);
+        self.flush().await?;
+        let line = self.read_line().await?;
+        let line = match line.first() {
+            Some(b'$') if line != b"$-1" => self.read_line().await?,
+            _ => line,
+        };
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
     /// Acquires one key, waiting up to `timeout_ms`; Ok(false) when not granted.
     pub async fn acquire_one(
         &mut self,

@@ -6,6 +6,7 @@ mod client;
 mod etcd;
 mod pin;
 mod report;
+mod resume;
 mod server;
 mod shadow;
 mod sweep;
@@ -157,11 +158,16 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7531")]
     pub addr: String,
     /// pingpong: a connection that fails (its node was killed, or the cluster had no
-    /// quorum) connects again, to the next address, as a new session, and goes on; counted
-    /// as `reconnects`, not errors. What it held is with its dead session then, and is
-    /// no longer in the shadow table.
+    /// quorum) connects again, to another address, and goes on; counted as `reconnects`,
+    /// not errors. Native: it resumes its session (`SESSION RESUME`) and checks that the
+    /// lock it was told it held is still its own (`lost in grace` otherwise: a violation),
+    /// else, once the grace is over, goes on as a new session. Legacy: a new session.
     #[arg(long)]
     pub reconnect: bool,
+    /// With --reconnect (native): each session's grace (`SESSION GRACE`), in ms: how long
+    /// after a loss it may be resumed with its locks.
+    #[arg(long = "grace-ms", default_value_t = 10_000)]
+    pub grace_ms: u64,
     /// Auth key of the server (a spawned lockd gets this one).
     #[arg(long, env = "LOCKD_AUTH_KEY", default_value = "lockbench")]
     pub auth_key: String,

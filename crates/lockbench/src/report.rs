@@ -67,6 +67,10 @@ pub struct Report {
     pub errors: u64,
     /// Connections made again after a failure (`--reconnect`).
     pub reconnects: u64,
+    /// Of the lost sessions (native, `--reconnect`): resumed with their locks, and given
+    /// up (not resumed within their grace; the connection went on as a new session).
+    pub resumes: u64,
+    pub resumes_given_up: u64,
     /// Every failed batch by kind, whether it counted as an error or (with `--reconnect`)
     /// led to a reconnect.
     pub failures: Failures,
@@ -74,6 +78,9 @@ pub struct Report {
     /// Of the violations: grants whose fencing token was not above an earlier grant's on
     /// the same key (native only: the other protocols give no token).
     pub token_violations: u64,
+    /// Of the violations: an acknowledged lock gone before its session's grace ended (a
+    /// resume answered `-NOSESSION` within the grace, or a resumed session without it).
+    pub lost_in_grace: u64,
     /// The longest time in which no lock was granted (with `--reconnect`: the outage
     /// clients saw through the faults).
     pub longest_outage_ms: Option<u64>,
@@ -125,9 +132,12 @@ impl Report {
             refusals: 0,
             errors: 0,
             reconnects: 0,
+            resumes: 0,
+            resumes_given_up: 0,
             failures: Failures::default(),
             violations: 0,
             token_violations: 0,
+            lost_in_grace: 0,
             longest_outage_ms: None,
             stalls_ms: None,
             latency_us_p50: None,
@@ -219,6 +229,13 @@ impl Report {
         if self.reconnects > 0 {
             let _ = writeln!(s, "reconnects    {}", self.reconnects);
         }
+        if self.resumes + self.resumes_given_up > 0 {
+            let _ = writeln!(
+                s,
+                "resumes       {} sessions resumed with their locks, {} given up after their grace",
+                self.resumes, self.resumes_given_up
+            );
+        }
         let f = &self.failures;
         if f.clusterdown + f.connection + f.no_reply + f.other > 0 {
             let _ = writeln!(
@@ -233,6 +250,13 @@ impl Report {
                 s,
                 "  of tokens   {} not above an earlier grant's",
                 self.token_violations
+            );
+        }
+        if self.lost_in_grace > 0 {
+            let _ = writeln!(
+                s,
+                "  in grace    {} acknowledged locks gone before their session's grace ended",
+                self.lost_in_grace
             );
         }
         if let Some(ms) = self.longest_outage_ms {

@@ -30,6 +30,9 @@ pub struct Shadow {
     started_unix_us: u64,
     /// Violations that were a token not above an earlier grant's.
     pub token_violations: AtomicU64,
+    /// Violations that were an acknowledged lock gone before its session's grace ended
+    /// (see `resume`).
+    pub lost_in_grace: AtomicU64,
 }
 
 /// What the shadow table knows, under one lock (a grant takes it once).
@@ -61,6 +64,7 @@ impl Default for Shadow {
             longest_gap_us: AtomicU64::new(0),
             stalls: Mutex::default(),
             token_violations: AtomicU64::new(0),
+            lost_in_grace: AtomicU64::new(0),
             started_unix_us: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64),

@@ -47,13 +47,18 @@ async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<Client>> {
     connect_ids(args, addr, &ids).await
 }
 
-/// Opens the connections numbered `ids` (each its own session), one after another.
 /// The address of connection `i` (several: one per cluster node, round robin).
 fn addr_of(addr: &str, i: usize) -> &str {
     let n = addr.split(',').count();
     addr.split(',').nth(i % n).unwrap_or(addr).trim()
 }
 
+/// How many addresses a reconnecting connection may pick from.
+fn addr_count(s: Option<&crate::resume::Survive>) -> usize {
+    s.map_or(1, |s| s.addrs.split(',').count())
+}
+
+/// Opens the connections numbered `ids` (each its own session), one after another.
 async fn connect_ids(args: &Args, addr: &str, ids: &[usize]) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(ids.len());
     for &i in ids {
@@ -184,7 +189,7 @@ struct Counts {
     grants: u64,
     refusals: u64,
     errors: u64,
-    reconnects: u64,
+    survival: crate::resume::Counts,
     failures: crate::report::Failures,
 }
 
@@ -300,7 +305,9 @@ where
             report.grants += r.grants;
             report.refusals += r.refusals;
             report.errors += r.errors;
-            report.reconnects += r.reconnects;
+            report.reconnects += r.survival.reconnects;
+            report.resumes += r.survival.resumes;
+            report.resumes_given_up += r.survival.given_up;
             report.failures.add(&r.failures);
         }
     }
@@ -311,6 +318,7 @@ where
     report.set_conn_ops(&mut per_conn);
     report.violations = shadow.violations.load(Ordering::Relaxed);
     report.token_violations = shadow.token_violations.load(Ordering::Relaxed);
+    report.lost_in_grace = shadow.lost_in_grace.load(Ordering::Relaxed);
     if args.reconnect {
         report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
         report.stalls_ms = Some(shadow.stalls_ms());
@@ -340,13 +348,14 @@ async fn pingpong(
 ) -> anyhow::Result<Report> {
     let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
     let hold = Duration::from_micros(args.hold_us);
-    let survive = args.reconnect.then(|| {
-        (
-            addr.to_string(),
-            args.protocol,
-            args.auth_key.clone(),
-            args.connections,
-        )
+    let survive = args.reconnect.then(|| crate::resume::Survive {
+        addrs: addr.to_string(),
+        protocol: args.protocol,
+        auth_key: args.auth_key.clone(),
+        connections: args.connections,
+        grace: Duration::from_millis(args.grace_ms),
+        anchor_base: keys,
+        lease_ms: args.lease_ms,
     });
     let (report, _, _) = drive(
         args,
@@ -357,40 +366,27 @@ async fn pingpong(
             let survive = survive.clone();
             async move {
                 let mut rng = rand::rngs::SmallRng::from_entropy();
-                let mut session = i as u32;
-                let mut lives = 0usize;
-                let n_addrs = survive.as_ref().map_or(1, |s| s.0.split(',').count());
-                let mut at = i % n_addrs;
-                // A failed batch: with --reconnect, a new session on another node, chosen
-                // at random (what this one held is let go in the shadow table before every
-                // release, and an acquire whose answer was lost was never recorded in it).
-                // Not the next node in turn: every connection of a lost node then went to
-                // the same one, and over a soak's faults they gathered on one node, whose
-                // next fault stopped every client for all of its length.
+                let mut life = crate::resume::Life::new(i, addr_count(survive.as_ref()));
+                // A failed batch: with --reconnect, the session resumed or a new one (see
+                // `resume`); what the batch left undecided is let go, and was never in the
+                // shadow table (an acquire whose answer was lost is not recorded, a release
+                // is recorded before it is sent).
                 macro_rules! lost {
                     () => {{
-                        let Some((addrs, protocol, key, conns)) = survive.as_ref() else {
+                        let Some(s) = survive.as_ref() else {
                             break;
                         };
                         r.counts.errors -= 1;
-                        let mut back = None;
-                        while back.is_none() && Instant::now() < deadline {
-                            lives += 1;
-                            r.counts.reconnects += 1;
-                            session = (i + lives * conns) as u32;
-                            if n_addrs > 1 {
-                                at = (at + 1 + rng.gen_range(0..n_addrs - 1)) % n_addrs;
-                            }
-                            let a = addr_of(addrs, at);
-                            match Client::connect(a, *protocol, key, session).await {
-                                Ok(mut c2) => {
-                                    c2.lease_ms = c.lease_ms;
-                                    back = Some(c2);
-                                }
-                                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                            }
-                        }
-                        match back {
+                        let got = crate::resume::recover(
+                            s,
+                            &mut life,
+                            &mut rng,
+                            &shadow,
+                            deadline,
+                            &mut r.counts.survival,
+                        )
+                        .await;
+                        match got {
                             Some(c2) => {
                                 c = c2;
                                 continue;
@@ -399,18 +395,32 @@ async fn pingpong(
                         }
                     }};
                 }
+                // The first session's first steps (a recovered one has had them).
+                let mut fresh = true;
                 // Reused for every batch: the client must cost less than the server it measures.
                 let mut keys_buf: Vec<u64> = Vec::with_capacity(depth * per);
                 let mut modes: Vec<LockMode> = Vec::with_capacity(depth);
                 let mut outcomes = Vec::with_capacity(depth);
                 let mut held: Vec<usize> = Vec::with_capacity(depth);
                 while Instant::now() < deadline {
+                    if std::mem::take(&mut fresh) {
+                        if let Some(s) = survive.as_ref() {
+                            if crate::resume::begin(&mut c, s, &mut life, &shadow)
+                                .await
+                                .is_err()
+                            {
+                                r.counts.errors += 1;
+                                lost!();
+                            }
+                        }
+                    }
                     keys_buf.clear();
                     modes.clear();
                     for _ in 0..depth {
                         keys_buf.extend((0..per).map(|_| rng.gen_range(0..keys)));
                         modes.push(pick_mode(mode, &mut rng));
                     }
+                    let session = life.session;
                     let reqs: Vec<Req> = keys_buf
                         .chunks(per)
                         .zip(&modes)
@@ -423,6 +433,7 @@ async fn pingpong(
                     if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                         lost!();
                     }
+                    life.last_ok = Instant::now();
                     held.clear();
                     for (j, o) in outcomes.iter().enumerate() {
                         if *o == Outcome::Granted {
@@ -460,6 +471,7 @@ async fn pingpong(
                     if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                         lost!();
                     }
+                    life.last_ok = Instant::now();
                     // Each release must let go of exactly the locks it names that this batch
                     // has not let go of yet: fewer means a lock the client believed it held
                     // was not held.

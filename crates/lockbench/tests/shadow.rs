@@ -129,6 +129,56 @@ async fn tokens_that_do_not_increase_are_caught() {
     assert!(r["grants"].as_u64().unwrap() > 10, "{r}");
 }
 
+/// A proxy to `to` that cuts every connection it passes after 150 to 550 ms, both ways at
+/// once (a lost network, or a node gone): its address.
+async fn cutting_proxy(to: String) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for n in 0u64.. {
+            let (mut client, _) = l.accept().await.unwrap();
+            let to = to.clone();
+            let life = std::time::Duration::from_millis(150 + (n * 137) % 400);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&to).await else {
+                    return;
+                };
+                let both = tokio::io::copy_bidirectional(&mut client, &mut server);
+                let _ = tokio::time::timeout(life, both).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 14: with --reconnect, a lost connection resumes its session and checks that the
+/// lock it was told it holds is still its own: a lockd that lets a lost connection's
+/// locks go at once, grace or not, is caught (`lost_in_grace`); a sound one resumes every
+/// time and is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_gone_before_its_grace_is_caught_across_reconnects() {
+    let args = "--protocol native --reconnect -c 4 --keys 20 -d 2 --json --hold-us 200";
+    let good = cutting_proxy(lockd().await).await;
+    let out = run_lockbench(with_addr(&good, args)).await;
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["resumes"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["resumes_given_up"], 0, "{r}");
+    assert_eq!(
+        (r["violations"].as_u64(), r["lost_in_grace"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["errors"], 0, "{r}");
+
+    let bad = cutting_proxy(faulty_lockd(lockd_server::Fault::NoGrace).await).await;
+    let out = run_lockbench(with_addr(&bad, args)).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["lost_in_grace"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["violations"], r["lost_in_grace"], "{r}");
+}
+
 #[test]
 fn pin_without_a_spawned_server_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_lockbench"))

@@ -144,7 +144,10 @@ impl LockTable {
         if let Some(w) = self.session(s).wait {
             self.cancel_wait(w, now);
         }
-        let grace = self.session(s).grace.unwrap_or(self.config.grace_ms);
+        let grace = match self.faulty(crate::table::Fault::NoGrace) {
+            true => 0,
+            false => self.session(s).grace.unwrap_or(self.config.grace_ms),
+        };
         let sess = self.session_mut(s);
         sess.conn = None;
         if sess.locks == 0 {

@@ -49,6 +49,9 @@ pub enum Fault {
     GrantQueued,
     /// The token counter does not advance: every grant gets the same fencing token.
     TokensRepeat,
+    /// A session whose connection is lost gets no grace: its locks go at once (lockbench's
+    /// resume check must catch it).
+    NoGrace,
 }
 
 impl Default for Config {

@@ -1,0 +1,253 @@
+//! Surviving a lost connection (`--reconnect`, pingpong): connect again, to another node
+//! picked at random, and, on the native protocol, take the old session back with
+//! `SESSION RESUME`, checking that the cluster kept what it had told the client.
+//!
+//! Every native session sets its grace (`SESSION GRACE`, `--grace-ms`) and holds one lock
+//! for all its life, its *anchor*, on a key of its own (above the workload's keys). That
+//! lock was acknowledged, so the cluster must keep it for the session until the grace
+//! ends. After a loss, the session is resumed (retried on another node while the old
+//! connection still counts as live, `-BUSYSESSION`, or a node has no quorum), then:
+//! - `-NOSESSION` although less than the grace has passed since the last reply on the
+//!   old connection (the grace can only have started after that reply) is a violation:
+//!   an acknowledged lock was released before its session's grace ended;
+//! - resumed, `RELEASE TOKEN anchor-token EX anchor` must let go of exactly that lock,
+//!   else the same violation;
+//! - `RELEASEALL` then drops what the lost batch may have left (an acquire granted but
+//!   not heard of, a release not applied), and a new anchor is taken.
+//!
+//! A session not resumed within its grace is given up (counted), and the connection goes
+//! on as a new session, as it does on the legacy protocol (whose sessions are the
+//! client's names: a new name is a new session).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::client::{key_name, Client};
+use crate::shadow::Shadow;
+use crate::{LockMode, Protocol};
+
+/// The longest one step of a reconnect may take (a connect, a resume, a release): a node
+/// that accepts and then answers nothing (paused) must not hold the connection up.
+const STEP: Duration = Duration::from_secs(3);
+/// Between two tries.
+const RETRY: Duration = Duration::from_millis(100);
+/// A `-NOSESSION` this much before the grace is up is a violation; closer to it, timers
+/// of a few ms and the reply's way back could explain it.
+const MARGIN: Duration = Duration::from_millis(250);
+
+/// What every connection's recovery needs to know.
+#[derive(Clone)]
+pub struct Survive {
+    pub addrs: String,
+    pub protocol: Protocol,
+    pub auth_key: String,
+    pub connections: usize,
+    pub grace: Duration,
+    /// Anchor keys are this plus the shadow session number (the workload's keys are below).
+    pub anchor_base: u64,
+    pub lease_ms: Option<u64>,
+}
+
+/// One connection's life across its reconnects.
+pub struct Life {
+    /// The session's number in the shadow table.
+    pub session: u32,
+    /// When the last reply arrived on the current connection.
+    pub last_ok: Instant,
+    conn: usize,
+    lives: usize,
+    node: usize,
+    /// The server's id of the session (native).
+    id: Option<String>,
+    /// The anchor lock: its key and token.
+    anchor: Option<(u64, u64)>,
+}
+
+/// What reconnects did, per connection.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Counts {
+    pub reconnects: u64,
+    pub resumes: u64,
+    pub given_up: u64,
+}
+
+impl Life {
+    pub fn new(conn: usize, nodes: usize) -> Life {
+        Life {
+            session: conn as u32,
+            last_ok: Instant::now(),
+            conn,
+            lives: 0,
+            node: conn % nodes.max(1),
+            id: None,
+            anchor: None,
+        }
+    }
+
+    /// Another node than the last, at random: the next one in turn sent every connection
+    /// of a lost node to the same one, and over a soak's faults they gathered on one node,
+    /// whose next fault stopped every client for all of its length.
+    fn next_node<'a>(&mut self, s: &'a Survive, rng: &mut impl Rng) -> &'a str {
+        let n = s.addrs.split(',').count();
+        if n > 1 {
+            self.node = (self.node + 1 + rng.gen_range(0..n - 1)) % n;
+        }
+        s.addrs.split(',').nth(self.node).unwrap_or(&s.addrs).trim()
+    }
+}
+
+async fn step<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("no reply within {STEP:?}"))?
+}
+
+fn anchor_name(key: u64) -> String {
+    String::from_utf8_lossy(&key_name(key)).into_owned()
+}
+
+fn violation(shadow: &Shadow) {
+    shadow.lost_in_grace.fetch_add(1, Ordering::Relaxed);
+    shadow.violations.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A new session's first steps (native): its grace, its id, its anchor.
+pub async fn begin(
+    c: &mut Client,
+    s: &Survive,
+    life: &mut Life,
+    shadow: &Shadow,
+) -> anyhow::Result<()> {
+    if s.protocol != Protocol::Native {
+        return Ok(());
+    }
+    let ms = s.grace.as_millis().to_string();
+    let r = step(c.call(&["SESSION", "GRACE", &ms])).await?;
+    anyhow::ensure!(r.starts_with("+OK"), "SESSION GRACE: {r}");
+    let id = step(c.call(&["SESSION"])).await?;
+    anyhow::ensure!(!id.is_empty() && !id.starts_with('-'), "SESSION: {id}");
+    life.id = Some(id);
+    take_anchor(c, s, life, shadow).await
+}
+
+async fn take_anchor(
+    c: &mut Client,
+    s: &Survive,
+    life: &mut Life,
+    shadow: &Shadow,
+) -> anyhow::Result<()> {
+    let key = s.anchor_base + u64::from(life.session);
+    let r = step(c.call(&["ACQUIRE", "EX", "0", &anchor_name(key)])).await?;
+    let token: u64 = r
+        .strip_prefix(':')
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("anchor ACQUIRE: {r}"))?;
+    shadow.granted_with(key, life.session, LockMode::Ex, Some(token));
+    life.anchor = Some((key, token));
+    Ok(())
+}
+
+/// A resumed session: its anchor checked and let go, the rest of what it holds let go,
+/// a new anchor taken.
+async fn settle(
+    c: &mut Client,
+    s: &Survive,
+    life: &mut Life,
+    shadow: &Shadow,
+) -> anyhow::Result<()> {
+    // Taken first: if the reply is lost, the next resume does not know whether the
+    // release was applied, and must not check it.
+    if let Some((key, token)) = life.anchor.take() {
+        shadow.releasing(key, life.session, LockMode::Ex);
+        let r = step(c.call(&[
+            "RELEASE",
+            "TOKEN",
+            &token.to_string(),
+            "EX",
+            &anchor_name(key),
+        ]))
+        .await?;
+        match r.as_str() {
+            ":1" => {}
+            ":0" => violation(shadow),
+            _ => anyhow::bail!("anchor RELEASE: {r}"),
+        }
+    }
+    let r = step(c.call(&["RELEASEALL"])).await?;
+    anyhow::ensure!(r.starts_with(':'), "RELEASEALL: {r}");
+    take_anchor(c, s, life, shadow).await
+}
+
+/// Connects again after a loss: the same session if it can be resumed (native), else a
+/// new one. `None` once the deadline passed.
+pub async fn recover(
+    s: &Survive,
+    life: &mut Life,
+    rng: &mut impl Rng,
+    shadow: &Shadow,
+    deadline: Instant,
+    counts: &mut Counts,
+) -> Option<Client> {
+    let lost_at = life.last_ok;
+    if let Some(id) = life.id.clone() {
+        while Instant::now() < deadline && lost_at.elapsed() < s.grace {
+            counts.reconnects += 1;
+            let addr = life.next_node(s, rng);
+            let mut c =
+                match step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                };
+            c.lease_ms = s.lease_ms;
+            let reply = step(c.call(&["SESSION", "RESUME", &id])).await;
+            match reply {
+                Ok(r) if r == "+OK" => {
+                    // Lost again on the way: the session is still ours to resume.
+                    let settled = settle(&mut c, s, life, shadow).await;
+                    if settled.is_ok() {
+                        counts.resumes += 1;
+                        life.last_ok = Instant::now();
+                        return Some(c);
+                    }
+                }
+                Ok(r) if r.starts_with("-NOSESSION") => {
+                    if life.anchor.is_some() && lost_at.elapsed() + MARGIN < s.grace {
+                        violation(shadow);
+                    }
+                    break;
+                }
+                // -BUSYSESSION: the cluster has not seen the old connection go yet (a
+                // killed node is declared down after its detection time); -CLUSTERDOWN:
+                // this node has no quorum. Either way, another try.
+                _ => {}
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        if Instant::now() < deadline {
+            counts.given_up += 1;
+        }
+    }
+    life.id = None;
+    life.anchor = None;
+    while Instant::now() < deadline {
+        life.lives += 1;
+        counts.reconnects += 1;
+        life.session = (life.conn + life.lives * s.connections) as u32;
+        let addr = life.next_node(s, rng);
+        if let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await
+        {
+            c.lease_ms = s.lease_ms;
+            if begin(&mut c, s, life, shadow).await.is_ok() {
+                life.last_ok = Instant::now();
+                return Some(c);
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    None
+}
