@@ -74,13 +74,14 @@ pub struct Counts {
 }
 
 impl Life {
-    pub fn new(conn: usize, nodes: usize) -> Life {
+    /// Connection `conn`'s, on the node it was first given (`addr_of`'s round robin).
+    pub fn new(conn: usize) -> Life {
         Life {
             session: conn as u32,
             last_ok: Instant::now(),
             conn,
             lives: 0,
-            node: conn % nodes.max(1),
+            node: conn,
             id: None,
             anchor: None,
         }
@@ -94,7 +95,7 @@ impl Life {
         if n > 1 {
             self.node = (self.node + 1 + rng.gen_range(0..n - 1)) % n;
         }
-        s.addrs.split(',').nth(self.node).unwrap_or(&s.addrs).trim()
+        crate::workload::addr_of(&s.addrs, self.node)
     }
 }
 

@@ -48,14 +48,9 @@ async fn connect_all(args: &Args, addr: &str) -> anyhow::Result<Vec<Client>> {
 }
 
 /// The address of connection `i` (several: one per cluster node, round robin).
-fn addr_of(addr: &str, i: usize) -> &str {
+pub(crate) fn addr_of(addr: &str, i: usize) -> &str {
     let n = addr.split(',').count();
     addr.split(',').nth(i % n).unwrap_or(addr).trim()
-}
-
-/// How many addresses a reconnecting connection may pick from.
-fn addr_count(s: Option<&crate::resume::Survive>) -> usize {
-    s.map_or(1, |s| s.addrs.split(',').count())
 }
 
 /// Opens the connections numbered `ids` (each its own session), one after another.
@@ -366,7 +361,7 @@ async fn pingpong(
             let survive = survive.clone();
             async move {
                 let mut rng = rand::rngs::SmallRng::from_entropy();
-                let mut life = crate::resume::Life::new(i, addr_count(survive.as_ref()));
+                let mut life = crate::resume::Life::new(i);
                 // A failed batch: with --reconnect, the session resumed or a new one (see
                 // `resume`); what the batch left undecided is let go, and was never in the
                 // shadow table (an acquire whose answer was lost is not recorded, a release
