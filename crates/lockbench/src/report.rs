@@ -68,9 +68,12 @@ pub struct Report {
     /// Connections made again after a failure (`--reconnect`).
     pub reconnects: u64,
     /// Of the lost sessions (native, `--reconnect`): resumed with their locks, and given
-    /// up (not resumed within their grace; the connection went on as a new session).
+    /// up (the connection went on as a new session): all of them, of which expired
+    /// (`-NOSESSION` after the grace) and unreached (by the last try's answer).
     pub resumes: u64,
     pub resumes_given_up: u64,
+    pub resumes_expired: u64,
+    pub resumes_unreached: crate::resume::Unreached,
     /// Every failed batch by kind, whether it counted as an error or (with `--reconnect`)
     /// led to a reconnect.
     pub failures: Failures,
@@ -118,6 +121,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// What the connections' reconnects did, added in.
+    pub fn add_survival(&mut self, c: &crate::resume::Counts) {
+        self.reconnects += c.reconnects;
+        self.resumes += c.resumes;
+        self.resumes_expired += c.expired;
+        self.resumes_unreached.add(&c.unreached);
+        self.resumes_given_up = self.resumes_expired + self.resumes_unreached.total();
+    }
+
     pub fn new(args: &Args) -> Report {
         Report {
             protocol: args.protocol,
@@ -134,6 +146,8 @@ impl Report {
             reconnects: 0,
             resumes: 0,
             resumes_given_up: 0,
+            resumes_expired: 0,
+            resumes_unreached: Default::default(),
             failures: Failures::default(),
             violations: 0,
             token_violations: 0,
@@ -230,10 +244,20 @@ impl Report {
             let _ = writeln!(s, "reconnects    {}", self.reconnects);
         }
         if self.resumes + self.resumes_given_up > 0 {
+            let u = &self.resumes_unreached;
             let _ = writeln!(
                 s,
-                "resumes       {} sessions resumed with their locks, {} given up after their grace",
-                self.resumes, self.resumes_given_up
+                "resumes       {} sessions resumed with their locks, {} given up: {} expired \
+                 after their grace, {} unreached (last answer BUSYSESSION {}, CLUSTERDOWN {}, \
+                 none {}, other {})",
+                self.resumes,
+                self.resumes_given_up,
+                self.resumes_expired,
+                u.total(),
+                u.busy,
+                u.clusterdown,
+                u.silent,
+                u.other
             );
         }
         let f = &self.failures;

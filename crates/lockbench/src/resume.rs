@@ -15,9 +15,13 @@
 //! - `RELEASEALL` then drops what the lost batch may have left (an acquire granted but
 //!   not heard of, a release not applied), and a new anchor is taken.
 //!
-//! A session not resumed within its grace is given up (counted), and the connection goes
-//! on as a new session, as it does on the legacy protocol (whose sessions are the
-//! client's names: a new name is a new session).
+//! The cluster, not the client, knows when the grace began (when it saw the connection
+//! go, which may be long after the last reply: a batch that waits on a paused node), so a
+//! resume is tried until it answers: `-NOSESSION` after the grace means the session
+//! *expired* (the cluster kept its word); no node resuming it within [`give_up_after`]
+//! means it was *unreached*, counted with the last answer a try got. Either way it is
+//! given up and the connection goes on as a new session, as it does on the legacy
+//! protocol (whose sessions are the client's names: a new name is a new session).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -66,11 +70,64 @@ pub struct Life {
 }
 
 /// What reconnects did, per connection.
-#[derive(Default, Clone, Copy, Debug)]
+#[derive(Default, Clone, Copy, Debug, PartialEq)]
 pub struct Counts {
     pub reconnects: u64,
     pub resumes: u64,
-    pub given_up: u64,
+    /// Given up: `-NOSESSION` once the grace was over.
+    pub expired: u64,
+    /// Given up: no answer resumed it in time; by the last try's answer.
+    pub unreached: Unreached,
+}
+
+/// The last answer of a resume that never got through.
+#[derive(Default, Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Unreached {
+    /// `-BUSYSESSION`: the cluster still saw the old connection.
+    pub busy: u64,
+    /// `-CLUSTERDOWN`: the node tried had no quorum.
+    pub clusterdown: u64,
+    /// No connection could be made, or no reply within a step.
+    pub silent: u64,
+    /// Anything else (a failure after the resume itself, while settling).
+    pub other: u64,
+}
+
+impl Unreached {
+    pub fn total(&self) -> u64 {
+        self.busy + self.clusterdown + self.silent + self.other
+    }
+
+    pub fn add(&mut self, o: &Unreached) {
+        self.busy += o.busy;
+        self.clusterdown += o.clusterdown;
+        self.silent += o.silent;
+        self.other += o.other;
+    }
+}
+
+/// How long after the last reply a lost session is still tried: its grace, plus the
+/// longest the cluster can have taken to see the connection go. A connection the client
+/// drops is seen at once by a live node; one on a dead or paused node, after the peers'
+/// detection time; one whose batch waited for a reply, after that wait, which is at most
+/// the batch timeout. Past this, a cluster that still answers nothing useful is an outage.
+pub fn give_up_after(grace: Duration) -> Duration {
+    grace + crate::workload::BATCH_TIMEOUT
+}
+
+/// What one try of a resume came to.
+enum Try {
+    Resumed(Box<Client>),
+    Expired,
+    Again(Last),
+}
+
+#[derive(Clone, Copy)]
+enum Last {
+    Busy,
+    ClusterDown,
+    Silent,
+    Other,
 }
 
 impl Life {
@@ -181,6 +238,42 @@ async fn settle(
     take_anchor(c, s, life, shadow).await
 }
 
+/// One try at resuming session `id` on the next node.
+async fn try_resume(
+    s: &Survive,
+    life: &mut Life,
+    id: &str,
+    rng: &mut impl Rng,
+    shadow: &Shadow,
+    lost_at: Instant,
+) -> Try {
+    let addr = life.next_node(s, rng);
+    let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await else {
+        return Try::Again(Last::Silent);
+    };
+    c.lease_ms = s.lease_ms;
+    match step(c.call(&["SESSION", "RESUME", id])).await {
+        Ok(r) if r == "+OK" => match settle(&mut c, s, life, shadow).await {
+            Ok(()) => Try::Resumed(Box::new(c)),
+            // Lost again on the way: the session is still ours to resume.
+            Err(_) => Try::Again(Last::Other),
+        },
+        Ok(r) if r.starts_with("-NOSESSION") => {
+            if life.anchor.is_some() && lost_at.elapsed() + MARGIN < s.grace {
+                violation(shadow);
+            }
+            Try::Expired
+        }
+        // -BUSYSESSION: the cluster has not seen the old connection go yet (a killed
+        // node is declared down after its detection time); -CLUSTERDOWN: this node has
+        // no quorum. Either way, another try.
+        Ok(r) if r.starts_with("-BUSYSESSION") => Try::Again(Last::Busy),
+        Ok(r) if r.starts_with("-CLUSTERDOWN") => Try::Again(Last::ClusterDown),
+        Ok(_) => Try::Again(Last::Other),
+        Err(_) => Try::Again(Last::Silent),
+    }
+}
+
 /// Connects again after a loss: the same session if it can be resumed (native), else a
 /// new one. `None` once the deadline passed.
 pub async fn recover(
@@ -193,44 +286,34 @@ pub async fn recover(
 ) -> Option<Client> {
     let lost_at = life.last_ok;
     if let Some(id) = life.id.clone() {
-        while Instant::now() < deadline && lost_at.elapsed() < s.grace {
+        // Counted as silent if not even one try fits (cannot happen while the batch
+        // timeout is below the bound, but an uncounted loss would hide).
+        let mut last = Some(Last::Silent);
+        while Instant::now() < deadline && lost_at.elapsed() < give_up_after(s.grace) {
             counts.reconnects += 1;
-            let addr = life.next_node(s, rng);
-            let mut c =
-                match step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        tokio::time::sleep(RETRY).await;
-                        continue;
-                    }
-                };
-            c.lease_ms = s.lease_ms;
-            let reply = step(c.call(&["SESSION", "RESUME", &id])).await;
-            match reply {
-                Ok(r) if r == "+OK" => {
-                    // Lost again on the way: the session is still ours to resume.
-                    let settled = settle(&mut c, s, life, shadow).await;
-                    if settled.is_ok() {
-                        counts.resumes += 1;
-                        life.last_ok = Instant::now();
-                        return Some(c);
-                    }
+            match try_resume(s, life, &id, rng, shadow, lost_at).await {
+                Try::Resumed(c) => {
+                    counts.resumes += 1;
+                    life.last_ok = Instant::now();
+                    return Some(*c);
                 }
-                Ok(r) if r.starts_with("-NOSESSION") => {
-                    if life.anchor.is_some() && lost_at.elapsed() + MARGIN < s.grace {
-                        violation(shadow);
-                    }
+                Try::Expired => {
+                    counts.expired += 1;
+                    last = None;
                     break;
                 }
-                // -BUSYSESSION: the cluster has not seen the old connection go yet (a
-                // killed node is declared down after its detection time); -CLUSTERDOWN:
-                // this node has no quorum. Either way, another try.
-                _ => {}
+                Try::Again(why) => last = Some(why),
             }
             tokio::time::sleep(RETRY).await;
         }
-        if Instant::now() < deadline {
-            counts.given_up += 1;
+        if let (Some(why), true) = (last, Instant::now() < deadline) {
+            let u = &mut counts.unreached;
+            match why {
+                Last::Busy => u.busy += 1,
+                Last::ClusterDown => u.clusterdown += 1,
+                Last::Silent => u.silent += 1,
+                Last::Other => u.other += 1,
+            }
         }
     }
     life.id = None;

@@ -119,7 +119,7 @@ impl TaskResult {
     }
 
     /// Sends `reqs` as one batch and records each request as taking the batch's round
-    /// trip; false (and an error counted) if the connection failed.
+    /// trip; false (its failure counted by kind) if the connection failed.
     async fn timed_batch(
         &mut self,
         c: &mut Client,
@@ -132,7 +132,6 @@ impl TaskResult {
         // comes is a lost connection, not a hang of the whole run.
         let answered = tokio::time::timeout(BATCH_TIMEOUT, c.batch(reqs, outcomes)).await;
         if !matches!(answered, Ok(Ok(()))) {
-            self.counts.errors += 1;
             let error = match answered {
                 Ok(Err(e)) => Some(format!("{e:#}")),
                 _ => None,
@@ -174,7 +173,7 @@ pub fn first_error_said() -> Option<String> {
 }
 
 /// The longest a ping-pong batch may wait for its replies.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connection's counts, sent back from its client thread (the histograms are the
 /// thread's).
@@ -300,9 +299,7 @@ where
             report.grants += r.grants;
             report.refusals += r.refusals;
             report.errors += r.errors;
-            report.reconnects += r.survival.reconnects;
-            report.resumes += r.survival.resumes;
-            report.resumes_given_up += r.survival.given_up;
+            report.add_survival(&r.survival);
             report.failures.add(&r.failures);
         }
     }
@@ -369,9 +366,9 @@ async fn pingpong(
                 macro_rules! lost {
                     () => {{
                         let Some(s) = survive.as_ref() else {
+                            r.counts.errors += 1;
                             break;
                         };
-                        r.counts.errors -= 1;
                         let got = crate::resume::recover(
                             s,
                             &mut life,
@@ -404,7 +401,6 @@ async fn pingpong(
                                 .await
                                 .is_err()
                             {
-                                r.counts.errors += 1;
                                 lost!();
                             }
                         }
@@ -428,7 +424,9 @@ async fn pingpong(
                     if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                         lost!();
                     }
-                    life.last_ok = Instant::now();
+                    if survive.is_some() {
+                        life.last_ok = Instant::now();
+                    }
                     held.clear();
                     for (j, o) in outcomes.iter().enumerate() {
                         if *o == Outcome::Granted {
@@ -466,7 +464,9 @@ async fn pingpong(
                     if !r.timed_batch(&mut c, &reqs, &mut outcomes).await {
                         lost!();
                     }
-                    life.last_ok = Instant::now();
+                    if survive.is_some() {
+                        life.last_ok = Instant::now();
+                    }
                     // Each release must let go of exactly the locks it names that this batch
                     // has not let go of yet: fewer means a lock the client believed it held
                     // was not held.

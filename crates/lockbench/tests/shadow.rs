@@ -132,6 +132,12 @@ async fn tokens_that_do_not_increase_are_caught() {
 /// A proxy to `to` that cuts every connection it passes after 150 to 550 ms, both ways at
 /// once (a lost network, or a node gone): its address.
 async fn cutting_proxy(to: String) -> String {
+    slow_cutting_proxy(to, std::time::Duration::ZERO).await
+}
+
+/// The same, but each connection reaches `to` only `delay` after it was accepted (a
+/// network slow to come back).
+async fn slow_cutting_proxy(to: String, delay: std::time::Duration) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -140,6 +146,7 @@ async fn cutting_proxy(to: String) -> String {
             let to = to.clone();
             let life = std::time::Duration::from_millis(150 + (n * 137) % 400);
             tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
                 let Ok(mut server) = tokio::net::TcpStream::connect(&to).await else {
                     return;
                 };
@@ -177,6 +184,28 @@ async fn a_lock_gone_before_its_grace_is_caught_across_reconnects() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["lost_in_grace"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["violations"], r["lost_in_grace"], "{r}");
+}
+
+/// A session that could not come back within its grace is given up as *expired* (the
+/// server answered `-NOSESSION` after the grace: no violation), not as unreached, and the
+/// connection goes on as a new session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_after_the_grace_is_counted_as_expired() {
+    let args = "--protocol native --reconnect -c 4 --keys 20 -d 2 --json --grace-ms 100";
+    let slow = slow_cutting_proxy(lockd().await, std::time::Duration::from_millis(400)).await;
+    let out = run_lockbench(with_addr(&slow, args)).await;
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expired = r["resumes_expired"].as_u64().unwrap();
+    assert!(expired > 0, "{r}");
+    assert_eq!(r["resumes_given_up"].as_u64(), Some(expired), "{r}");
+    assert_eq!(r["resumes"], 0, "{r}");
+    assert_eq!(
+        (r["violations"].as_u64(), r["errors"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(r["grants"].as_u64().unwrap() > 0, "{r}");
 }
 
 #[test]
