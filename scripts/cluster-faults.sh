@@ -68,43 +68,65 @@ leader() {
     if cli "${cport[$i]}" HELLO 2 | grep -A1 -x role | grep -qx master; then echo "$i"; return; fi
   done
 }
-sleep 2
+# A node that exits on its own (its Raft stopped on an error: it fails rather than serve
+# as a zombie) is started again at once, as its service manager would (the unit's
+# Restart=on-failure), and counted; `down` is the node a kill round restarts itself.
+down=""
+restarts=0
+revive() {
+  for i in 1 2 3; do
+    [ "$i" = "$down" ] && continue
+    if ! kill -0 "${pid[$i]}" 2>/dev/null; then
+      echo "node $i exited on its own: $(tail -n 1 "$dir/log$i" | cut -c1-300)"
+      echo "node $i restarted"
+      restarts=$((restarts + 1))
+      start "$i"
+    fi
+  done
+}
+nap() {
+  local end=$(( $(date +%s%N) + $1 * 1000000000 ))
+  while [ "$(date +%s%N)" -lt "$end" ]; do sleep 0.25; revive; done
+}
+nap 2
 for k in $(seq "$kills"); do
   fault=${faults[$(( (k - 1) % ${#faults[@]} ))]}
   l=$(leader)
-  if [ -z "$l" ]; then echo "round $k: no leader found"; sleep 2; continue; fi
+  if [ -z "$l" ]; then echo "round $k: no leader found"; nap 2; continue; fi
   echo "$(date +%s.%N) $k $fault $l" >>"$dir/rounds"
   case "$fault" in
     kill-leader|kill-follower)
       victim=$l
       if [ "$fault" = kill-follower ]; then victim=$(( l % 3 + 1 )); fi
       echo "round $k: SIGKILL to node $victim ($fault)"
+      down=$victim
       kill -9 "${pid[$victim]}"; wait "${pid[$victim]}" 2>/dev/null || true
       # Past the failover (the survivors elect a new leader within about twice the
       # election timeout, 4 s with the defaults), then back from its data directory.
-      sleep 6
+      nap 6
       start "$victim"
-      sleep 2 ;;
+      down=""
+      nap 2 ;;
     pause-leader)
       echo "round $k: SIGSTOP to the leader, node $l, for 4 s"
       kill -STOP "${pid[$l]}"
-      sleep 4
+      nap 4
       kill -CONT "${pid[$l]}"
-      sleep 4 ;;
+      nap 4 ;;
     slow-disk)
       echo "round $k: the leader's (node $l) fsyncs take 300 ms, for 4 s"
       echo 300 >"$dir/slow$l"
-      sleep 4
+      nap 4
       rm -f "$dir/slow$l"
-      sleep 4 ;;
+      nap 4 ;;
     slow-leader)
       others=""; for j in 1 2 3; do [ "$j" = "$l" ] || others="$others $j"; done
       mine=$(for j in $others; do printf '~%s:60 ' "$j"; done)
       echo "round $k: slow-leader: node $l's requests wait [$mine], for 5 s"
       echo "$mine" >"$dir/part$l"
-      sleep 5
+      nap 5
       rm -f "$dir"/part*
-      sleep 3 ;;
+      nap 3 ;;
     isolate-leader|isolate-follower|deaf-leader|mute-leader)
       victim=$l
       if [ "$fault" = isolate-follower ]; then victim=$(( l % 3 + 1 )); fi
@@ -117,15 +139,19 @@ for k in $(seq "$kills"); do
       echo "round $k: $fault: node $victim cut [$mine], the others cut [$theirs], for 5 s"
       echo "$mine" >"$dir/part$victim"
       for j in $others; do echo "$theirs" >"$dir/part$j"; done
-      sleep 5
+      nap 5
       rm -f "$dir"/part*
-      sleep 3 ;;
+      nap 3 ;;
     *) echo "unknown fault $fault"; exit 2 ;;
   esac
 done
 status=0
 wait "$bench" || status=$?
+revive
 cat "$dir/bench"
+if [ "$restarts" -gt 0 ]; then
+  echo "restarts      $restarts times a node exited on its own and was started again"
+fi
 # Each stall with the fault it followed: the last round begun before the stall ended (a
 # stall starts at the last grant before it, so a fault's own stall starts a moment before
 # the fault), and when the stall began from that round's start.

@@ -39,16 +39,21 @@ pub enum Check {
     /// is sent to the next leader once one is known. Off: it waits for the old one until
     /// the commit timeout, and so do the node's clients.
     ForwardMoves,
+    /// `fail-stop`: a node whose Raft stopped on an error (a full disk) stops its server
+    /// and exits with that error. Off: it goes on answering clients, a zombie the others
+    /// see as silent.
+    FailStop,
 }
 
 impl Check {
-    const ALL: [(&'static str, Check); 6] = [
+    const ALL: [(&'static str, Check); 7] = [
         ("read-index", Check::ReadIndex),
         ("leader-time", Check::LeaderTime),
         ("node-down", Check::NodeDown),
         ("deaf-leader", Check::DeafLeader),
         ("durable-ack", Check::DurableAck),
         ("forward-moves", Check::ForwardMoves),
+        ("fail-stop", Check::FailStop),
     ];
 }
 

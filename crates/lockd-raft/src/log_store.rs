@@ -43,7 +43,9 @@ pub struct LogStore {
 
 /// Names a file; while it exists and holds a number, every durable write of this node's
 /// Raft store waits that many milliseconds before its commit, as a disk slow to fsync
-/// would. For `scripts/cluster-faults.sh` only; lockd warns at start when it is set.
+/// would; while it holds `full`, every log append fails as on a full disk. For
+/// `scripts/cluster-faults.sh` and the fault tests only; lockd warns at start when it is
+/// set.
 pub const SLOW_FSYNC_ENV: &str = "LOCKD_FAULT_SLOW_FSYNC";
 
 /// The delay the slow-fsync switch asks for now, if any.
@@ -51,6 +53,11 @@ fn slow_fsync_delay(switch: &Path) -> Option<std::time::Duration> {
     let ms: u64 = std::fs::read_to_string(switch).ok()?.trim().parse().ok()?;
     // Bounded: a typo cannot stall the node for hours.
     Some(std::time::Duration::from_millis(ms.min(10_000)))
+}
+
+/// Whether the switch says the disk is full.
+fn disk_full(switch: &Path) -> bool {
+    std::fs::read_to_string(switch).is_ok_and(|s| s.trim() == "full")
 }
 
 /// Opens (or makes) the store's file.
@@ -286,6 +293,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             let bytes = postcard::to_stdvec(&e).map_err(|x| StorageIOError::write_logs(&io(x)))?;
             rows.push((e.log_id.index, bytes));
+        }
+        if self.slow.as_deref().is_some_and(disk_full) {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("no space left on device (the {SLOW_FSYNC_ENV} switch)"),
+            );
+            let failed = StorageIOError::write_logs(&e);
+            callback.log_io_completed(Err(e));
+            return Err(failed.into());
         }
         let wal = self.wal.clone();
         // The fault tests' broken store does not wait for its (slow) disk: as a store

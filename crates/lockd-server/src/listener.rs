@@ -71,6 +71,17 @@ impl ServerHandle {
         self.shared.snapshot()
     }
 
+    /// Why the server stopped by itself, if it did: this node's Raft failed (a full or
+    /// failing disk, or an error openraft treats as fatal). Then the process should exit
+    /// with an error, so that its service manager starts it again.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Reads the TLS certificate and key again (on SIGHUP). New connections use them; on
     /// error the old ones stay. Without TLS, nothing to do.
     pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
@@ -248,6 +259,25 @@ impl Server {
             token_store,
         } = self;
         let tracker = TaskTracker::new();
+        // Ended by the caller, or by this node's Raft failing: a node whose Raft stopped
+        // would answer clients for a cluster that sees it as silent.
+        let shutdown = shutdown.child_token();
+        if let Some(node) = shared.cluster() {
+            let (shared, stop, node) = (shared.clone(), shutdown.clone(), node.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    why = node.failed() => {
+                        tracing::error!(
+                            "this node's Raft stopped: {why}; lockd stops so that it can be \
+                             started again from its data directory"
+                        );
+                        *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        stop.cancel();
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
         if let Some(node) = shared.cluster() {
             // Clients are served once what this node's previous run left is ended, and
             // tokens are above what a standalone server on this machine issued.

@@ -109,6 +109,9 @@ pub(crate) struct Shared {
     pub(crate) touched: Mutex<std::collections::HashSet<ConnId>>,
     /// The status page's charts (sampled only where the admin HTTP server runs).
     pub(crate) history: Mutex<crate::history::History>,
+    /// In a cluster: why this node's Raft stopped on its own, once it has (the server
+    /// then stops, see `Server::run`).
+    pub(crate) failure: Mutex<Option<String>>,
 }
 
 /// A point-in-time view of the server, for STATS, tests and tools.
@@ -188,6 +191,7 @@ impl Shared {
             cluster_token_floor: 0,
             closed: Mutex::new(Vec::new()),
             touched: Mutex::default(),
+            failure: Mutex::default(),
             closed_notify: Notify::new(),
             history: Mutex::new(crate::history::History::new()),
         }

@@ -161,8 +161,12 @@ fn run(settings: options::Settings) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let Signals { term, int, hup } = signals;
         tokio::spawn(on_signal(term, int, shutdown.clone()));
+        let handle = server.handle();
         tokio::spawn(on_hangup(hup, server.handle()));
         server.run(shutdown).await;
+        if let Some(why) = handle.failure() {
+            anyhow::bail!("this node's Raft stopped ({why}): start lockd again");
+        }
         anyhow::Ok(())
     })
 }

@@ -12,6 +12,7 @@
 //! | the leader cut off both ways, or mute (what it sends is lost) | it answers nothing stale while cut off | `read-index` |
 //! | the leader deaf (hears nothing, its appends still arrive) | the others elect a leader while it lasts | `deaf-leader` |
 //! | every disk slow to fsync | a grant is told only once a majority's disks have it | `durable-ack` |
+//! | a follower's disk full (its appends fail) | the node exits with the error, and serves again once restarted | `fail-stop` |
 //!
 //! Three real `lockd` processes on loopback each time, with the partition and slow-disk
 //! switches of `scripts/cluster-faults.sh`.
@@ -289,6 +290,50 @@ fn slow_disks(broken: Option<&'static str>) -> Result<(), String> {
     Ok(())
 }
 
+/// A follower's disk fills (every log append fails, the slow-disk switch's `full`): its
+/// Raft stops, and the node must stop too, saying why, rather than go on answering clients
+/// for a cluster that sees it as silent (found in a soak: a node whose Raft core had quit
+/// on an openraft error served on for minutes, and the next fault on either other node
+/// stopped the cluster); started again on a disk with room, it serves again.
+fn full_disk(broken: Option<&'static str>) -> Result<(), String> {
+    let mut t = Trio::start(broken);
+    let (l, f, _) = t.roles();
+    std::fs::write(t.path(&format!("slow{f}")), "full").unwrap();
+    let mut c = Native::connect(t.port(l), KEY);
+    let deadline = Instant::now() + PATIENCE;
+    let mut n = 0;
+    let exited = loop {
+        let node = t.nodes[f - 1].as_mut().expect("node running");
+        if let Ok(Some(_)) = node.child.try_wait() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        // Entries for the follower to append.
+        let r = c.call(&["ACQUIRE", "EX", "0", &format!("full{n}")]);
+        if !r.starts_with(':') {
+            return Err(format!("the two nodes with room did not grant: {r}"));
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !exited {
+        return Err(format!(
+            "node {f}, its disk full, still runs after {PATIENCE:?} ({n} entries committed)"
+        ));
+    }
+    let (status, log) = t.nodes[f - 1].take().expect("node running").wait();
+    if status.success() || !log.contains("Raft stopped") {
+        return Err(format!("node {f} exited with {status} and said:\n{log}"));
+    }
+    std::fs::remove_file(t.path(&format!("slow{f}"))).unwrap();
+    t.nodes[f - 1] = Some(t.node(f));
+    granted_at(&t, f, "after-full")
+        .map(|_| ())
+        .ok_or_else(|| format!("node {f}, restarted with room, grants nothing"))
+}
+
 /// Runs `scenario` on a sound cluster (it must pass) and with `check` switched off (it must
 /// fail, and says how).
 fn holds_and_breaks(
@@ -348,6 +393,11 @@ fn deaf_leader_is_replaced() {
 #[test]
 fn slow_disk_grants_only_what_a_majority_has_on_disk() {
     holds_and_breaks("durable-ack", slow_disks);
+}
+
+#[test]
+fn a_node_whose_disk_is_full_stops_and_serves_again_once_restarted() {
+    holds_and_breaks("fail-stop", full_disk);
 }
 
 trait Raw {
