@@ -154,12 +154,16 @@ if [ "$restarts" -gt 0 ]; then
 fi
 # Each stall with the fault it followed: the last round begun before the stall ended (a
 # stall starts at the last grant before it, so a fault's own stall starts a moment before
-# the fault), and when the stall began from that round's start.
+# the fault), and when the stall began from that round's start; then where lockbench's
+# connections were as it ended (on nodes 1/2/3, and how many were reconnecting): a stall
+# with every connection on, or just off, the faulty node stopped the clients, not the
+# cluster.
 if [ -s "$dir/stalls" ] && [ -s "$dir/rounds" ]; then
   awk 'NR == FNR { t[NR] = $1; what[NR] = "round " $2 ": " $3 " (leader was node " $4 ")"; n = NR; next }
        { end = $1 + $2 / 1000; r = 0; for (i = 1; i <= n; i++) if (t[i] <= end) r = i
-         if (r) printf "stall %6d ms, from %+5.1f s of %s\n", $2, $1 - t[r], what[r]
-         else printf "stall %6d ms, before the first fault\n", $2 }' "$dir/rounds" "$dir/stalls"
+         where = ($3 != "") ? sprintf("; connections %s, %d reconnecting", $3, $4) : ""
+         if (r) printf "stall %6d ms, from %+5.1f s of %s%s\n", $2, $1 - t[r], what[r], where
+         else printf "stall %6d ms, before the first fault%s\n", $2, where }' "$dir/rounds" "$dir/stalls"
 fi
 # The nodes' tables compared: once no entries are coming (every node at the same applied
 # index), each node's CLUSTER DIGEST (a CRC-32 of its table's image) must be the same.

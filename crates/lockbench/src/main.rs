@@ -101,8 +101,9 @@ pub struct Args {
     #[arg(long = "lease-ms")]
     pub lease_ms: Option<u64>,
     /// With --reconnect: write every stall (250 ms or more without a grant) to this file,
-    /// a line each, `START LENGTH_MS` (START in Unix seconds), so that a fault harness can
-    /// say which fault each followed
+    /// a line each, `START LENGTH_MS ON RECONNECTING` (START in Unix seconds; ON, how many
+    /// connections were on each node of --addr as it ended, `10/12/8`; RECONNECTING, how
+    /// many were between nodes), so that a fault harness can say which fault each followed
     #[arg(long = "stall-log")]
     pub stall_log: Option<std::path::PathBuf>,
     /// Locks to hold (hold workload).

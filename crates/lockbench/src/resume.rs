@@ -144,13 +144,26 @@ impl Life {
         }
     }
 
+    /// Counts the connection on the node it was first given (see [`Shadow::placed`]).
+    pub fn arrive(&mut self, s: &Survive, shadow: &Shadow) {
+        self.node %= s.addrs.split(',').count();
+        if let Some(p) = shadow.placed.get(self.node) {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Another node than the last, at random: the next one in turn sent every connection
     /// of a lost node to the same one, and over a soak's faults they gathered on one node,
     /// whose next fault stopped every client for all of its length.
-    fn next_node<'a>(&mut self, s: &'a Survive, rng: &mut impl Rng) -> &'a str {
+    fn next_node<'a>(&mut self, s: &'a Survive, rng: &mut impl Rng, shadow: &Shadow) -> &'a str {
         let n = s.addrs.split(',').count();
         if n > 1 {
+            let from = self.node;
             self.node = (self.node + 1 + rng.gen_range(0..n - 1)) % n;
+            if let (Some(a), Some(b)) = (shadow.placed.get(from), shadow.placed.get(self.node)) {
+                a.fetch_sub(1, Ordering::Relaxed);
+                b.fetch_add(1, Ordering::Relaxed);
+            }
         }
         crate::workload::addr_of(&s.addrs, self.node)
     }
@@ -247,7 +260,7 @@ async fn try_resume(
     shadow: &Shadow,
     lost_at: Instant,
 ) -> Try {
-    let addr = life.next_node(s, rng);
+    let addr = life.next_node(s, rng, shadow);
     let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await else {
         return Try::Again(Last::Silent);
     };
@@ -277,6 +290,20 @@ async fn try_resume(
 /// Connects again after a loss: the same session if it can be resumed (native), else a
 /// new one. `None` once the deadline passed.
 pub async fn recover(
+    s: &Survive,
+    life: &mut Life,
+    rng: &mut impl Rng,
+    shadow: &Shadow,
+    deadline: Instant,
+    counts: &mut Counts,
+) -> Option<Client> {
+    shadow.recovering.fetch_add(1, Ordering::Relaxed);
+    let got = reconnect(s, life, rng, shadow, deadline, counts).await;
+    shadow.recovering.fetch_sub(1, Ordering::Relaxed);
+    got
+}
+
+async fn reconnect(
     s: &Survive,
     life: &mut Life,
     rng: &mut impl Rng,
@@ -322,7 +349,7 @@ pub async fn recover(
         life.lives += 1;
         counts.reconnects += 1;
         life.session = (life.conn + life.lives * s.connections) as u32;
-        let addr = life.next_node(s, rng);
+        let addr = life.next_node(s, rng, shadow);
         if let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await
         {
             c.lease_ms = s.lease_ms;

@@ -4,7 +4,7 @@
 //! no lock was granted at all: the outage a client saw.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::LockMode;
@@ -24,7 +24,13 @@ pub struct Shadow {
     longest_gap_us: AtomicU64,
     /// Gaps of at least [`STALL`] (one per fault, typically), the first [`MAX_STALLS`]:
     /// (microseconds from `started` to the gap's start, its length in microseconds).
-    stalls: Mutex<Vec<(u64, u64)>>,
+    stalls: Mutex<Vec<(u64, u64, Placement)>>,
+    /// With `--reconnect`: how many connections are on each node (by its place in
+    /// `--addr`, the first [`MAX_NODES`]) and how many are between two (reconnecting),
+    /// kept with each stall as it ends, to tell a fault that stopped a cluster from one
+    /// that stopped the clients gathered on its node.
+    pub placed: [AtomicU32; MAX_NODES],
+    pub recovering: AtomicU32,
     /// `started` on the wall clock (Unix microseconds), to line stalls up with the faults
     /// a harness injected (`--stall-log`).
     started_unix_us: u64,
@@ -50,6 +56,16 @@ struct Fence {
     ex: u64,
 }
 
+/// The nodes [`Shadow::placed`] tells apart.
+pub const MAX_NODES: usize = 8;
+
+/// Where the connections were when a stall ended: per node, and reconnecting.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Placement {
+    pub on: [u32; MAX_NODES],
+    pub recovering: u32,
+}
+
 /// A gap between grants this long is a stall: counted, and its length kept.
 pub const STALL: std::time::Duration = std::time::Duration::from_millis(250);
 const MAX_STALLS: usize = 10_000;
@@ -63,6 +79,8 @@ impl Default for Shadow {
             last_grant_us: AtomicU64::new(0),
             longest_gap_us: AtomicU64::new(0),
             stalls: Mutex::default(),
+            placed: Default::default(),
+            recovering: AtomicU32::new(0),
             token_violations: AtomicU64::new(0),
             lost_in_grace: AtomicU64::new(0),
             started_unix_us: std::time::SystemTime::now()
@@ -80,21 +98,28 @@ impl Shadow {
             .lock()
             .unwrap()
             .iter()
-            .map(|&(_, us)| us / 1000)
+            .map(|&(_, us, _)| us / 1000)
             .collect();
         v.sort_unstable();
         v
     }
 
     /// The stalls in the order they happened: (when each began, in Unix seconds; its
-    /// length in ms).
-    pub fn stall_times(&self) -> Vec<(f64, u64)> {
+    /// length in ms; where the connections were when it ended).
+    pub fn stall_times(&self) -> Vec<(f64, u64, Placement)> {
         self.stalls
             .lock()
             .unwrap()
             .iter()
-            .map(|&(at, us)| ((self.started_unix_us + at) as f64 / 1e6, us / 1000))
+            .map(|&(at, us, p)| ((self.started_unix_us + at) as f64 / 1e6, us / 1000, p))
             .collect()
+    }
+
+    fn placement(&self) -> Placement {
+        Placement {
+            on: std::array::from_fn(|i| self.placed[i].load(Ordering::Relaxed)),
+            recovering: self.recovering.load(Ordering::Relaxed),
+        }
     }
 
     /// The longest time, until now, in which no lock was granted (from the start, and
@@ -150,7 +175,7 @@ impl Shadow {
         if gap >= STALL.as_micros() as u64 {
             let mut stalls = self.stalls.lock().unwrap();
             if stalls.len() < MAX_STALLS {
-                stalls.push((now - gap, gap));
+                stalls.push((now - gap, gap, self.placement()));
             }
         }
         let h = keys.entry(key).or_default();
@@ -236,15 +261,19 @@ mod tests {
         s.granted(1, 1, LockMode::Sh);
         s.granted(2, 1, LockMode::Sh);
         assert!(s.stalls_ms().is_empty(), "{:?}", s.stalls_ms());
+        s.placed[1].store(2, Ordering::Relaxed);
+        s.recovering.store(1, Ordering::Relaxed);
         std::thread::sleep(STALL + std::time::Duration::from_millis(50));
         s.granted(3, 1, LockMode::Sh);
         let stalls = s.stalls_ms();
         assert_eq!(stalls.len(), 1, "{stalls:?}");
         assert!(stalls[0] >= 300, "{stalls:?}");
         // It began at the second grant, by the wall clock.
-        let [(at, ms)] = s.stall_times()[..] else {
+        let [(at, ms, placed)] = s.stall_times()[..] else {
             panic!("{:?}", s.stall_times())
         };
+        // Where the connections were as it ended.
+        assert_eq!((&placed.on[..3], placed.recovering), (&[0, 2, 0][..], 1));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

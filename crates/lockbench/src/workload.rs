@@ -318,7 +318,11 @@ where
             let lines: String = shadow
                 .stall_times()
                 .iter()
-                .map(|(at, ms)| format!("{at:.3} {ms}\n"))
+                .map(|(at, ms, p)| {
+                    let n = addr.split(',').count().min(crate::shadow::MAX_NODES);
+                    let on: Vec<String> = p.on[..n].iter().map(u32::to_string).collect();
+                    format!("{at:.3} {ms} {} {}\n", on.join("/"), p.recovering)
+                })
                 .collect();
             std::fs::write(path, lines)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -359,6 +363,9 @@ async fn pingpong(
             async move {
                 let mut rng = rand::rngs::SmallRng::from_entropy();
                 let mut life = crate::resume::Life::new(i);
+                if let Some(s) = survive.as_ref() {
+                    life.arrive(s, &shadow);
+                }
                 // A failed batch: with --reconnect, the session resumed or a new one (see
                 // `resume`); what the batch left undecided is let go, and was never in the
                 // shadow table (an acquire whose answer was lost is not recorded, a release
