@@ -298,67 +298,61 @@ pub async fn recover(
     counts: &mut Counts,
 ) -> Option<Client> {
     shadow.recovering.fetch_add(1, Ordering::Relaxed);
-    let got = reconnect(s, life, rng, shadow, deadline, counts).await;
-    shadow.recovering.fetch_sub(1, Ordering::Relaxed);
-    got
-}
-
-async fn reconnect(
-    s: &Survive,
-    life: &mut Life,
-    rng: &mut impl Rng,
-    shadow: &Shadow,
-    deadline: Instant,
-    counts: &mut Counts,
-) -> Option<Client> {
-    let lost_at = life.last_ok;
-    if let Some(id) = life.id.clone() {
-        // Counted as silent if not even one try fits (cannot happen while the batch
-        // timeout is below the bound, but an uncounted loss would hide).
-        let mut last = Some(Last::Silent);
-        while Instant::now() < deadline && lost_at.elapsed() < give_up_after(s.grace) {
+    // A block, so that each of its returns passes the count back on its way out.
+    let got = async {
+        let lost_at = life.last_ok;
+        if let Some(id) = life.id.clone() {
+            // Counted as silent if not even one try fits (cannot happen while the batch
+            // timeout is below the bound, but an uncounted loss would hide).
+            let mut last = Some(Last::Silent);
+            while Instant::now() < deadline && lost_at.elapsed() < give_up_after(s.grace) {
+                counts.reconnects += 1;
+                match try_resume(s, life, &id, rng, shadow, lost_at).await {
+                    Try::Resumed(c) => {
+                        counts.resumes += 1;
+                        life.last_ok = Instant::now();
+                        return Some(*c);
+                    }
+                    Try::Expired => {
+                        counts.expired += 1;
+                        last = None;
+                        break;
+                    }
+                    Try::Again(why) => last = Some(why),
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            if let (Some(why), true) = (last, Instant::now() < deadline) {
+                let u = &mut counts.unreached;
+                match why {
+                    Last::Busy => u.busy += 1,
+                    Last::ClusterDown => u.clusterdown += 1,
+                    Last::Silent => u.silent += 1,
+                    Last::Other => u.other += 1,
+                }
+            }
+        }
+        life.id = None;
+        life.anchor = None;
+        while Instant::now() < deadline {
+            life.lives += 1;
             counts.reconnects += 1;
-            match try_resume(s, life, &id, rng, shadow, lost_at).await {
-                Try::Resumed(c) => {
-                    counts.resumes += 1;
+            life.session = (life.conn + life.lives * s.connections) as u32;
+            let addr = life.next_node(s, rng, shadow);
+            if let Ok(mut c) =
+                step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await
+            {
+                c.lease_ms = s.lease_ms;
+                if begin(&mut c, s, life, shadow).await.is_ok() {
                     life.last_ok = Instant::now();
-                    return Some(*c);
+                    return Some(c);
                 }
-                Try::Expired => {
-                    counts.expired += 1;
-                    last = None;
-                    break;
-                }
-                Try::Again(why) => last = Some(why),
             }
             tokio::time::sleep(RETRY).await;
         }
-        if let (Some(why), true) = (last, Instant::now() < deadline) {
-            let u = &mut counts.unreached;
-            match why {
-                Last::Busy => u.busy += 1,
-                Last::ClusterDown => u.clusterdown += 1,
-                Last::Silent => u.silent += 1,
-                Last::Other => u.other += 1,
-            }
-        }
+        None
     }
-    life.id = None;
-    life.anchor = None;
-    while Instant::now() < deadline {
-        life.lives += 1;
-        counts.reconnects += 1;
-        life.session = (life.conn + life.lives * s.connections) as u32;
-        let addr = life.next_node(s, rng, shadow);
-        if let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await
-        {
-            c.lease_ms = s.lease_ms;
-            if begin(&mut c, s, life, shadow).await.is_ok() {
-                life.last_ok = Instant::now();
-                return Some(c);
-            }
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-    None
+    .await;
+    shadow.recovering.fetch_sub(1, Ordering::Relaxed);
+    got
 }
