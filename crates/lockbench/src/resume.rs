@@ -152,14 +152,22 @@ impl Life {
         }
     }
 
-    /// Another node than the last, at random: the next one in turn sent every connection
-    /// of a lost node to the same one, and over a soak's faults they gathered on one node,
-    /// whose next fault stopped every client for all of its length.
+    /// Another node than the last: the one with the fewest of this run's connections (ties
+    /// at random), as a balanced client pool would. The next one in turn sent every
+    /// connection of a lost node to the same one; a random other one still let them
+    /// gather, fault after fault, on a node that stayed a follower (a soak's stall log:
+    /// `connections 0/0/30` in three rounds), and its next fault, as leader, stopped every
+    /// client for all of its length.
     fn next_node<'a>(&mut self, s: &'a Survive, rng: &mut impl Rng, shadow: &Shadow) -> &'a str {
         let n = s.addrs.split(',').count();
         if n > 1 {
             let from = self.node;
-            self.node = (self.node + 1 + rng.gen_range(0..n - 1)) % n;
+            let load = |i: usize| shadow.placed.get(i).map(|p| p.load(Ordering::Relaxed));
+            let start = rng.gen_range(0..n - 1);
+            self.node = (0..n - 1)
+                .map(|k| (from + 1 + (start + k) % (n - 1)) % n)
+                .min_by_key(|&i| load(i).unwrap_or(0))
+                .unwrap_or(from);
             if let (Some(a), Some(b)) = (shadow.placed.get(from), shadow.placed.get(self.node)) {
                 a.fetch_sub(1, Ordering::Relaxed);
                 b.fetch_add(1, Ordering::Relaxed);
