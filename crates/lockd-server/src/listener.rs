@@ -263,22 +263,20 @@ impl Server {
         // would answer clients for a cluster that sees it as silent.
         let shutdown = shutdown.child_token();
         if let Some(node) = shared.cluster() {
-            let (shared, stop, node) = (shared.clone(), shutdown.clone(), node.clone());
+            let (told, stop, watched) = (shared.clone(), shutdown.clone(), node.clone());
             tokio::spawn(async move {
                 tokio::select! {
-                    why = node.failed() => {
+                    why = watched.failed() => {
                         tracing::error!(
                             "this node's Raft stopped: {why}; lockd stops so that it can be \
                              started again from its data directory"
                         );
-                        *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        *told.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                         stop.cancel();
                     }
                     _ = stop.cancelled() => {}
                 }
             });
-        }
-        if let Some(node) = shared.cluster() {
             // Clients are served once what this node's previous run left is ended, and
             // tokens are above what a standalone server on this machine issued.
             let joined = tokio::select! {
