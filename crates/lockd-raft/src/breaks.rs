@@ -43,10 +43,14 @@ pub enum Check {
     /// and exits with that error. Off: it goes on answering clients, a zombie the others
     /// see as silent.
     FailStop,
+    /// `quorum-heard`: a follower stands for election, and finds its leader deaf, only
+    /// while its pings reach a quorum. Off: a node cut off (or mute) runs elections no one
+    /// hears, and the term it reaches deposes the working leader when it comes back.
+    QuorumHeard,
 }
 
 impl Check {
-    const ALL: [(&'static str, Check); 7] = [
+    const ALL: [(&'static str, Check); 8] = [
         ("read-index", Check::ReadIndex),
         ("leader-time", Check::LeaderTime),
         ("node-down", Check::NodeDown),
@@ -54,6 +58,7 @@ impl Check {
         ("durable-ack", Check::DurableAck),
         ("forward-moves", Check::ForwardMoves),
         ("fail-stop", Check::FailStop),
+        ("quorum-heard", Check::QuorumHeard),
     ];
 }
 

@@ -16,8 +16,11 @@
 //! was elected, so a leader change never moves time forward by a jump of clock skew; the
 //! new leader then proposes `Regrace`, giving every dead session its full grace again.
 //!
-//! **Liveness.** Every node pings the leader; the leader proposes `NodeDown` for a member
-//! not heard from for the detection time. A node that finds itself down (it was cut off)
+//! **Liveness.** Every node pings the other members; the leader proposes `NodeDown` for a
+//! member not heard from for the detection time. A voter whose pings reach no quorum stands
+//! for no election until they do (a pre-vote of sorts): a node cut off, or mute, would
+//! otherwise raise its term in elections no one hears and depose the working leader when
+//! it is heard again. A node that finds itself down (it was cut off)
 //! calls its `on_cut_off` hook (the server closes its clients' connections) and proposes
 //! `NodeUp`. At start a node proposes `NodeDown` and `NodeUp` for itself, which ends what
 //! its previous run left bound.
@@ -220,6 +223,9 @@ pub struct Cluster<T: Table> {
     /// As a follower: since when the leader has not answered this node's pings (`None`:
     /// it answers). See [`Cluster::deaf_leader`].
     leader_silent_since: Mutex<Option<(NodeId, Instant)>>,
+    /// When each other member last answered this node's ping: whether this node can
+    /// reach a quorum. See [`Cluster::hears_quorum`].
+    heard: Mutex<HashMap<NodeId, Instant>>,
 }
 
 /// How long `lockctl cluster add` waits for a new learner to catch up.
@@ -345,6 +351,7 @@ impl<T: Table> Cluster<T> {
             removed,
             removal_handled: AtomicBool::new(false),
             leader_silent_since: Mutex::new(None),
+            heard: Mutex::new(HashMap::new()),
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -561,8 +568,8 @@ impl<T: Table> Cluster<T> {
             }
             match self.raft.current_leader().await {
                 Some(l) if l == self.id => return self.lead_change(change).await,
-                Some(l) if self.leader_addr(l).is_some() => {
-                    let addr = self.leader_addr(l).unwrap_or_default();
+                Some(l) if self.addr_of(l).is_some() => {
+                    let addr = self.addr_of(l).unwrap_or_default();
                     let mut c = PeerClient::new(
                         l,
                         addr,
@@ -795,9 +802,9 @@ impl<T: Table> Cluster<T> {
         }
     }
 
-    fn leader_addr(&self, leader: NodeId) -> Option<String> {
+    fn addr_of(&self, node: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership().get_node(&node).map(|n| n.addr.clone())
     }
 
     async fn propose_loop(self: Arc<Self>) {
@@ -861,7 +868,9 @@ impl<T: Table> Cluster<T> {
         let ack = m.millis_since_quorum_ack;
         let has_quorum = match m.state {
             ServerState::Leader => ack.is_some_and(|ms| ms < failover.as_millis() as u64),
-            _ => m.current_leader.is_some(),
+            // A follower that reaches no quorum cannot have its commands committed
+            // (and, since it stands for no election then, keeps the leader it had).
+            _ => m.current_leader.is_some() && self.hears_quorum(None),
         };
         if has_quorum {
             *since = None;
@@ -900,7 +909,7 @@ impl<T: Table> Cluster<T> {
                         )),
                     }
                 }
-                Some(l) => match self.leader_addr(l) {
+                Some(l) => match self.addr_of(l) {
                     Some(addr) => {
                         let c = peers.entry(l).or_insert_with(|| {
                             PeerClient::new(
@@ -1009,8 +1018,9 @@ impl<T: Table> Cluster<T> {
         }
     }
 
-    /// Pings the leader; as leader, declares silent members down; as a member declared
-    /// down, ends its clients' connections and comes back up.
+    /// Pings every other member (the leader's answers say whether it is deaf, the others'
+    /// whether this node may stand for election); as leader, declares silent members down;
+    /// as a member declared down, ends its clients' connections and comes back up.
     async fn liveness(self: Arc<Self>) {
         // Often enough to find a leader that no longer answers within an election timeout.
         let every = Duration::from_millis(
@@ -1019,7 +1029,9 @@ impl<T: Table> Cluster<T> {
                 .max(50),
         );
         let detect = Duration::from_millis(self.config.detect_ms);
-        let mut leader_client: Option<(NodeId, PeerClient)> = None;
+        let mut peers: HashMap<NodeId, PeerClient> = HashMap::new();
+        // openraft starts with elections allowed.
+        let mut electing = true;
         let me = self.id as u16;
         // Whether a liveness command is committing (see `submit_aside`).
         let aside = Arc::new(AtomicBool::new(false));
@@ -1090,38 +1102,116 @@ impl<T: Table> Cluster<T> {
                     );
                     self.submit_aside(cmds, &aside);
                 }
-            } else if let Some(l) = leader {
-                if leader_client.as_ref().is_none_or(|(id, _)| *id != l) {
-                    leader_client = self.leader_addr(l).map(|a| {
-                        (
-                            l,
-                            PeerClient::new(
-                                l,
-                                a,
-                                Arc::new(self.config.key.clone()),
-                                self.id,
-                                self.tls.clone(),
-                            ),
-                        )
-                    });
-                }
-                if let Some((_, c)) = leader_client.as_mut() {
-                    let answer = c.call(&PeerRequest::Ping(self.id), every).await;
-                    if let Ok(PeerReply::Removed) = answer {
-                        self.removed.store(true, Ordering::SeqCst);
-                    }
+            }
+            let answers = self.ping_members(&mut peers, every).await;
+            if let Some(l) = leader.filter(|l| *l != self.id) {
+                if let Some(answered) = answers.get(&l) {
                     let mut silent = self
                         .leader_silent_since
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
-                    *silent = match (answer.is_ok(), *silent) {
+                    *silent = match (*answered, *silent) {
                         (true, _) => None,
                         (false, Some((id, at))) if id == l => Some((id, at)),
                         (false, _) => Some((l, Instant::now())),
                     };
                 }
             }
+            // A node that cannot reach a quorum stands for no election: its votes would
+            // go unheard, and the term it reached would depose the working leader when
+            // it is heard again (a pre-vote, which openraft 0.9 does not have).
+            let may_elect = self.hears_quorum(None);
+            if may_elect != electing {
+                electing = may_elect;
+                self.raft.runtime_config().elect(may_elect);
+                if may_elect {
+                    tracing::info!("this node reaches a quorum again: it may stand for election");
+                } else {
+                    tracing::warn!(
+                        "this node reaches no quorum: it stands for no election until it does"
+                    );
+                }
+            }
         }
+    }
+
+    /// Pings every other member at once (each for at most `ttl`), records who answered
+    /// in `heard`, and returns it by id. A peer that answers `Removed` means this node's
+    /// id left the committed membership.
+    async fn ping_members(
+        &self,
+        peers: &mut HashMap<NodeId, PeerClient>,
+        ttl: Duration,
+    ) -> HashMap<NodeId, bool> {
+        let members = self.member_ids();
+        peers.retain(|id, _| members.contains(id));
+        let mut pings = tokio::task::JoinSet::new();
+        for id in members.into_iter().filter(|id| *id != self.id) {
+            let client = match peers.remove(&id) {
+                Some(c) => c,
+                None => match self.addr_of(id) {
+                    Some(a) => PeerClient::new(
+                        id,
+                        a,
+                        Arc::new(self.config.key.clone()),
+                        self.id,
+                        self.tls.clone(),
+                    ),
+                    None => continue,
+                },
+            };
+            let me = self.id;
+            pings.spawn(async move {
+                let mut client = client;
+                let answer = client.call(&PeerRequest::Ping(me), ttl).await;
+                (id, client, answer)
+            });
+        }
+        let mut answers = HashMap::new();
+        while let Some(done) = pings.join_next().await {
+            // A ping task cannot panic short of a bug; its client is made anew next time.
+            let Ok((id, client, answer)) = done else {
+                continue;
+            };
+            peers.insert(id, client);
+            if let Ok(PeerReply::Removed) = answer {
+                self.removed.store(true, Ordering::SeqCst);
+            }
+            if answer.is_ok() {
+                self.heard
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Instant::now());
+            }
+            answers.insert(id, answer.is_ok());
+        }
+        answers
+    }
+
+    /// Whether this node reaches a quorum of the voters (itself included if it is one)
+    /// without `without`: the other voters that answered a ping within the longest
+    /// election timeout.
+    fn hears_quorum(&self, without: Option<NodeId>) -> bool {
+        if crate::breaks::off(crate::breaks::Check::QuorumHeard) {
+            return true;
+        }
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let mine = usize::from(voters.contains(&self.id));
+        let window = Duration::from_millis(self.config.election_max_ms);
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let reached = voters
+            .iter()
+            .filter(|v| **v != self.id && Some(**v) != without)
+            .filter(|v| heard.get(v).is_some_and(|at| at.elapsed() <= window))
+            .count();
+        reached + mine > voters.len() / 2
     }
 
     async fn serve_peers(self: Arc<Self>, listener: TcpListener) {
@@ -1205,8 +1295,8 @@ impl<T: Table> Cluster<T> {
 
     /// Whether `from`, this follower's leader, has not answered its pings for longer than
     /// the longest election timeout while its appends still arrive: a one-way partition
-    /// (the leader sends, but hears nothing back, so it can commit nothing). Its appends
-    /// are then left unanswered as if they had not arrived, so that this node's election
+    /// (the leader sends, but hears nothing back, so it can commit nothing), and this node
+    /// reaches a quorum without it. Its appends are then left unanswered as if they had not arrived, so that this node's election
     /// timer runs out and the nodes that can hear each other elect a leader; without it
     /// the cluster would stop for as long as the partition lasts (openraft 0.9 has no
     /// check-quorum step-down, and ignores an election trigger on a leader). When the
@@ -1216,10 +1306,15 @@ impl<T: Table> Cluster<T> {
             return false;
         }
         let limit = Duration::from_millis(self.config.election_max_ms);
-        self.leader_silent_since
+        let silent = self
+            .leader_silent_since
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|(id, at)| id == from && at.elapsed() > limit)
+            .is_some_and(|(id, at)| id == from && at.elapsed() > limit);
+        // A node that reaches no quorum without the leader cannot tell a deaf leader
+        // from being mute itself, and nothing is gained by ignoring it: its election
+        // would go unheard. It follows the appends it gets instead.
+        silent && self.hears_quorum(Some(from))
     }
 
     async fn handle(&self, from: NodeId, req: PeerRequest) -> Option<PeerReply> {

@@ -11,6 +11,7 @@
 //! | SIGSTOP of the leader, then SIGCONT | the old leader answers nothing from before, once awake | `read-index` |
 //! | the leader cut off both ways, or mute (what it sends is lost) | it answers nothing stale while cut off | `read-index` |
 //! | the leader deaf (hears nothing, its appends still arrive) | the others elect a leader while it lasts | `deaf-leader` |
+//! | a follower cut off both ways, or the leader mute, for 3 s | no election when it is heard again (the term stays) | `quorum-heard` |
 //! | every disk slow to fsync | a grant is told only once a majority's disks have it | `durable-ack` |
 //! | a follower's disk full (its appends fail) | the node exits with the error, and serves again once restarted | `fail-stop` |
 //!
@@ -264,6 +265,67 @@ fn one_way_leader(
     }
 }
 
+/// The term and the leader in node `i`'s `CLUSTER STATUS`.
+fn term_and_leader(t: &Trio, i: usize) -> Option<(u64, u64)> {
+    let mut c = Native::connect(t.port(i), KEY);
+    let status = c.try_call(&["CLUSTER", "STATUS"]).and_then(|_| {
+        let mut json = String::new();
+        c.r.read_line(&mut json).ok().map(|_| json)
+    })?;
+    let field = |name: &str| -> Option<u64> {
+        let rest = status.split_once(&format!("\"{name}\":"))?.1;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("term")?, field("leader")?))
+}
+
+/// A node cut off for 3 s, a follower both ways or the leader mute (it hears, what it
+/// sends is lost), must not depose the leader the others have when it is heard again: its
+/// elections went unheard, and the term it reached would end the working leader's term
+/// and cost the cluster an election it did not need.
+fn comes_back_quietly(broken: Option<&'static str>, mute: bool) -> Result<(), String> {
+    let t = Trio::start(broken);
+    let (l, f, g) = t.roles();
+    let (victim, watcher) = if mute { (l, f) } else { (f, l) };
+    t.partition(
+        victim,
+        &if mute {
+            format!(">{f} >{g}")
+        } else {
+            format!("{l} {g}")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let before = term_and_leader(&t, watcher).ok_or("no cluster status before the heal")?;
+    if before.1 == victim as u64 {
+        return Err(format!(
+            "node {victim} still led after 3 s cut off: {before:?}"
+        ));
+    }
+    t.partition(victim, "");
+    let healed = Instant::now();
+    while healed.elapsed() < Duration::from_millis(2500) {
+        if let Some(now) = term_and_leader(&t, watcher) {
+            if now.0 != before.0 {
+                return Err(format!(
+                    "node {victim}, cut off for 3 s, came back and the term went from {} \
+                     (leader {}) to {} (leader {}) {:?} after the heal",
+                    before.0,
+                    before.1,
+                    now.0,
+                    now.1,
+                    healed.elapsed()
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Every node's fsyncs take 300 ms (below the election timeout; with 800 ms, tried once, the
 /// appends outlasted openraft's RPC timeout and nothing committed): a grant cannot be told
 /// sooner, since it is told only once a majority has the entry on disk.
@@ -388,6 +450,16 @@ fn deaf_leader_is_replaced() {
     holds_and_breaks("deaf-leader", |b| {
         one_way_leader(b, |f, g| format!("<{f} <{g}"), Duration::from_secs(6))
     });
+}
+
+#[test]
+fn an_isolated_follower_comes_back_without_an_election() {
+    holds_and_breaks("quorum-heard", |b| comes_back_quietly(b, false));
+}
+
+#[test]
+fn a_mute_leader_comes_back_without_an_election() {
+    holds_and_breaks("quorum-heard", |b| comes_back_quietly(b, true));
 }
 
 #[test]
