@@ -47,10 +47,15 @@ pub enum Check {
     /// while its pings reach a quorum. Off: a node cut off (or mute) runs elections no one
     /// hears, and the term it reaches deposes the working leader when it comes back.
     QuorumHeard,
+    /// `refused-gone`: the leader declares down at once a member whose peer port has
+    /// refused connections for the shortest election timeout (a killed process). Off: only
+    /// after the detection time, counted from this leader's election, so a killed
+    /// leader's sessions stay bound, and their clients wait, that much longer.
+    RefusedGone,
 }
 
 impl Check {
-    const ALL: [(&'static str, Check); 8] = [
+    const ALL: [(&'static str, Check); 9] = [
         ("read-index", Check::ReadIndex),
         ("leader-time", Check::LeaderTime),
         ("node-down", Check::NodeDown),
@@ -59,6 +64,7 @@ impl Check {
         ("forward-moves", Check::ForwardMoves),
         ("fail-stop", Check::FailStop),
         ("quorum-heard", Check::QuorumHeard),
+        ("refused-gone", Check::RefusedGone),
     ];
 }
 

@@ -17,7 +17,8 @@
 //! new leader then proposes `Regrace`, giving every dead session its full grace again.
 //!
 //! **Liveness.** Every node pings the other members; the leader proposes `NodeDown` for a
-//! member not heard from for the detection time. A voter whose pings reach no quorum stands
+//! member not heard from for the detection time, or whose peer port has refused
+//! connections for the shortest election timeout (no process there). A voter whose pings reach no quorum stands
 //! for no election until they do (a pre-vote of sorts): a node cut off, or mute, would
 //! otherwise raise its term in elections no one hears and depose the working leader when
 //! it is heard again. A node that finds itself down (it was cut off)
@@ -226,6 +227,9 @@ pub struct Cluster<T: Table> {
     /// When each other member last answered this node's ping: whether this node can
     /// reach a quorum. See [`Cluster::hears_quorum`].
     heard: Mutex<HashMap<NodeId, Instant>>,
+    /// Since when each other member's peer port has refused every ping: no process
+    /// listens there (killed, or restarting). See [`Cluster::gone`].
+    refused: Mutex<HashMap<NodeId, Instant>>,
 }
 
 /// How long `lockctl cluster add` waits for a new learner to catch up.
@@ -352,6 +356,7 @@ impl<T: Table> Cluster<T> {
             removal_handled: AtomicBool::new(false),
             leader_silent_since: Mutex::new(None),
             heard: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -1085,7 +1090,9 @@ impl<T: Table> Cluster<T> {
                 let silent: Vec<NodeId> = {
                     let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                     seen.iter()
-                        .filter(|(id, at)| **id != self.id && at.elapsed() > detect)
+                        .filter(|(id, at)| {
+                            **id != self.id && (at.elapsed() > detect || self.gone(**id))
+                        })
                         .map(|(id, _)| *id)
                         .collect()
                 };
@@ -1098,7 +1105,8 @@ impl<T: Table> Cluster<T> {
                 if !cmds.is_empty() && !crate::breaks::off(crate::breaks::Check::NodeDown) {
                     tracing::warn!(
                         ?cmds,
-                        "members silent past the detection time: declared down"
+                        "members silent past the detection time, or whose peer port refuses \
+                         connections: declared down"
                     );
                     self.submit_aside(cmds, &aside);
                 }
@@ -1183,9 +1191,41 @@ impl<T: Table> Cluster<T> {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, Instant::now());
             }
+            {
+                let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                match &answer {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        refused.entry(id).or_insert_with(Instant::now);
+                    }
+                    _ => {
+                        refused.remove(&id);
+                    }
+                }
+            }
             answers.insert(id, answer.is_ok());
         }
         answers
+    }
+
+    /// Whether member `id` is gone: its peer port has refused every ping for the shortest
+    /// election timeout. A refused connection means no process listens there (the kernel
+    /// answers for a dead or restarting one; a paused or cut-off node's port still takes
+    /// connections, or says nothing), so the leader need not wait the detection time to
+    /// let its sessions go: the clients of a killed node resume elsewhere about a second
+    /// after the kill instead of the detection time after the next election. A node that
+    /// restarts declares itself down anyway (see the module's *Liveness*). A firewall that
+    /// rejects the peer port of a live node makes it look gone: it is then cut off from
+    /// the leader, and what it would be declared after the detection time it is now.
+    fn gone(&self, id: NodeId) -> bool {
+        if crate::breaks::off(crate::breaks::Check::RefusedGone) {
+            return false;
+        }
+        let after = Duration::from_millis(self.config.election_min_ms);
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|since| since.elapsed() >= after)
     }
 
     /// Whether this node reaches a quorum of the voters (itself included if it is one)

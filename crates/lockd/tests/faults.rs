@@ -6,6 +6,7 @@
 //! | fault | property | check switched off |
 //! |---|---|---|
 //! | kill -9 of the leader | a dead session keeps its lock for its grace across the leader change | `leader-time` |
+//! | kill -9 of the leader (the client's node) | its sessions' locks go after their grace, well within the detection time of the kill | `refused-gone` |
 //! | kill -9 of a follower (the client's node) | its sessions' locks go after detection + grace, not before, not never | `node-down` |
 //! | a follower cut off both ways | the same for its clients | `node-down` |
 //! | SIGSTOP of the leader, then SIGCONT | the old leader answers nothing from before, once awake | `read-index` |
@@ -159,6 +160,36 @@ fn kill_leader(broken: Option<&'static str>) -> Result<(), String> {
         return Err(format!(
             "granted to another session {after:?} after its holder's connection closed, \
              within the holder's grace of {grace:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// kill -9 of the leader its client is on: the session's lock goes at the end of its
+/// grace, counted from about when the node died (its port refuses connections), not from
+/// the detection time after the next election: the clients of a killed node resume their
+/// sessions elsewhere, or others get their locks, within about a second and the grace.
+fn kill_leader_with_its_client(broken: Option<&'static str>) -> Result<(), String> {
+    let mut t = Trio::start(broken);
+    let (l, f, _) = t.roles();
+    let grace = Duration::from_millis(500);
+    let (_a, _) = holder(&t, l, "k", grace.as_millis() as u64);
+    let killed = Instant::now();
+    t.kill(l);
+    let at = granted_at(&t, f, "k").ok_or("the killed leader's lock was never let go")?;
+    let after = at - killed;
+    // The nodes' detection time (3 s): what a killed node's sessions would wait without
+    // the refused port, counted from the election after the kill.
+    let detect = Duration::from_secs(3);
+    if after < grace {
+        return Err(format!(
+            "granted {after:?} after the kill, within the grace"
+        ));
+    }
+    if after >= detect {
+        return Err(format!(
+            "granted {after:?} after the kill: its sessions were let go only after the \
+             detection time ({detect:?}), though its port refused connections"
         ));
     }
     Ok(())
@@ -416,6 +447,11 @@ fn holds_and_breaks(
 #[test]
 fn kill_leader_keeps_a_dead_sessions_grace() {
     holds_and_breaks("leader-time", kill_leader);
+}
+
+#[test]
+fn kill_leader_lets_its_clients_locks_go_soon_after_grace() {
+    holds_and_breaks("refused-gone", kill_leader_with_its_client);
 }
 
 #[test]
