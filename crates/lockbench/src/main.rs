@@ -10,6 +10,7 @@ mod resume;
 mod server;
 mod shadow;
 mod sweep;
+mod trace;
 mod workload;
 
 use std::time::Duration;

@@ -270,10 +270,23 @@ async fn try_resume(
 ) -> Try {
     let addr = life.next_node(s, rng, shadow);
     let Ok(mut c) = step(Client::connect(addr, s.protocol, &s.auth_key, life.session)).await else {
+        crate::trace::event(format_args!(
+            "conn {} resume on {addr}: no connection",
+            life.conn
+        ));
         return Try::Again(Last::Silent);
     };
     c.lease_ms = s.lease_ms;
-    match step(c.call(&["SESSION", "RESUME", id])).await {
+    let answer = step(c.call(&["SESSION", "RESUME", id])).await;
+    crate::trace::event(format_args!(
+        "conn {} resume on {addr}: {}",
+        life.conn,
+        match &answer {
+            Ok(r) => r.clone(),
+            Err(e) => format!("{e:#}"),
+        }
+    ));
+    match answer {
         Ok(r) if r == "+OK" => match settle(&mut c, s, life, shadow).await {
             Ok(()) => Try::Resumed(Box::new(c)),
             // Lost again on the way: the session is still ours to resume.
@@ -307,6 +320,12 @@ pub async fn recover(
 ) -> Option<Client> {
     shadow.recovering.fetch_add(1, Ordering::Relaxed);
     // A block, so that each of its returns passes the count back on its way out.
+    crate::trace::event(format_args!(
+        "conn {} lost on node {} ({} ms after its last reply)",
+        life.conn,
+        life.node + 1,
+        life.last_ok.elapsed().as_millis()
+    ));
     let got = async {
         let lost_at = life.last_ok;
         if let Some(id) = life.id.clone() {

@@ -137,6 +137,10 @@ impl TaskResult {
                 _ => None,
             };
             self.counts.failures.count(error.as_deref());
+            crate::trace::event(format_args!(
+                "a batch failed: {}",
+                error.as_deref().unwrap_or("no reply")
+            ));
             first_error(error.unwrap_or_else(|| format!("no reply within {BATCH_TIMEOUT:?}")));
             return false;
         }

@@ -997,13 +997,14 @@ impl<T: Table> Cluster<T> {
                     }
                 };
                 if newly {
-                    // Every member has the detection time from now to report in.
-                    let members = self.member_ids();
-                    let now = Instant::now();
-                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                    seen.clear();
-                    seen.extend(members.into_iter().map(|id| (id, now)));
-                    drop(seen);
+                    let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let start = first_seen(
+                        &self.member_ids(),
+                        &heard,
+                        Instant::now(),
+                        Duration::from_millis(self.config.detect_ms / 2),
+                    );
+                    *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = start;
                     let me = self.clone();
                     if !crate::breaks::off(crate::breaks::Check::LeaderTime) {
                         tokio::spawn(async move {
@@ -1393,5 +1394,53 @@ impl<T: Table> Cluster<T> {
                 PeerReply::Member(self.lead_change(c).await.map_err(|e| e.to_string()))
             }
         })
+    }
+}
+
+/// What a new leader counts as each member's last sign of life: when the member last
+/// answered this node's pings (the silence of a node whose loss caused the election began
+/// before the election did, and need not be waited for again), or `now` for one never
+/// heard; but never more than `credit` ago, so that a node elected as it wakes from a
+/// pause, its record of everyone stale, gives every member time to report in.
+fn first_seen(
+    members: &[NodeId],
+    heard: &HashMap<NodeId, Instant>,
+    now: Instant,
+    credit: Duration,
+) -> HashMap<NodeId, Instant> {
+    let floor = now.checked_sub(credit).unwrap_or(now);
+    members
+        .iter()
+        .map(|id| {
+            let at = heard.get(id).copied().unwrap_or(now).clamp(floor, now);
+            (*id, at)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_leader_counts_silence_from_the_last_answer_within_its_credit() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let s = Duration::from_secs(1);
+        let heard = HashMap::from([(2, now - s / 10), (3, now - 2 * s), (4, now - 5 * s)]);
+        let seen = first_seen(&[1, 2, 3, 4, 5], &heard, now, 3 * s);
+        assert_eq!(
+            seen[&2],
+            now - s / 10,
+            "a live member: when it last answered"
+        );
+        assert_eq!(seen[&3], now - 2 * s, "silent since before the election");
+        assert_eq!(
+            seen[&4],
+            now - 3 * s,
+            "a stale record counts no further back than the credit"
+        );
+        assert_eq!(seen[&1], now, "never heard (this node itself): from now");
+        assert_eq!(seen[&5], now);
+        assert_eq!(seen.len(), 5, "every member, and only the members");
     }
 }
