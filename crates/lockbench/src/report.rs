@@ -74,6 +74,9 @@ pub struct Report {
     pub resumes_given_up: u64,
     pub resumes_expired: u64,
     pub resumes_unreached: crate::resume::Unreached,
+    /// How long after its last reply each resumed session was back (ms, sorted once the
+    /// run ends; see [`Report::finish_resumes`]).
+    pub resumed_after_ms: Vec<u64>,
     /// Every failed batch by kind, whether it counted as an error or (with `--reconnect`)
     /// led to a reconnect.
     pub failures: Failures,
@@ -127,7 +130,13 @@ impl Report {
         self.resumes += c.resumes;
         self.resumes_expired += c.expired;
         self.resumes_unreached.add(&c.unreached);
+        self.resumed_after_ms.extend_from_slice(&c.resumed_after_ms);
         self.resumes_given_up = self.resumes_expired + self.resumes_unreached.total();
+    }
+
+    /// Sorts the resume waits, for their p50 and max.
+    pub fn finish_resumes(&mut self) {
+        self.resumed_after_ms.sort_unstable();
     }
 
     pub fn new(args: &Args) -> Report {
@@ -146,6 +155,7 @@ impl Report {
             reconnects: 0,
             resumes: 0,
             resumes_given_up: 0,
+            resumed_after_ms: Vec::new(),
             resumes_expired: 0,
             resumes_unreached: Default::default(),
             failures: Failures::default(),
@@ -259,6 +269,17 @@ impl Report {
                 u.silent,
                 u.other
             );
+            let w = &self.resumed_after_ms;
+            if !w.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "resumed after p50 {} ms, p99 {} ms, max {} ms (from the lost connection's \
+                     last reply)",
+                    w[w.len() / 2],
+                    w[(w.len() * 99 / 100).min(w.len() - 1)],
+                    w[w.len() - 1]
+                );
+            }
         }
         let f = &self.failures;
         if f.clusterdown + f.connection + f.no_reply + f.other > 0 {
@@ -364,7 +385,26 @@ fn summary(h: &Histogram<u64>) -> Option<[u64; 4]> {
 
 #[cfg(test)]
 mod tests {
-    use super::Failures;
+    use super::{Failures, Report};
+    use clap::Parser;
+
+    #[test]
+    fn resume_waits_are_reported_by_percentile() {
+        let args = crate::Args::try_parse_from(["lockbench"]).unwrap();
+        let mut r = Report::new(&args);
+        let waits = (1..=100).rev().collect::<Vec<u64>>();
+        r.add_survival(&crate::resume::Counts {
+            resumes: 100,
+            resumed_after_ms: waits,
+            ..Default::default()
+        });
+        r.finish_resumes();
+        let t = r.table();
+        assert!(
+            t.contains("resumed after p50 51 ms, p99 100 ms, max 100 ms"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn failures_are_counted_by_kind() {

@@ -44,7 +44,8 @@ const MARGIN: Duration = Duration::from_millis(250);
 /// What every connection's recovery needs to know.
 #[derive(Clone)]
 pub struct Survive {
-    pub addrs: String,
+    /// The nodes' addresses (`--addr`, split once).
+    pub nodes: Vec<String>,
     pub protocol: Protocol,
     pub auth_key: String,
     pub connections: usize,
@@ -70,10 +71,13 @@ pub struct Life {
 }
 
 /// What reconnects did, per connection.
-#[derive(Default, Clone, Copy, Debug, PartialEq)]
+#[derive(Default, Clone, Debug, PartialEq)]
 pub struct Counts {
     pub reconnects: u64,
     pub resumes: u64,
+    /// For each resumed session: how long after the last reply on the lost connection
+    /// it was resumed and settled (ms): what a client of a lost node waited.
+    pub resumed_after_ms: Vec<u64>,
     /// Given up: `-NOSESSION` once the grace was over.
     pub expired: u64,
     /// Given up: no answer resumed it in time; by the last try's answer.
@@ -146,7 +150,7 @@ impl Life {
 
     /// Counts the connection on the node it was first given (see [`Shadow::placed`]).
     pub fn arrive(&mut self, s: &Survive, shadow: &Shadow) {
-        self.node %= s.addrs.split(',').count();
+        self.node %= s.nodes.len().max(1);
         if let Some(p) = shadow.placed.get(self.node) {
             p.fetch_add(1, Ordering::Relaxed);
         }
@@ -159,7 +163,7 @@ impl Life {
     /// `connections 0/0/30` in three rounds), and its next fault, as leader, stopped every
     /// client for all of its length.
     fn next_node<'a>(&mut self, s: &'a Survive, rng: &mut impl Rng, shadow: &Shadow) -> &'a str {
-        let n = s.addrs.split(',').count();
+        let n = s.nodes.len();
         if n > 1 {
             let from = self.node;
             let load = |i: usize| shadow.placed.get(i).map(|p| p.load(Ordering::Relaxed));
@@ -173,7 +177,7 @@ impl Life {
                 b.fetch_add(1, Ordering::Relaxed);
             }
         }
-        crate::workload::addr_of(&s.addrs, self.node)
+        &s.nodes[self.node % n.max(1)]
     }
 }
 
@@ -337,6 +341,9 @@ pub async fn recover(
                 match try_resume(s, life, &id, rng, shadow, lost_at).await {
                     Try::Resumed(c) => {
                         counts.resumes += 1;
+                        counts
+                            .resumed_after_ms
+                            .push(lost_at.elapsed().as_millis() as u64);
                         life.last_ok = Instant::now();
                         return Some(*c);
                     }

@@ -318,6 +318,7 @@ where
     if args.reconnect {
         report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
         report.stalls_ms = Some(shadow.stalls_ms());
+        report.finish_resumes();
         if let Some(path) = &args.stall_log {
             let lines: String = shadow
                 .stall_times()
@@ -349,7 +350,7 @@ async fn pingpong(
     let (keys, mode, depth, per) = (args.keys, args.mode, args.depth, args.keys_per_request);
     let hold = Duration::from_micros(args.hold_us);
     let survive = args.reconnect.then(|| crate::resume::Survive {
-        addrs: addr.to_string(),
+        nodes: addr.split(',').map(|a| a.trim().to_string()).collect(),
         protocol: args.protocol,
         auth_key: args.auth_key.clone(),
         connections: args.connections,
