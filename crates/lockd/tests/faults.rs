@@ -1,7 +1,9 @@
 //! One test per fault kind of the cluster fault harness (issue 14), each run twice: on a
 //! sound cluster, where the property must hold, and with the check that property rests on
 //! switched off (`LOCKD_FAULT_BREAK`, see `lockd_raft::breaks`), where the same test must
-//! see it fail. A scenario that passed both ways would be testing nothing.
+//! see it fail. A scenario that passed both ways would be testing nothing. The slow link
+//! has no check of ours to switch off and runs once (with its delay raised to 150 ms,
+//! above the heartbeat, it fails: an election).
 //!
 //! | fault | property | check switched off |
 //! |---|---|---|
@@ -13,6 +15,7 @@
 //! | the leader cut off both ways, or mute (what it sends is lost) | it answers nothing stale while cut off | `read-index` |
 //! | the leader deaf (hears nothing, its appends still arrive) | the others elect a leader while it lasts | `deaf-leader` |
 //! | a follower cut off both ways, or the leader mute, for 3 s | no election when it is heard again (the term stays) | `quorum-heard` |
+//! | a slow link: every request the leader sends waits 40 ms | no election, no stall: each lock and unlock within 1 s | none: it rests on the timeouts (a heartbeat of 100 ms is also an append's time limit), so it runs once |
 //! | every disk slow to fsync | a grant is told only once a majority's disks have it | `durable-ack` |
 //! | a follower's disk full (its appends fail) | the node exits with the error, and serves again once restarted | `fail-stop` |
 //!
@@ -296,6 +299,46 @@ fn one_way_leader(
     }
 }
 
+/// A slow link, every request the leader sends held 40 ms (below the heartbeat, which is
+/// also an append's time limit): a client of a follower locks and unlocks throughout, none
+/// of its commands waits a second, and the term stays (no election).
+fn slow_link() -> Result<(), String> {
+    let t = Trio::start(None);
+    let (l, f, g) = t.roles();
+    let before = term_and_leader(&t, f).ok_or("no cluster status before")?;
+    let mut c = Native::connect(t.port(f), KEY);
+    t.partition(l, &format!("~{f}:40 ~{g}:40"));
+    let slow = Instant::now();
+    let (mut ops, mut longest) = (0u32, Duration::ZERO);
+    while slow.elapsed() < Duration::from_secs(3) {
+        for cmd in [
+            &["ACQUIRE", "EX", "0", "slow"][..],
+            &["RELEASE", "EX", "slow"][..],
+        ] {
+            let t0 = Instant::now();
+            let r = c.try_call(cmd).ok_or("the connection was lost")?;
+            if !r.starts_with(':') {
+                return Err(format!("{} answered {r:?} on the slow link", cmd.join(" ")));
+            }
+            longest = longest.max(t0.elapsed());
+            ops += 1;
+        }
+    }
+    t.partition(l, "");
+    let after = term_and_leader(&t, f).ok_or("no cluster status after")?;
+    if longest >= Duration::from_secs(1) {
+        return Err(format!(
+            "a command took {longest:?} on the slow link ({ops} done)"
+        ));
+    }
+    if after != before {
+        return Err(format!(
+            "the slow link cost an election: term and leader {before:?}, then {after:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// The term and the leader in node `i`'s `CLUSTER STATUS`.
 fn term_and_leader(t: &Trio, i: usize) -> Option<(u64, u64)> {
     let mut c = Native::connect(t.port(i), KEY);
@@ -496,6 +539,13 @@ fn an_isolated_follower_comes_back_without_an_election() {
 #[test]
 fn a_mute_leader_comes_back_without_an_election() {
     holds_and_breaks("quorum-heard", |b| comes_back_quietly(b, true));
+}
+
+#[test]
+fn a_slow_link_costs_no_election_and_no_stall() {
+    if let Err(e) = slow_link() {
+        panic!("{e}");
+    }
 }
 
 #[test]
