@@ -18,10 +18,10 @@
 //!
 //! **Liveness.** Every node pings the other members; the leader proposes `NodeDown` for a
 //! member not heard from for the detection time, or whose peer port has refused
-//! connections for the shortest election timeout (no process there). A voter whose pings reach no quorum stands
-//! for no election until they do (a pre-vote of sorts): a node cut off, or mute, would
-//! otherwise raise its term in elections no one hears and depose the working leader when
-//! it is heard again. A node that finds itself down (it was cut off)
+//! connections for the shortest election timeout (no process there). A voter whose pings
+//! reach no quorum stands for no election until they do (a pre-vote of sorts): a node cut
+//! off, or mute, would otherwise raise its term in elections no one hears and depose the
+//! working leader when it is heard again. A node that finds itself down (it was cut off)
 //! calls its `on_cut_off` hook (the server closes its clients' connections) and proposes
 //! `NodeUp`. At start a node proposes `NodeDown` and `NodeUp` for itself, which ends what
 //! its previous run left bound.
