@@ -127,7 +127,7 @@ impl Report {
     /// What the connections' reconnects did, added in.
     pub fn add_survival(&mut self, c: &crate::resume::Counts) {
         self.reconnects += c.reconnects;
-        self.resumes += c.resumes;
+        self.resumes += c.resumed_after_ms.len() as u64;
         self.resumes_expired += c.expired;
         self.resumes_unreached.add(&c.unreached);
         self.resumed_after_ms.extend_from_slice(&c.resumed_after_ms);
@@ -394,11 +394,11 @@ mod tests {
         let mut r = Report::new(&args);
         let waits = (1..=100).rev().collect::<Vec<u64>>();
         r.add_survival(&crate::resume::Counts {
-            resumes: 100,
             resumed_after_ms: waits,
             ..Default::default()
         });
         r.finish_resumes();
+        assert_eq!(r.resumes, 100, "one resume per wait");
         let t = r.table();
         assert!(
             t.contains("resumed after p50 51 ms, p99 100 ms, max 100 ms"),

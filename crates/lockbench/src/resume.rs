@@ -74,9 +74,9 @@ pub struct Life {
 #[derive(Default, Clone, Debug, PartialEq)]
 pub struct Counts {
     pub reconnects: u64,
-    pub resumes: u64,
-    /// For each resumed session: how long after the last reply on the lost connection
-    /// it was resumed and settled (ms): what a client of a lost node waited.
+    /// For each resumed session (their count is its length): how long after the last
+    /// reply on the lost connection it was resumed and settled (ms), what a client of a
+    /// lost node waited.
     pub resumed_after_ms: Vec<u64>,
     /// Given up: `-NOSESSION` once the grace was over.
     pub expired: u64,
@@ -323,13 +323,13 @@ pub async fn recover(
     counts: &mut Counts,
 ) -> Option<Client> {
     shadow.recovering.fetch_add(1, Ordering::Relaxed);
-    // A block, so that each of its returns passes the count back on its way out.
     crate::trace::event(format_args!(
         "conn {} lost on node {} ({} ms after its last reply)",
         life.conn,
         life.node + 1,
         life.last_ok.elapsed().as_millis()
     ));
+    // A block, so that each of its returns passes the count back on its way out.
     let got = async {
         let lost_at = life.last_ok;
         if let Some(id) = life.id.clone() {
@@ -340,7 +340,6 @@ pub async fn recover(
                 counts.reconnects += 1;
                 match try_resume(s, life, &id, rng, shadow, lost_at).await {
                     Try::Resumed(c) => {
-                        counts.resumes += 1;
                         counts
                             .resumed_after_ms
                             .push(lost_at.elapsed().as_millis() as u64);
