@@ -52,10 +52,16 @@ pub enum Check {
     /// after the detection time, counted from this leader's election, so a killed
     /// leader's sessions stay bound, and their clients wait, that much longer.
     RefusedGone,
+    /// `longest-log`: with no leader, a voter that reaches one with a longer log (or the
+    /// same and a lower id) leaves the election to it, and the one with the longest log
+    /// stands as soon as the leader lease is out. Off: the first election timer to run
+    /// out decides, and a candidate with the shorter log is refused, and raises the term
+    /// the longer one must then pass: elections of several rounds.
+    LongestLog,
 }
 
 impl Check {
-    const ALL: [(&'static str, Check); 9] = [
+    const ALL: [(&'static str, Check); 10] = [
         ("read-index", Check::ReadIndex),
         ("leader-time", Check::LeaderTime),
         ("node-down", Check::NodeDown),
@@ -65,6 +71,7 @@ impl Check {
         ("fail-stop", Check::FailStop),
         ("quorum-heard", Check::QuorumHeard),
         ("refused-gone", Check::RefusedGone),
+        ("longest-log", Check::LongestLog),
     ];
 }
 

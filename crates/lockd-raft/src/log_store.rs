@@ -39,7 +39,13 @@ pub struct LogStore {
     wal: Arc<Wal>,
     /// Test-only fault switch (the fault harness's slow disk): see [`SLOW_FSYNC_ENV`].
     slow: Option<std::path::PathBuf>,
+    /// The last entry's log id as openraft knows it (see [`LogStore::last_log`]).
+    last: LastLog,
 }
+
+/// A node's last log id, shared with its liveness pings, which must answer without
+/// touching the disk (a slow fsync would make the node look unreachable).
+pub type LastLog = Arc<std::sync::Mutex<Option<LogId<NodeId>>>>;
 
 /// Names a file; while it exists and holds a number, every durable write of this node's
 /// Raft store waits that many milliseconds before its commit, as a disk slow to fsync
@@ -86,8 +92,10 @@ impl LogStore {
             db,
             wal: Arc::new(wal),
             slow,
+            last: LastLog::default(),
         };
         store.move_entries_from_redb()?;
+        store.reread_last()?;
         Ok(store)
     }
 
@@ -215,6 +223,25 @@ impl LogStore {
             .pop())
     }
 
+    /// The last log id, kept up to date by appends, truncations and purges: as openraft's
+    /// own, it counts an append from when it is asked for, not from its fsync, since that
+    /// is what a vote request of this node would carry.
+    pub fn last_log(&self) -> LastLog {
+        self.last.clone()
+    }
+
+    fn set_last(&self, id: Option<LogId<NodeId>>) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
+
+    /// Sets the last log id from the files: the last entry, or the last purged one.
+    fn reread_last(&self) -> Result<(), std::io::Error> {
+        let purged: Option<LogId<NodeId>> = Self::read_meta(&self.db, PURGED)?;
+        let last = self.last_entry()?.map(|e| e.log_id).or(purged);
+        self.set_last(last);
+        Ok(())
+    }
+
     /// The slow-disk switch's delay, slept before an fsync of the log.
     fn slow_delay(&self) -> Option<std::time::Duration> {
         self.slow.as_deref().and_then(slow_fsync_delay)
@@ -290,9 +317,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut rows = Vec::new();
+        let mut last = None;
         for e in entries {
             let bytes = postcard::to_stdvec(&e).map_err(|x| StorageIOError::write_logs(&io(x)))?;
             rows.push((e.log_id.index, bytes));
+            last = Some(e.log_id);
+        }
+        if last.is_some() {
+            self.set_last(last);
         }
         if self.slow.as_deref().is_some_and(disk_full) {
             let e = std::io::Error::new(
@@ -329,12 +361,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || wal.truncate(log_id.index))
-            .await
-            .map_err(io)
-            .and_then(|r| r)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.wal.truncate(log_id.index)?;
+            store.reread_last()
+        })
+        .await
+        .map_err(io)
+        .and_then(|r| r)
+        .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
@@ -353,7 +388,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(io)
             .and_then(|r| r)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // A snapshot installed past the log's end purges everything: the log then ends
+        // at the snapshot's last entry.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| l.index < log_id.index) {
+            *last = Some(log_id);
+        }
+        Ok(())
     }
 }
 
@@ -410,5 +452,34 @@ mod tests {
         drop(txn);
         let mut store = LogStore::new(db, &wal_dir).unwrap();
         assert_eq!(store.try_get_log_entries(3..=4).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_log_id_follows_truncation_and_a_purge_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("raft.redb")).unwrap();
+        let wal_dir = dir.path().join("raft-log");
+        let store = LogStore::new(db.clone(), &wal_dir).unwrap();
+        assert_eq!(*store.last_log().lock().unwrap(), None, "an empty log");
+        let rows: Vec<_> = (1..=5)
+            .map(|i| (i, postcard::to_stdvec(&entry(i)).unwrap()))
+            .collect();
+        store.wal.append(&rows, || {}).unwrap();
+        drop(store);
+        // Read from the files at open.
+        let mut store = LogStore::new(db, &wal_dir).unwrap();
+        let last = store.last_log();
+        assert_eq!(*last.lock().unwrap(), Some(entry(5).log_id));
+        store.truncate(entry(4).log_id).await.unwrap();
+        assert_eq!(*last.lock().unwrap(), Some(entry(3).log_id), "4 and 5 cut");
+        store.purge(entry(2).log_id).await.unwrap();
+        assert_eq!(
+            *last.lock().unwrap(),
+            Some(entry(3).log_id),
+            "the end stays"
+        );
+        // A snapshot past the end: the log ends at its last entry.
+        store.purge(entry(9).log_id).await.unwrap();
+        assert_eq!(*last.lock().unwrap(), Some(entry(9).log_id));
     }
 }

@@ -6,7 +6,15 @@
 //! dialer sends a nonce, the listener answers with its own nonce and an HMAC over both,
 //! the dialer answers with its HMAC; until then frames are at most [`MAX_HELLO`] bytes and
 //! the exchange must end within [`LOGIN_TIMEOUT`]. Anything else is refused and closed.
+//!
+//! **Versions.** Each side appends its [`PEER_VERSION`] to its first login frame (the
+//! dialer's hello, the listener's challenge), after the fields a node of version 0 reads
+//! and ignores the rest of (postcard leaves trailing bytes alone); a frame without it is
+//! version 0. A dialer sends a request that came in a later version only to a listener
+//! that said it knows it, so nodes of two versions work together during a rolling
+//! upgrade. Version 1 added [`PeerRequest::Probe`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +47,11 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Largest frame before login.
 pub const MAX_HELLO: usize = 256;
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// This build's peer protocol version (see the module's *Versions*): 0 had `Ping`, 1 adds
+/// `Probe`.
+pub const PEER_VERSION: u32 = 1;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
@@ -51,6 +62,18 @@ pub enum PeerRequest {
     Ping(NodeId),
     /// An operator's change of the members, for the leader to make.
     Member(MemberChange),
+    /// `node` is alive, and asks what the peer's log and standing are (version 1; a
+    /// ping to a node of version 0).
+    Probe(NodeId),
+}
+
+/// What a node tells a [`PeerRequest::Probe`]: what it would be judged by in an election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The term and index of its last log entry (Raft's vote compares these, in order).
+    pub last_log: Option<(u64, u64)>,
+    /// Whether it may stand: a voter whose pings reach a quorum.
+    pub stands: bool,
 }
 
 /// A change of the cluster's members, as `lockctl cluster add|remove` asks for it.
@@ -74,6 +97,8 @@ pub enum PeerReply {
     Member(Result<String, String>),
     /// The asking node was removed from the cluster: nothing it sends is taken.
     Removed,
+    /// The answer to a probe.
+    Probed(Probe),
 }
 
 /// Why a forwarded batch was not committed.
@@ -119,13 +144,31 @@ pub async fn read_frame<T: DeserializeOwned, S: AsyncRead + Unpin + ?Sized>(
     s: &mut S,
     max: usize,
 ) -> std::io::Result<T> {
+    let buf = read_body(s, max).await?;
+    postcard::from_bytes(&buf).map_err(bad)
+}
+
+async fn read_body<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
     let len = s.read_u32().await? as usize;
     if len > max {
         return Err(bad(format!("peer frame of {len} bytes (at most {max})")));
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf).map_err(bad)
+    Ok(buf)
+}
+
+/// A login frame: its fields, and the version the sender appended (0 if none).
+fn versioned<T: DeserializeOwned>(body: &[u8]) -> std::io::Result<(T, u32)> {
+    let (v, rest) = postcard::take_from_bytes::<T>(body).map_err(bad)?;
+    if rest.is_empty() {
+        return Ok((v, 0));
+    }
+    let (version, _) = postcard::take_from_bytes::<u32>(rest).map_err(bad)?;
+    Ok((v, version))
 }
 
 pub async fn write_frame<T: Serialize, S: AsyncWrite + Unpin + ?Sized>(
@@ -151,6 +194,16 @@ pub async fn dial(
     me: NodeId,
     tls: Option<&PeerTls>,
 ) -> std::io::Result<Stream> {
+    dial_peer(addr, key, me, tls).await.map(|(s, _)| s)
+}
+
+/// [`dial`], and the listener's peer protocol version.
+pub async fn dial_peer(
+    addr: &str,
+    key: &[u8],
+    me: NodeId,
+    tls: Option<&PeerTls>,
+) -> std::io::Result<(Stream, u32)> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut s: Stream = match tls {
@@ -163,19 +216,19 @@ pub async fn dial(
             Box::new(tls)
         }
     };
-    tokio::time::timeout(LOGIN_TIMEOUT, async {
+    let version = tokio::time::timeout(LOGIN_TIMEOUT, async {
         let nonce: [u8; 16] = rand::random();
-        write_frame(&mut s, &Hello { node: me, nonce }).await?;
-        let c: Challenge = read_frame(&mut s, MAX_HELLO).await?;
+        write_frame(&mut s, &(Hello { node: me, nonce }, PEER_VERSION)).await?;
+        let (c, version): (Challenge, u32) = versioned(&read_body(&mut s, MAX_HELLO).await?)?;
         if !same(&c.proof, &proof(key, b"listener", &nonce, &c.nonce)) {
             return Err(bad("the peer does not know the cluster's auth key"));
         }
         write_frame(&mut s, &proof(key, b"dialer", &c.nonce, &nonce)).await?;
-        Ok(())
+        Ok(version)
     })
     .await
     .map_err(|_| bad("peer login timed out"))??;
-    Ok(s)
+    Ok((s, version))
 }
 
 /// The listener's side of the login: the dialer's node id, or an error (then close).
@@ -184,10 +237,11 @@ pub async fn accept_login<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     key: &[u8],
 ) -> std::io::Result<NodeId> {
     tokio::time::timeout(LOGIN_TIMEOUT, async {
-        let h: Hello = read_frame(s, MAX_HELLO).await?;
+        // The dialer's version is not needed: it sends only what this node can read.
+        let (h, _): (Hello, u32) = versioned(&read_body(s, MAX_HELLO).await?)?;
         let nonce: [u8; 16] = rand::random();
         let p = proof(key, b"listener", &h.nonce, &nonce);
-        write_frame(s, &Challenge { nonce, proof: p }).await?;
+        write_frame(s, &(Challenge { nonce, proof: p }, PEER_VERSION)).await?;
         let theirs: Vec<u8> = read_frame(s, MAX_HELLO).await?;
         if !same(&theirs, &proof(key, b"dialer", &nonce, &h.nonce)) {
             return Err(bad("a peer failed to prove it knows the auth key"));
@@ -268,7 +322,8 @@ pub struct PeerClient {
     key: Arc<Vec<u8>>,
     me: NodeId,
     tls: Option<PeerTls>,
-    conn: Option<Stream>,
+    /// The connection, and the peer protocol version its listener told.
+    conn: Option<(Stream, u32)>,
 }
 
 impl PeerClient {
@@ -291,6 +346,32 @@ impl PeerClient {
 
     /// One request and its reply, within `ttl`.
     pub async fn call(&mut self, req: &PeerRequest, ttl: Duration) -> std::io::Result<PeerReply> {
+        self.send(|_| Cow::Borrowed(req), ttl).await
+    }
+
+    /// A liveness ping, within `ttl`: a [`PeerRequest::Probe`] to a peer of version 1 or
+    /// later, a `Ping` (answered `Pong`) to an older one.
+    pub async fn probe(&mut self, ttl: Duration) -> std::io::Result<PeerReply> {
+        let me = self.me;
+        self.send(
+            |version| {
+                Cow::Owned(if version >= 1 {
+                    PeerRequest::Probe(me)
+                } else {
+                    PeerRequest::Ping(me)
+                })
+            },
+            ttl,
+        )
+        .await
+    }
+
+    /// The request `req` makes for the peer's version, and its reply, within `ttl`.
+    async fn send<'a>(
+        &mut self,
+        req: impl FnOnce(u32) -> Cow<'a, PeerRequest>,
+        ttl: Duration,
+    ) -> std::io::Result<PeerReply> {
         let r = tokio::time::timeout(ttl, async {
             if cut(Way::To, self.target) {
                 // Sent into a blackhole: no answer comes.
@@ -300,10 +381,11 @@ impl PeerClient {
                 tokio::time::sleep(d).await;
             }
             if self.conn.is_none() {
-                self.conn = Some(dial(&self.addr, &self.key, self.me, self.tls.as_ref()).await?);
+                self.conn =
+                    Some(dial_peer(&self.addr, &self.key, self.me, self.tls.as_ref()).await?);
             }
-            let s = self.conn.as_mut().expect("connected above");
-            write_frame(s, req).await?;
+            let (s, version) = self.conn.as_mut().expect("connected above");
+            write_frame(s, req(*version).as_ref()).await?;
             read_frame::<PeerReply, _>(s, MAX_FRAME).await
         })
         .await
@@ -459,5 +541,49 @@ mod tests {
         assert_eq!(delay_in(words, 3), None);
         assert_eq!(delay_in(words, 5), Some(Duration::from_secs(10)));
         assert_eq!(delay_in(words, 4), None);
+    }
+
+    /// The login frames as a node of version 0 wrote them.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct OldHello {
+        node: NodeId,
+        nonce: [u8; 16],
+    }
+
+    #[test]
+    fn login_frames_carry_a_version_that_version_0_ignores() {
+        let nonce = [7u8; 16];
+        // A version-1 hello, read by a version-0 listener (postcard leaves the rest).
+        let new = postcard::to_stdvec(&(Hello { node: 3, nonce }, PEER_VERSION)).unwrap();
+        let old: OldHello = postcard::from_bytes(&new).unwrap();
+        assert_eq!(old, OldHello { node: 3, nonce });
+        // And read by this version, with the version.
+        let (h, v): (Hello, u32) = versioned(&new).unwrap();
+        assert_eq!((h.node, h.nonce, v), (3, nonce, PEER_VERSION));
+        // A version-0 hello: version 0.
+        let old = postcard::to_stdvec(&OldHello { node: 3, nonce }).unwrap();
+        let (h, v): (Hello, u32) = versioned(&old).unwrap();
+        assert_eq!((h.node, v), (3, 0));
+        // The challenge, the same way.
+        let c = Challenge {
+            nonce,
+            proof: vec![1, 2, 3],
+        };
+        let new = postcard::to_stdvec(&(c, 5u32)).unwrap();
+        let (c, v): (Challenge, u32) = versioned(&new).unwrap();
+        assert_eq!((c.proof, v), (vec![1, 2, 3], 5));
+        // A truncated frame is refused, not read as version 0.
+        assert!(versioned::<Hello>(&new[..3]).is_err());
+    }
+
+    #[test]
+    fn a_probe_goes_only_to_a_peer_that_knows_it() {
+        // The request a version-0 peer gets is one it decodes.
+        const { assert!(PEER_VERSION >= 1) };
+        let ping = postcard::to_stdvec(&PeerRequest::Ping(4)).unwrap();
+        let probe = postcard::to_stdvec(&PeerRequest::Probe(4)).unwrap();
+        // Appended, so every earlier variant keeps its number.
+        assert_eq!(ping[0], 4, "Ping is variant 4");
+        assert_eq!(probe[0], 6, "Probe comes after every version-0 variant");
     }
 }

@@ -47,7 +47,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use crate::log_store::{self, LogStore};
 use crate::network::{
     accept_login, read_frame, write_frame, ForwardError, MemberChange, Network, PeerClient,
-    PeerReply, PeerRequest, MAX_FRAME,
+    PeerReply, PeerRequest, Probe, MAX_FRAME,
 };
 use crate::state_machine::{Members, StateMachine, Table};
 use crate::types::{Applied, Batch, NodeId, TypeConfig};
@@ -230,6 +230,13 @@ pub struct Cluster<T: Table> {
     /// Since when each other member's peer port has refused every ping: no process
     /// listens there (killed, or restarting). See [`Cluster::gone`].
     refused: Mutex<HashMap<NodeId, Instant>>,
+    /// What each other member last answered a probe (`None`: a node of peer protocol
+    /// version 0, which answers pings only). See [`whose_turn`].
+    probes: Mutex<HashMap<NodeId, Option<Probe>>>,
+    /// This node's last log id, from its log store.
+    last_log: log_store::LastLog,
+    /// When this node last took an append (a heartbeat is one) from a leader.
+    appended: Mutex<Option<Instant>>,
 }
 
 /// How long `lockctl cluster add` waits for a new learner to catch up.
@@ -312,15 +319,11 @@ impl<T: Table> Cluster<T> {
             tls: tls.clone(),
             removed: removed.clone(),
         };
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config),
-            network,
-            LogStore::new(db, &config.data_dir.join("raft-log")).map_err(data)?,
-            sm,
-        )
-        .await
-        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let store = LogStore::new(db, &config.data_dir.join("raft-log")).map_err(data)?;
+        let last_log = store.last_log();
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store, sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let fresh = !raft
             .is_initialized()
             .await
@@ -357,6 +360,9 @@ impl<T: Table> Cluster<T> {
             leader_silent_since: Mutex::new(None),
             heard: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
+            last_log,
+            appended: Mutex::new(None),
         });
         tokio::spawn(node.clone().serve_peers(listener));
         tokio::spawn(node.clone().propose_loop());
@@ -1038,6 +1044,20 @@ impl<T: Table> Cluster<T> {
         let mut peers: HashMap<NodeId, PeerClient> = HashMap::new();
         // openraft starts with elections allowed.
         let mut electing = true;
+        let mut reaching = true;
+        // Since when this node has had no leader that answers its pings, whom it leaves
+        // the election to, and whether it stood at once in this stretch (see `whose_turn`).
+        let mut lost: Option<Instant> = None;
+        let mut deferring: Option<NodeId> = None;
+        let mut stood = false;
+        // How long a node leaves the election to another before it may stand itself (a
+        // failover's time, as in `long_without_quorum`): the other may have failed.
+        let patience = Duration::from_millis(4 * self.config.election_max_ms);
+        // Every other node's leader lease (election_max) has run out this long after the
+        // leader fell silent, and an election timer would be running out: a vote asked
+        // for now is not refused for the lease.
+        let lease_out =
+            Duration::from_millis(self.config.election_max_ms + self.config.election_min_ms);
         let me = self.id as u16;
         // Whether a liveness command is committing (see `submit_aside`).
         let aside = Arc::new(AtomicBool::new(false));
@@ -1129,11 +1149,10 @@ impl<T: Table> Cluster<T> {
             // A node that cannot reach a quorum stands for no election: its votes would
             // go unheard, and the term it reached would depose the working leader when
             // it is heard again (a pre-vote, which openraft 0.9 does not have).
-            let may_elect = self.hears_quorum(None);
-            if may_elect != electing {
-                electing = may_elect;
-                self.raft.runtime_config().elect(may_elect);
-                if may_elect {
+            let quorum = self.hears_quorum(None);
+            if quorum != reaching {
+                reaching = quorum;
+                if quorum {
                     tracing::info!("this node reaches a quorum again: it may stand for election");
                 } else {
                     tracing::warn!(
@@ -1141,7 +1160,110 @@ impl<T: Table> Cluster<T> {
                     );
                 }
             }
+            let leaderless = match leader {
+                Some(l) if l == self.id => false,
+                Some(l) => !answers.get(&l).copied().unwrap_or(false),
+                None => true,
+            };
+            if !leaderless {
+                (lost, stood) = (None, false);
+            } else if lost.is_none() {
+                lost = Some(Instant::now());
+            }
+            let turn = match lost {
+                Some(since) if !crate::breaks::off(crate::breaks::Check::LongestLog) => {
+                    let t = whose_turn(self.id, self.my_probe(), &self.reachable_voters());
+                    (since, t)
+                }
+                _ => (Instant::now(), Turn::Open),
+            };
+            let defer_to = match turn {
+                (since, Turn::Theirs(id)) if since.elapsed() < patience => Some(id),
+                _ => None,
+            };
+            if defer_to != deferring {
+                match (defer_to, deferring) {
+                    (Some(id), _) => tracing::info!(
+                        node = id,
+                        "no leader, and node {id} has the longer log (or the same and a \
+                         lower id): this node leaves the election to it"
+                    ),
+                    (None, Some(id)) => tracing::info!(
+                        node = id,
+                        "this node no longer leaves the election to node {id}"
+                    ),
+                    (None, None) => {}
+                }
+                deferring = defer_to;
+            }
+            let may_elect = quorum && defer_to.is_none();
+            if may_elect != electing {
+                electing = may_elect;
+                self.raft.runtime_config().elect(may_elect);
+            }
+            // The node with the longest log stands as soon as no lease holds a vote back,
+            // instead of when its own timer runs out: openraft adds twice the longest
+            // election timeout to the timer of a node that once lost an election to a
+            // longer log, until its next own election, and that is often this one.
+            if let (since, Turn::Mine) = turn {
+                let quiet = self
+                    .appended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none_or(|at| at.elapsed() >= lease_out);
+                let follower = self.raft.metrics().borrow().state == ServerState::Follower;
+                if !stood && quorum && quiet && follower && since.elapsed() >= lease_out {
+                    stood = true;
+                    tracing::info!(
+                        "no leader, and this node has the longest log of the voters it \
+                         reaches: it stands for election now"
+                    );
+                    let _ = self.raft.trigger().elect().await;
+                }
+            }
         }
+    }
+
+    fn probes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Option<Probe>>> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What this node answers a probe: its last log id, and whether it may stand.
+    fn my_probe(&self) -> Probe {
+        let last_log = self
+            .last_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|l| (l.leader_id.term, l.index));
+        Probe {
+            last_log,
+            stands: self.voters().contains(&self.id) && self.hears_quorum(None),
+        }
+    }
+
+    /// The voters of the newest membership this node knows.
+    fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// The other voters that answered a ping within the longest election timeout (as
+    /// [`Cluster::hears_quorum`] counts them), with their last probe answers.
+    fn reachable_voters(&self) -> Vec<(NodeId, Option<Probe>)> {
+        let voters = self.voters();
+        let window = Duration::from_millis(self.config.election_max_ms);
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let probes = self.probes_lock();
+        voters
+            .into_iter()
+            .filter(|v| *v != self.id && heard.get(v).is_some_and(|at| at.elapsed() <= window))
+            .map(|v| (v, probes.get(&v).copied().flatten()))
+            .collect()
     }
 
     /// Pings every other member at once (each for at most `ttl`), records who answered
@@ -1169,10 +1291,9 @@ impl<T: Table> Cluster<T> {
                     None => continue,
                 },
             };
-            let me = self.id;
             pings.spawn(async move {
                 let mut client = client;
-                let answer = client.call(&PeerRequest::Ping(me), ttl).await;
+                let answer = client.probe(ttl).await;
                 (id, client, answer)
             });
         }
@@ -1183,8 +1304,15 @@ impl<T: Table> Cluster<T> {
                 continue;
             };
             peers.insert(id, client);
-            if let Ok(PeerReply::Removed) = answer {
-                self.removed.store(true, Ordering::SeqCst);
+            match &answer {
+                Ok(PeerReply::Removed) => self.removed.store(true, Ordering::SeqCst),
+                Ok(PeerReply::Probed(p)) => {
+                    self.probes_lock().insert(id, Some(*p));
+                }
+                Ok(PeerReply::Pong) => {
+                    self.probes_lock().insert(id, None);
+                }
+                _ => {}
             }
             if answer.is_ok() {
                 self.heard
@@ -1236,14 +1364,7 @@ impl<T: Table> Cluster<T> {
         if crate::breaks::off(crate::breaks::Check::QuorumHeard) {
             return true;
         }
-        let voters: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voters();
         let mine = usize::from(voters.contains(&self.id));
         let window = Duration::from_millis(self.config.election_max_ms);
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
@@ -1364,8 +1485,11 @@ impl<T: Table> Cluster<T> {
         if self.members.is_removed(from) {
             return Some(PeerReply::Removed);
         }
-        if matches!(req, PeerRequest::Append(_)) && self.deaf_leader(from) {
-            return None;
+        if matches!(req, PeerRequest::Append(_)) {
+            if self.deaf_leader(from) {
+                return None;
+            }
+            *self.appended.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         if let Some(at) = self
             .seen
@@ -1390,11 +1514,43 @@ impl<T: Table> Cluster<T> {
                     }),
             ),
             PeerRequest::Ping(_) => PeerReply::Pong,
+            PeerRequest::Probe(_) => PeerReply::Probed(self.my_probe()),
             PeerRequest::Member(c) => {
                 PeerReply::Member(self.lead_change(c).await.map_err(|e| e.to_string()))
             }
         })
     }
+}
+
+/// Who should stand when there is no leader, from what the reachable voters answered
+/// their probes: a log-comparing pre-vote. [`Turn::Theirs`] when a voter that may stand
+/// has a longer log than this node (Raft's order: the last entry's term, then its index),
+/// or the same log and a lower id: that node would win, and this one, standing first,
+/// would only be refused, and raise the term that node then has to pass. Without it the
+/// longest failovers took three or four election rounds (docs/cluster.md).
+/// [`Turn::Mine`] when this node may stand and leads that order among them all;
+/// [`Turn::Open`] otherwise, or when a reachable voter is of peer protocol version 0 (no
+/// log known): then the election timers decide, as in plain Raft.
+fn whose_turn(me: NodeId, mine: Probe, peers: &[(NodeId, Option<Probe>)]) -> Turn {
+    let unknown = peers.iter().any(|(_, p)| p.is_none());
+    let best = peers
+        .iter()
+        .filter_map(|(id, p)| p.filter(|p| p.stands).map(|p| (*id, p.last_log)))
+        .chain(mine.stands.then_some((me, mine.last_log)))
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+    match best {
+        Some((id, _)) if id != me => Turn::Theirs(id),
+        Some(_) if !unknown => Turn::Mine,
+        _ => Turn::Open,
+    }
+}
+
+/// See [`whose_turn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    Mine,
+    Theirs(NodeId),
+    Open,
 }
 
 /// What a new leader counts as each member's last sign of life: when the member last
@@ -1442,5 +1598,49 @@ mod tests {
         assert_eq!(seen[&1], now, "never heard (this node itself): from now");
         assert_eq!(seen[&5], now);
         assert_eq!(seen.len(), 5, "every member, and only the members");
+    }
+
+    fn probe(term: u64, index: u64, stands: bool) -> Option<Probe> {
+        Some(Probe {
+            last_log: Some((term, index)),
+            stands,
+        })
+    }
+
+    #[test]
+    fn the_voter_with_the_longest_log_stands_and_the_others_leave_it_the_election() {
+        let me = |t, i| probe(t, i, true).unwrap();
+        let empty = Probe {
+            last_log: None,
+            stands: true,
+        };
+        let off = Probe {
+            last_log: Some((9, 99)),
+            stands: false,
+        };
+        let p = probe;
+        type Case = (
+            &'static str,
+            NodeId,
+            Probe,
+            Vec<(NodeId, Option<Probe>)>,
+            Turn,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("a longer index, the same term", 2, me(3, 10), vec![(3, p(3, 11, true))], Turn::Theirs(3)),
+            ("the term counts first", 2, me(4, 5), vec![(3, p(3, 11, true))], Turn::Mine),
+            ("the same log: the lower id stands", 2, me(3, 10), vec![(3, p(3, 10, true))], Turn::Mine),
+            ("the same log: the higher id waits", 3, me(3, 10), vec![(2, p(3, 10, true))], Turn::Theirs(2)),
+            ("a longer log that may not stand", 2, me(3, 10), vec![(3, p(3, 11, false))], Turn::Mine),
+            ("no log is the shortest", 2, empty, vec![(3, p(1, 1, true))], Turn::Theirs(3)),
+            ("a version-0 peer: no standing at once", 2, me(3, 10), vec![(3, None)], Turn::Open),
+            ("a version-0 peer, and a longer log", 2, me(3, 10), vec![(3, None), (4, p(3, 12, true))], Turn::Theirs(4)),
+            ("unable to stand: the best that may", 2, off, vec![(3, p(3, 1, true)), (4, p(3, 2, true))], Turn::Theirs(4)),
+            ("unable to stand, and alone", 2, off, vec![], Turn::Open),
+        ];
+        for (why, id, mine, peers, want) in cases {
+            assert_eq!(whose_turn(id, mine, &peers), want, "{why}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! | SIGSTOP of the leader, then SIGCONT | the old leader answers nothing from before, once awake | `read-index` |
 //! | the leader cut off both ways, or mute (what it sends is lost) | it answers nothing stale while cut off | `read-index` |
 //! | the leader deaf (hears nothing, its appends still arrive) | the others elect a leader while it lasts | `deaf-leader` |
+//! | kill -9 of the leader, one follower's log behind and its timer the shorter | one election, won by the longer log in the next term | `longest-log` |
 //! | a follower cut off both ways, or the leader mute, for 3 s | no election when it is heard again (the term stays) | `quorum-heard` |
 //! | a slow link: every request the leader sends waits 40 ms | no election, no stall: each lock and unlock within 1 s | none: it rests on the timeouts (a heartbeat of 100 ms is also an append's time limit), so it runs once |
 //! | every disk slow to fsync | a grant is told only once a majority's disks have it | `durable-ack` |
@@ -63,6 +64,11 @@ impl Trio {
     }
 
     fn node(&self, i: usize) -> Running {
+        self.node_with(i, &[])
+    }
+
+    /// Node `i` started with `extra` arguments.
+    fn node_with(&self, i: usize, extra: &[&str]) -> Running {
         let initial = format!("1={},2={},3={}", self.raft[0], self.raft[1], self.raft[2]);
         let mut cmd = lockd();
         cmd.args(["--auth-key", KEY, "--node-id", &i.to_string()])
@@ -71,6 +77,7 @@ impl Trio {
             .args(["--initial-cluster", &initial])
             .env("LOCKD_FAULT_PARTITION", self.path(&format!("part{i}")))
             .env("LOCKD_FAULT_SLOW_FSYNC", self.path(&format!("slow{i}")))
+            .args(extra)
             .stdout(Stdio::null());
         if let Some(b) = self.broken {
             cmd.env("LOCKD_FAULT_BREAK", b);
@@ -116,6 +123,15 @@ impl Trio {
         let mut n = self.nodes[i - 1].take().expect("node running");
         signal(&n.child, libc::SIGKILL);
         n.wait();
+    }
+
+    /// Restarts node `i` with `extra` arguments, and waits until it serves.
+    fn restart_with(&mut self, i: usize, extra: &[&str]) {
+        self.kill(i);
+        self.nodes[i - 1] = Some(self.node_with(i, extra));
+        let mut c = Native::connect(self.port(i), KEY);
+        let got = eventually(|| c.call(&["SESSION", "GRACE", "1000"]), |r| r == "+OK");
+        assert_eq!(got, "+OK", "node {i} serves again");
     }
 }
 
@@ -339,6 +355,69 @@ fn slow_link() -> Result<(), String> {
     Ok(())
 }
 
+/// kill -9 of the leader while one follower's log is behind the other's (every append to
+/// it held 60 ms) and its election timer is the shorter: it must leave the election to
+/// the one with the longer log, which must stand at once, so that the leader change is
+/// one election, in the next term. Plain Raft (openraft 0.9) lets the shorter log stand
+/// first: refused by log, it has raised the term the longer one then stands in, and that
+/// one is refused by vote, at least one round more.
+fn kill_leader_one_election(broken: Option<&'static str>) -> Result<(), String> {
+    let mut t = Trio::start(broken);
+    let (l, long, short) = t.roles();
+    // Timers that make the shorter log run out first (a lease of 310 and 300-310 ms,
+    // against 400 and 390-400), each set on its own node.
+    t.restart_with(short, &["--election-timeout", "300-310"]);
+    t.restart_with(long, &["--election-timeout", "390-400"]);
+    assert_eq!(t.roles().0, l, "the leader stayed through the restarts");
+    t.partition(l, &format!("~{short}:60"));
+    // Entries all the time, so that the delayed follower is always behind.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (port, stop) = (t.port(long), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = Native::connect(port, KEY);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if c.try_call(&["ACQUIRE", "EX", "0", "busy"]).is_none()
+                    || c.try_call(&["RELEASE", "EX", "busy"]).is_none()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (term, leader) = term_and_leader(&t, long).expect("a cluster status before");
+    assert_eq!(leader, l as u64, "the leader before the kill");
+    t.kill(l);
+    let killed = Instant::now();
+    let deadline = killed + PATIENCE;
+    let after = loop {
+        let a = term_and_leader(&t, long);
+        if let Some((_, n)) = a.filter(|(_, n)| *n != l as u64 && *n != 0) {
+            if term_and_leader(&t, short).is_some_and(|(_, m)| m == n) {
+                break a.expect("just read");
+            }
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = writer.join();
+    if after != (term + 1, long as u64) {
+        return Err(format!(
+            "after the kill in term {term}, node {long} (the longer log) should have won \
+             term {}; got term and leader {after:?}, {took:?} after the kill",
+            term + 1
+        ));
+    }
+    eprintln!(
+        "one election: node {long} leads term {} {took:?} after the kill",
+        term + 1
+    );
+    Ok(())
+}
+
 /// The term and the leader in node `i`'s `CLUSTER STATUS`.
 fn term_and_leader(t: &Trio, i: usize) -> Option<(u64, u64)> {
     let mut c = Native::connect(t.port(i), KEY);
@@ -495,6 +574,11 @@ fn kill_leader_keeps_a_dead_sessions_grace() {
 #[test]
 fn kill_leader_lets_its_clients_locks_go_soon_after_grace() {
     holds_and_breaks("refused-gone", kill_leader_with_its_client);
+}
+
+#[test]
+fn kill_leader_is_followed_by_one_election_won_by_the_longer_log() {
+    holds_and_breaks("longest-log", kill_leader_one_election);
 }
 
 #[test]
