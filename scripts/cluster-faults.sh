@@ -30,7 +30,12 @@
 # leader once held every follower's forwarded batch until it woke: 4.1 s without a grant
 # through a 4 s pause; now about 1.6 s, an election).
 #
-# usage: [MAX_OUTAGE_MS=N] scripts/cluster-faults.sh [BIN_DIR] [SECONDS] [ROUNDS] [FAULTS]
+# `upgrade` (with NEW_BIN=DIR) is a rolling upgrade, one node a round, the followers
+# first and the leader last, as docs/cluster.md says: the node is stopped (SIGTERM) and
+# started again from its data directory with DIR's lockd; so a run from an older build's
+# BIN_DIR mixes the two versions under load, faults in between.
+#
+# usage: [MAX_OUTAGE_MS=N] [NEW_BIN=DIR] scripts/cluster-faults.sh [BIN_DIR] [SECONDS] [ROUNDS] [FAULTS]
 #        (SECONDS >= 2 + 8 x ROUNDS; FAULTS comma-separated, e.g. kill-leader,pause-leader)
 set -euo pipefail
 bin=${1:-target/release}
@@ -40,13 +45,14 @@ IFS=, read -r -a faults <<<"${4:-kill-leader}"
 key=cluster-faults-key
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-declare -a cport rport pid
-for i in 1 2 3; do cport[$i]=$(free_port); rport[$i]=$(free_port); done
+declare -a cport rport pid nodebin
+for i in 1 2 3; do cport[$i]=$(free_port); rport[$i]=$(free_port); nodebin[$i]=$bin; done
+new_bin=${NEW_BIN:-}
 initial="1=127.0.0.1:${rport[1]},2=127.0.0.1:${rport[2]},3=127.0.0.1:${rport[3]}"
 start() {
   local i=$1
   LOCKD_FAULT_SLOW_FSYNC="$dir/slow$i" LOCKD_FAULT_PARTITION="$dir/part$i" \
-  "$bin/lockd" --node-id "$i" --port "${cport[$i]}" --raft-address "127.0.0.1:${rport[$i]}" \
+  "${nodebin[$i]}/lockd" --node-id "$i" --port "${cport[$i]}" --raft-address "127.0.0.1:${rport[$i]}" \
     --data-dir "$dir/n$i" --initial-cluster "$initial" --auth-key "$key" --lock-timeout 5 \
     >>"$dir/log$i" 2>&1 &
   pid[$i]=$!
@@ -142,6 +148,20 @@ for k in $(seq "$kills"); do
       nap 5
       rm -f "$dir"/part*
       nap 3 ;;
+    upgrade)
+      [ -n "$new_bin" ] || { echo "the upgrade fault needs NEW_BIN=DIR"; exit 2; }
+      victim=""
+      for j in $(( l % 3 + 1 )) $(( (l + 1) % 3 + 1 )) "$l"; do
+        if [ "${nodebin[$j]}" != "$new_bin" ]; then victim=$j; break; fi
+      done
+      if [ -z "$victim" ]; then echo "round $k: upgrade: every node runs $new_bin already"; nap 8; continue; fi
+      echo "round $k: upgrade: node $victim (the leader is node $l) stopped, started from $new_bin"
+      down=$victim
+      kill -TERM "${pid[$victim]}"; wait "${pid[$victim]}" 2>/dev/null || true
+      nodebin[$victim]=$new_bin
+      start "$victim"
+      down=""
+      nap 8 ;;
     *) echo "unknown fault $fault"; exit 2 ;;
   esac
 done

@@ -21,7 +21,12 @@
 //! connections for the shortest election timeout (no process there). A voter whose pings
 //! reach no quorum stands for no election until they do (a pre-vote of sorts): a node cut
 //! off, or mute, would otherwise raise its term in elections no one hears and depose the
-//! working leader when it is heard again. A node that finds itself down (it was cut off)
+//! working leader when it is heard again. The pings are probes (peer protocol version 1):
+//! each answer carries the peer's last log id and whether it may stand, and with no leader
+//! a voter leaves the election to a reachable one that would win it (the longer log, or
+//! the same and a lower id), while that one stands as soon as the leader lease is out
+//! (see [`whose_turn`]): one election round instead of a refused candidate that raised the
+//! term for the other. A node that finds itself down (it was cut off)
 //! calls its `on_cut_off` hook (the server closes its clients' connections) and proposes
 //! `NodeUp`. At start a node proposes `NodeDown` and `NodeUp` for itself, which ends what
 //! its previous run left bound.
@@ -1172,7 +1177,10 @@ impl<T: Table> Cluster<T> {
             }
             let turn = match lost {
                 Some(since) if !crate::breaks::off(crate::breaks::Check::LongestLog) => {
-                    let t = whose_turn(self.id, self.my_probe(), &self.reachable_voters());
+                    // Not the leader that went silent: it answered within the window, but
+                    // not now.
+                    let peers = self.reachable_voters(leader);
+                    let t = whose_turn(self.id, self.my_probe(), &peers);
                     (since, t)
                 }
                 _ => (Instant::now(), Turn::Open),
@@ -1252,16 +1260,17 @@ impl<T: Table> Cluster<T> {
             .collect()
     }
 
-    /// The other voters that answered a ping within the longest election timeout (as
-    /// [`Cluster::hears_quorum`] counts them), with their last probe answers.
-    fn reachable_voters(&self) -> Vec<(NodeId, Option<Probe>)> {
+    /// The other voters but `without` that answered a ping within the longest election
+    /// timeout (as [`Cluster::hears_quorum`] counts them), with their last probe answers.
+    fn reachable_voters(&self, without: Option<NodeId>) -> Vec<(NodeId, Option<Probe>)> {
         let voters = self.voters();
         let window = Duration::from_millis(self.config.election_max_ms);
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let probes = self.probes_lock();
         voters
             .into_iter()
-            .filter(|v| *v != self.id && heard.get(v).is_some_and(|at| at.elapsed() <= window))
+            .filter(|v| *v != self.id && Some(*v) != without)
+            .filter(|v| heard.get(v).is_some_and(|at| at.elapsed() <= window))
             .map(|v| (v, probes.get(&v).copied().flatten()))
             .collect()
     }
