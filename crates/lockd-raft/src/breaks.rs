@@ -58,10 +58,15 @@ pub enum Check {
     /// out decides, and a candidate with the shorter log is refused, and raises the term
     /// the longer one must then pass: elections of several rounds.
     LongestLog,
+    /// `leader-held`: a follower whose leader answers its pings stands for no election.
+    /// Off: one whose heartbeats stopped for a while (openraft backs off for 500 ms from
+    /// a follower that was unreachable, such as one just restarted) stands, and deposes a
+    /// leader that was alive and reached it.
+    LeaderHeld,
 }
 
 impl Check {
-    const ALL: [(&'static str, Check); 10] = [
+    const ALL: [(&'static str, Check); 11] = [
         ("read-index", Check::ReadIndex),
         ("leader-time", Check::LeaderTime),
         ("node-down", Check::NodeDown),
@@ -72,6 +77,7 @@ impl Check {
         ("quorum-heard", Check::QuorumHeard),
         ("refused-gone", Check::RefusedGone),
         ("longest-log", Check::LongestLog),
+        ("leader-held", Check::LeaderHeld),
     ];
 }
 

@@ -1055,6 +1055,7 @@ impl<T: Table> Cluster<T> {
         let mut lost: Option<Instant> = None;
         let mut deferring: Option<NodeId> = None;
         let mut stood = false;
+        let started = Instant::now();
         // How long a node leaves the election to another before it may stand itself (a
         // failover's time, as in `long_without_quorum`): the other may have failed.
         let patience = Duration::from_millis(4 * self.config.election_max_ms);
@@ -1204,7 +1205,25 @@ impl<T: Table> Cluster<T> {
                 }
                 deferring = defer_to;
             }
-            let may_elect = quorum && defer_to.is_none();
+            // A follower whose leader answers its pings stands for no election: the leader
+            // is alive and reaches it, and a vote would only depose it. Its heartbeats can
+            // still stop for a while: openraft's replication to a follower that was
+            // unreachable backs off for 500 ms at a time, so a follower restarted at once
+            // (an upgrade) heard nothing for longer than its timer and deposed the leader
+            // (a 400 ms stall each time, seen in `cluster-faults.sh ... upgrade`). Only for
+            // a while: a leader whose Raft is wedged while its peer port answers must not
+            // keep the cluster from electing another for ever.
+            let last_append = self
+                .appended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(started);
+            let held = leader.is_some_and(|l| l != self.id)
+                && !leaderless
+                && last_append.elapsed() < patience;
+            let may_elect = quorum
+                && defer_to.is_none()
+                && (!held || crate::breaks::off(crate::breaks::Check::LeaderHeld));
             if may_elect != electing {
                 electing = may_elect;
                 self.raft.runtime_config().elect(may_elect);
