@@ -122,11 +122,16 @@ impl Shadow {
         }
     }
 
-    /// The longest time, until now, in which no lock was granted (from the start, and
-    /// counting a stretch still going on).
-    pub fn longest_outage(&self) -> std::time::Duration {
+    /// The longest time in which no lock was granted, from the start, counting a stretch
+    /// still going on up to `until` (the run's end: after it no request is sent, and the
+    /// last batches committing, over a slow disk say, are no outage), or now if sooner.
+    pub fn longest_outage(&self, until: std::time::Instant) -> std::time::Duration {
         let _keys = self.keys.lock().unwrap();
-        let now = self.started.elapsed().as_micros() as u64;
+        let now = self
+            .started
+            .elapsed()
+            .min(until.saturating_duration_since(self.started))
+            .as_micros() as u64;
         let open = now.saturating_sub(self.last_grant_us.load(Ordering::Relaxed));
         std::time::Duration::from_micros(self.longest_gap_us.load(Ordering::Relaxed).max(open))
     }
@@ -280,7 +285,24 @@ mod tests {
             .as_secs_f64();
         assert_eq!(ms, stalls[0]);
         assert!(at <= now - 0.3 && at > now - 5.0, "{at} vs {now}");
-        assert!(s.longest_outage() >= STALL);
+        let far = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert!(s.longest_outage(far) >= STALL);
+    }
+
+    /// A stretch without a grant still going on counts up to the run's end, not after it.
+    #[test]
+    fn the_stretch_after_the_run_is_no_outage() {
+        let s = Shadow::default();
+        s.granted(1, 1, LockMode::Sh);
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let until_end = s.longest_outage(end);
+        assert!(
+            until_end < std::time::Duration::from_millis(100),
+            "{until_end:?}"
+        );
+        let far = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert!(s.longest_outage(far) >= std::time::Duration::from_millis(150));
     }
 
     #[test]

@@ -316,7 +316,8 @@ where
     report.token_violations = shadow.token_violations.load(Ordering::Relaxed);
     report.lost_in_grace = shadow.lost_in_grace.load(Ordering::Relaxed);
     if args.reconnect {
-        report.longest_outage_ms = Some(shadow.longest_outage().as_millis() as u64);
+        let end = start + duration;
+        report.longest_outage_ms = Some(shadow.longest_outage(end).as_millis() as u64);
         report.stalls_ms = Some(shadow.stalls_ms());
         report.finish_resumes();
         if let Some(path) = &args.stall_log {
