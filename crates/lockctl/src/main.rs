@@ -616,7 +616,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
                 for m in v["members"].as_array().into_iter().flatten() {
                     println!(
-                        "  member {:<3} {:<22} {:<7} lag {:<8} {}",
+                        "  member {:<3} {:<22} {:<7} lag {:<8} {:<4} peer protocol {}",
                         m["id"],
                         m["raft_address"].as_str().unwrap_or("?"),
                         if m["voter"].as_bool() == Some(false) {
@@ -633,6 +633,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             "DOWN"
                         } else {
                             "up"
+                        },
+                        if m["peer_protocol"].is_null() {
+                            "-".to_string()
+                        } else {
+                            m["peer_protocol"].to_string()
                         }
                     );
                 }

@@ -161,6 +161,10 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
     /// Declared down by the cluster (its sessions were let go).
     pub down: bool,
+    /// The peer protocol version the member answered this node's last ping in (this
+    /// node's own for itself; `None`: not heard from since this node started). In a
+    /// rolling upgrade, which members run a build that knows the newer messages.
+    pub peer_protocol: Option<u32>,
 }
 
 /// What can go wrong for a submitted batch or at start.
@@ -460,6 +464,7 @@ impl<T: Table> Cluster<T> {
         let down = self.table.down_nodes();
         let last = m.last_log_index.unwrap_or(0);
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let probes = self.probes_lock().clone();
         let members = m
             .membership_config
             .membership()
@@ -477,6 +482,12 @@ impl<T: Table> Cluster<T> {
                     matched_index: matched,
                     lag: matched.map(|x| last.saturating_sub(x)),
                     down: down.contains(&(*id as u16)),
+                    peer_protocol: if *id == self.id {
+                        Some(crate::network::PEER_VERSION)
+                    } else {
+                        // A probe's answer came from version 1 or later; a pong from 0.
+                        probes.get(id).map(|p| if p.is_some() { 1 } else { 0 })
+                    },
                 }
             })
             .collect();

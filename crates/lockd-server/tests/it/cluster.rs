@@ -81,6 +81,31 @@ async fn a_cluster_serves_both_protocols_on_every_node_and_survives_its_leader()
         1,
         "{roles:?}"
     );
+    // Every node sees every member's peer protocol version (its own, and the others' from
+    // their answers to its probes): this build's, 1.
+    for i in 1..=3 {
+        let mut r = Resp::authed(addr(&c, i)).await;
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            let status: serde_json::Value =
+                serde_json::from_str(&r.call(&["CLUSTER", "STATUS"]).await.text()).unwrap();
+            seen = status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["peer_protocol"].as_u64())
+                .collect();
+            if seen.iter().all(|v| *v == Some(1)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            seen,
+            vec![Some(1); 3],
+            "node {i}'s view of the members' versions"
+        );
+    }
     // Legacy: a lock taken on node 1 is held for node 2's clients too.
     let k = key(1);
     let mut l1 = Client::connect(addr(&c, 1)).await;
