@@ -1192,7 +1192,7 @@ impl<T: Table> Cluster<T> {
                     // Not the leader that went silent: it answered within the window, but
                     // not now.
                     let peers = self.reachable_voters(leader);
-                    let t = whose_turn(self.id, self.my_probe(), &peers);
+                    let t = whose_turn(self.id, self.probe_with(quorum), &peers);
                     (since, t)
                 }
                 _ => (Instant::now(), Turn::Open),
@@ -1224,14 +1224,10 @@ impl<T: Table> Cluster<T> {
             // (a 400 ms stall each time, seen in `cluster-faults.sh ... upgrade`). Only for
             // a while: a leader whose Raft is wedged while its peer port answers must not
             // keep the cluster from electing another for ever.
-            let last_append = self
-                .appended
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or(started);
+            let appended = *self.appended.lock().unwrap_or_else(|p| p.into_inner());
             let held = leader.is_some_and(|l| l != self.id)
                 && !leaderless
-                && last_append.elapsed() < patience;
+                && appended.unwrap_or(started).elapsed() < patience;
             let may_elect = quorum
                 && defer_to.is_none()
                 && (!held || crate::breaks::off(crate::breaks::Check::LeaderHeld));
@@ -1244,11 +1240,7 @@ impl<T: Table> Cluster<T> {
             // election timeout to the timer of a node that once lost an election to a
             // longer log, until its next own election, and that is often this one.
             if let (since, Turn::Mine) = turn {
-                let quiet = self
-                    .appended
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_none_or(|at| at.elapsed() >= lease_out);
+                let quiet = appended.is_none_or(|at| at.elapsed() >= lease_out);
                 let follower = self.raft.metrics().borrow().state == ServerState::Follower;
                 if !stood && quorum && quiet && follower && since.elapsed() >= lease_out {
                     stood = true;
@@ -1268,6 +1260,11 @@ impl<T: Table> Cluster<T> {
 
     /// What this node answers a probe: its last log id, and whether it may stand.
     fn my_probe(&self) -> Probe {
+        self.probe_with(self.hears_quorum(None))
+    }
+
+    /// [`Cluster::my_probe`], with whether this node reaches a quorum already known.
+    fn probe_with(&self, quorum: bool) -> Probe {
         let last_log = self
             .last_log
             .lock()
@@ -1275,7 +1272,7 @@ impl<T: Table> Cluster<T> {
             .map(|l| (l.leader_id.term, l.index));
         Probe {
             last_log,
-            stands: self.voters().contains(&self.id) && self.hears_quorum(None),
+            stands: quorum && self.voters().contains(&self.id),
         }
     }
 
